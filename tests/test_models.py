@@ -1,0 +1,193 @@
+"""Tiny models of every family: loading, exact attention capture, processor geometry."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoModelForImageTextToText, LlavaImageProcessor
+
+from vgutils.metrics import gt_mask
+from vgutils.models import GENERIC_QUESTION, load_model
+from vgutils.models.tiny import TINY_FAMILIES, build_tiny
+
+FAMILIES = list(TINY_FAMILIES)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("vgutils-cache")
+
+
+@pytest.fixture(scope="session")
+def vlms(tiny_cache):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VGUTILS_CACHE", str(tiny_cache))
+    models = {family: load_model(f"tiny:{family}") for family in FAMILIES}
+    mp.undo()
+    return models
+
+
+def noise_image(width=160, height=90, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_build_is_small_deterministic_and_complete(family, tmp_path):
+    a = build_tiny(family, tmp_path / "a", seed=3)
+    b = build_tiny(family, tmp_path / "b", seed=3)
+    size = sum(p.stat().st_size for p in a.iterdir())
+    assert size < 2 * 1024 * 1024
+    weights_a = (a / "model.safetensors").read_bytes()
+    assert weights_a == (b / "model.safetensors").read_bytes()
+    names = {p.name for p in a.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert "chat_template.jinja" in names or "chat_template" in json.dumps(
+        json.loads((a / "processor_config.json").read_text())
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_through_from_pretrained_with_capture_attention(family, vlms):
+    vlm = vlms[family]
+    assert vlm.family == family
+    assert vlm.model.config.get_text_config()._attn_implementation == "vgutils"
+    assert vlm.num_layers == 3 and vlm.num_heads == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_equals_eager_output_attentions(family, vlms):
+    vlm = vlms[family]
+    prepared = vlm.prepare(noise_image(), "Is there a cat in the image?")
+    maps = vlm.attention_maps(prepared)
+    eager = AutoModelForImageTextToText.from_pretrained(
+        vlm.model.name_or_path, attn_implementation="eager"
+    )
+    with torch.no_grad():
+        out = eager(**prepared.inputs, output_attentions=True)
+    att = torch.stack([a[0] for a in out.attentions]).numpy()  # (layers, heads, q, kv)
+    cols = prepared.image_positions
+    reference = {
+        "last": att[:, :, -1, cols],
+        "question": att[:, :, prepared.query_positions["question"]][..., cols].mean(axis=2),
+        "all": att[..., cols].mean(axis=2),
+    }
+    for strategy, expected in reference.items():
+        got = maps[strategy]
+        assert got.shape == (vlm.num_layers, vlm.num_heads, len(cols))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=strategy)
+    np.testing.assert_array_equal(vlm.attention(prepared, "last"), maps["last"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_leaves_logits_unchanged(family, vlms):
+    from vgutils.models.attention import capture
+
+    vlm = vlms[family]
+    prepared = vlm.prepare(noise_image(seed=1), "Does this image show a kidney?")
+    with torch.no_grad():
+        plain = vlm.model(**prepared.inputs).logits
+        with capture(prepared.query_positions, prepared.image_positions):
+            captured = vlm.model(**prepared.inputs).logits
+    torch.testing.assert_close(captured, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_positions(family, vlms):
+    vlm = vlms[family]
+    prepared = vlm.prepare(noise_image(), "Is there a lesion in the liver?")
+    ids = prepared.inputs["input_ids"][0].numpy()
+    np.testing.assert_array_equal(
+        prepared.image_positions, np.flatnonzero(ids == vlm.image_token_id)
+    )
+    assert prepared.layout.n_tokens == len(prepared.image_positions)
+    np.testing.assert_array_equal(prepared.query_positions["last"], [len(ids) - 1])
+    question = prepared.query_positions["question"]
+    assert question[0] == prepared.image_positions[-1] + 1 and question[-1] == len(ids) - 1
+    np.testing.assert_array_equal(question, np.arange(question[0], len(ids)))
+    np.testing.assert_array_equal(prepared.query_positions["all"], np.arange(len(ids)))
+    # the question text sits in those rows, after the image
+    text_after = vlm.processor.decode(ids[question])
+    assert "Is there a lesion in the liver?" in text_after
+    assert "Answer the question using a single word or phrase." in text_after
+    assert prepared.prompt.count("Is there a lesion in the liver?") == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generic_prompt(family, vlms):
+    vlm = vlms[family]
+    prepared = vlm.prepare_generic(noise_image())
+    assert GENERIC_QUESTION in prepared.prompt
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_is_greedy_and_deterministic(family, vlms):
+    vlm = vlms[family]
+    prepared = vlm.prepare(noise_image(), "Is there a cat?")
+    first = vlm.generate(prepared, max_new_tokens=4)
+    assert isinstance(first, str)
+    assert vlm.generate(prepared, max_new_tokens=4) == first
+
+
+# --- geometry round trip: which tokens' pixels are bright for a white box on black ---
+
+
+def token_brightness(vlm, prepared) -> np.ndarray:
+    """Mean brightness in [0, 1] of the pixels each image token sees, in prompt order."""
+    pixels = prepared.inputs["pixel_values"].float()
+    lo, hi = pixels.min(), pixels.max()
+    pixels = ((pixels - lo) / (hi - lo)).numpy()
+    layout = prepared.layout
+    if vlm.family == "qwen2_5_vl":
+        merge = vlm.processor.image_processor.merge_size
+        return pixels.reshape(layout.n_tokens, merge * merge, -1).mean(axis=(1, 2))
+    values = []
+    for tile, (_, rows, cols) in zip(pixels, layout.grids, strict=True):
+        gray = tile.mean(axis=0)
+        h, w = gray.shape
+        blocks = gray.reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3))
+        values.append(blocks.ravel())
+    return np.concatenate(values)
+
+
+def fully_inside(layout, box):
+    b = layout.boxes
+    return (b[:, 0] >= box[0]) & (b[:, 1] >= box[1]) & (b[:, 2] <= box[2]) & (b[:, 3] <= box[3])
+
+
+SIZES = {"square": (120, 120), "wide": (240, 120), "tall": (80, 240)}
+CASES = [(f, s, False) for f in FAMILIES for s in SIZES] + [("llava", s, True) for s in SIZES]
+
+
+@pytest.mark.parametrize(("family", "shape", "pad"), CASES)
+def test_geometry_round_trip(family, shape, pad, vlms):
+    vlm = vlms[family]
+    width, height = SIZES[shape]
+    box = np.array([0.2 * width, 0.3 * height, 0.9 * width, 0.85 * height]).round()
+    image = Image.new("RGB", (width, height), "black")
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill="white")
+    original = vlm.processor.image_processor
+    if pad:  # LLaVA-1.5's own transform: pad to square with the mean colour, then resize
+        vlm.processor.image_processor = LlavaImageProcessor(
+            size=original.size, crop_size=original.crop_size, do_pad=True
+        )
+    try:
+        prepared = vlm.prepare(image, "Where is the box?")
+    finally:
+        vlm.processor.image_processor = original
+    layout = prepared.layout
+    bright = token_brightness(vlm, prepared) > 0.7
+    truth = gt_mask(layout, box)
+    inside = fully_inside(layout, box)
+    assert inside.any(), "test box must fully cover some token"
+    assert (~truth).any(), "test box must leave some token outside"
+    np.testing.assert_array_equal(bright & ~truth, False, err_msg="bright token outside GT")
+    np.testing.assert_array_equal(inside & ~bright, False, err_msg="covered token not bright")
+    if pad:
+        side = max(width, height)
+        region = layout.grid_region()
+        np.testing.assert_allclose(region[2] - region[0], side)
+        np.testing.assert_allclose(region[3] - region[1], side)

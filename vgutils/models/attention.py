@@ -1,0 +1,198 @@
+"""Attention capture and knockout through transformers' ``AttentionInterface``.
+
+The language model's layers are switched to the attention function registered here as
+``"vgutils"``. It computes each layer's output with sdpa (no full attention matrix) and,
+only while a :func:`capture` or :func:`knockout` context is active:
+
+- capture: recomputes ``softmax(q_rows . K^T * scale + mask)`` for the requested query
+  rows only and keeps their weights on the image tokens, averaged over the rows:
+  memory ``O(heads * rows_chunk * seq)`` per call and ``O(layers * heads * N)`` kept;
+- knockout: removes chosen keys from chosen query rows through the attention mask, so the
+  softmax gives them exactly zero weight and renormalises the rest.
+
+Rotary embeddings are applied before the attention function is called, so the same
+function serves every family. The vision tower keeps its own implementation (sdpa).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION_NAME = "vgutils"
+ROW_CHUNK = 256
+"""Query rows scored at once when many rows are captured (strategy ``all``)."""
+
+
+@dataclass
+class _Capture:
+    rows: dict[str, torch.Tensor]  # name -> absolute query positions
+    columns: torch.Tensor  # absolute key positions of the image tokens, (N,)
+    maps: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class _Knockout:
+    layers: frozenset[int]
+    query_positions: torch.Tensor  # absolute query positions whose keys are cut
+    key_positions: torch.Tensor  # absolute key positions to cut
+    generated_from: int | None  # every query row at or after this position is cut too
+
+
+_CAPTURE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar(
+    "vgutils_capture", default=None
+)
+_KNOCKOUT: contextvars.ContextVar[_Knockout | None] = contextvars.ContextVar(
+    "vgutils_knockout", default=None
+)
+
+
+def _explicit_sdpa_mask(*args, **kwargs):
+    """sdpa's boolean mask, always materialised (never skipped for ``is_causal``), so the
+    capture sees exactly the mask the output used and knockout can edit it."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def _query_offset(query: torch.Tensor, key: torch.Tensor) -> int:
+    """Absolute position of the first query row (keys cover ``0 .. kv_len-1``)."""
+    return key.shape[2] - query.shape[2]
+
+
+def _full_mask(
+    attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor:
+    """The mask as boolean ``(B|1, 1|H, q, kv)`` (True = may attend); causal if absent."""
+    if attention_mask is None:
+        offset = _query_offset(query, key)
+        q_pos = torch.arange(query.shape[2], device=query.device) + offset
+        k_pos = torch.arange(key.shape[2], device=query.device)
+        return (k_pos[None, :] <= q_pos[:, None])[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def _apply_knockout(
+    edit: _Knockout, attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor:
+    offset = _query_offset(query, key)
+    q_pos = torch.arange(query.shape[2], device=query.device) + offset
+    rows = torch.isin(q_pos, edit.query_positions.to(query.device))
+    if edit.generated_from is not None:
+        rows |= q_pos >= edit.generated_from
+    cols = torch.zeros(key.shape[2], dtype=torch.bool, device=query.device)
+    keys = edit.key_positions.to(query.device)
+    cols[keys[keys < key.shape[2]]] = True
+    blocked = rows[:, None] & cols[None, :]
+    return _full_mask(attention_mask, query, key) & ~blocked
+
+
+def _row_weights(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Mean over ``rows`` (absolute positions) of the softmax weights on ``columns``:
+    ``(B, H, N)`` float32. Scores are computed in float32, ``ROW_CHUNK`` rows at a time."""
+    offset = _query_offset(query, key)
+    rel = rows.to(query.device) - offset
+    if rel.numel() == 0 or rel.min() < 0 or rel.max() >= query.shape[2]:
+        raise RuntimeError(
+            f"capture rows {rows.tolist()[:5]}... are not in this forward's query window "
+            f"[{offset}, {offset + query.shape[2]})"
+        )
+    keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1)).float()
+    full = _full_mask(mask, query, key)
+    cols = columns.to(query.device)
+    total = None
+    for chunk in torch.split(rel, ROW_CHUNK):
+        scores = torch.matmul(query[:, :, chunk, :].float(), keys.transpose(-1, -2)) * scaling
+        scores = scores.masked_fill(~full[..., chunk, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)[..., cols].sum(dim=2)
+        total = weights if total is None else total + weights
+    return total / rel.numel()
+
+
+def vgutils_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """sdpa attention plus the active capture / knockout (see the module docstring).
+    ``query``: ``(B, H, q, d)``; ``key``/``value``: ``(B, H_kv, kv, d)``."""
+    layer = getattr(module, "layer_idx", None)
+    edit = _KNOCKOUT.get()
+    if edit is not None and layer in edit.layers:
+        attention_mask = _apply_knockout(edit, attention_mask, query, key)
+    output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+    recorder = _CAPTURE.get()
+    if recorder is not None and layer is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        for name, rows in recorder.rows.items():
+            recorder.maps.setdefault(name, {})[layer] = _row_weights(
+                module, query, key, attention_mask, rows, recorder.columns, scale
+            )
+    return output, None
+
+
+AttentionInterface.register(ATTENTION_NAME, vgutils_attention_forward)
+AttentionMaskInterface.register(ATTENTION_NAME, _explicit_sdpa_mask)
+
+
+@contextlib.contextmanager
+def capture(rows: dict[str, np.ndarray], columns: np.ndarray) -> Iterator[_Capture]:
+    """Inside: every language-model layer records, per name in ``rows`` (absolute query
+    positions), the mean softmax weights on ``columns`` (image token positions).
+    After one forward, ``result.maps[name][layer]`` is a ``(B, H, N)`` float32 tensor."""
+    recorder = _Capture(
+        rows={k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in rows.items()},
+        columns=torch.as_tensor(np.asarray(columns), dtype=torch.long),
+    )
+    token = _CAPTURE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _CAPTURE.reset(token)
+
+
+@contextlib.contextmanager
+def knockout_edit(
+    layers: list[int] | range,
+    query_positions: np.ndarray,
+    key_positions: np.ndarray,
+    generated_from: int | None = None,
+) -> Iterator[None]:
+    """Inside: in ``layers``, query rows at ``query_positions`` (and, if given, every row
+    at or after ``generated_from``: the generated tokens) give zero weight to
+    ``key_positions``; the softmax renormalises over the remaining keys."""
+    edit = _Knockout(
+        layers=frozenset(int(x) for x in layers),
+        query_positions=torch.as_tensor(np.asarray(query_positions), dtype=torch.long),
+        key_positions=torch.as_tensor(np.asarray(key_positions), dtype=torch.long),
+        generated_from=generated_from,
+    )
+    token = _KNOCKOUT.set(edit)
+    try:
+        yield
+    finally:
+        _KNOCKOUT.reset(token)

@@ -1,0 +1,72 @@
+"""``load_model``: a Hub id, a local folder or ``tiny:<family>`` -> VisionLanguageModel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from vgutils.models.attention import ATTENTION_NAME
+from vgutils.models.families import family_for
+from vgutils.models.tiny import build_tiny
+from vgutils.models.vlm import VisionLanguageModel
+
+TINY_PREFIX = "tiny:"
+
+
+def cache_dir() -> Path:
+    """``$VGUTILS_CACHE`` or ``~/.cache/vgutils``: where tiny models are built."""
+    return Path(os.environ.get("VGUTILS_CACHE", Path.home() / ".cache" / "vgutils"))
+
+
+def resolve(name_or_path: str) -> str:
+    """A Hub id or folder as given; ``tiny:<family>`` built on first use into the cache."""
+    if not name_or_path.startswith(TINY_PREFIX):
+        return name_or_path
+    family = name_or_path[len(TINY_PREFIX) :]
+    folder = cache_dir() / "tiny" / family
+    if not (folder / "config.json").exists():
+        build_tiny(family, folder)
+    return str(folder)
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple[str | None, torch.dtype | str]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    return device, torch_dtype
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> VisionLanguageModel:
+    """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
+    config. ``device``: ``auto`` (cuda if present), ``cpu``, ``cuda``, ``cuda:1`` or
+    ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
+    (bf16 on GPU, fp32 on CPU) or a torch dtype name. Remote code needs a pinned
+    ``revision``."""
+    if trust_remote_code and not revision:
+        raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
+    source = resolve(name_or_path)
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(source, **options)
+    adapter = family_for(config.model_type)
+    device, torch_dtype = _device_and_dtype(device, dtype)
+    device_map = "auto" if device == "balanced" else device
+    model = AutoModelForImageTextToText.from_pretrained(
+        source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
+    )
+    model.eval()
+    model.set_attn_implementation({"text_config": ATTENTION_NAME})
+    processor = AutoProcessor.from_pretrained(source, **options)
+    return VisionLanguageModel(model, processor, adapter, source=name_or_path)

@@ -1,0 +1,310 @@
+"""Tiny, complete, randomly initialised models of each family, built offline.
+
+Each build is a folder that stock ``AutoProcessor`` and ``AutoModelForImageTextToText``
+load through ``from_pretrained``, exactly as a 7B checkpoint: the transformers model
+class with a small config, the family's real image processor, a byte-level BPE tokenizer
+trained here with the family's special tokens, and the family's chat template. They prove
+the pipeline (shapes, positions, geometry, capture); their attention is noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from vgutils.models import chat_templates
+
+TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_5_vl", "internvl", "gemma3")
+
+_CORPUS = [
+    "Is there a kidney in the image? Does this image show a colon? Is there a lesion in the liver?",
+    "What colour is the square? Is there evidence of abnormal density or masses in the colon?",
+    "Write a general description of the image.",
+    "Answer the question using a single word or phrase.",
+    "yes no left right upper lower lung heart brain liver spleen kidney bone chest abdomen",
+    "cat dog person car horse clock rocket coffee cup coins camera motorcycle astronaut",
+    "red green blue yellow white black circle square triangle one two three four five",
+    "USER: ASSISTANT: system user assistant model You are a helpful assistant.",
+]
+
+
+def train_tokenizer(
+    special_tokens: list[str],
+    named_tokens: dict[str, str],
+    extra_special_tokens: dict[str, str] | None = None,
+    vocab_size: int = 400,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a small built-in corpus, with the family's
+    special tokens (``named_tokens``: ``bos_token`` etc.; ``extra_special_tokens``:
+    attributes such as ``image_token`` that the family's processor reads)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        extra_special_tokens=extra_special_tokens or {},
+        **named_tokens,
+    )
+
+
+def _text_kwargs(vocab_size: int, **overrides) -> dict:
+    kwargs = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _llava():
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = train_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
+        {"image_token": "<image>"},
+    )
+    patch, size = 8, 64
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=size,
+        patch_size=patch,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        **_text_kwargs(len(tokenizer)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.image_token_id,
+        image_seq_length=(size // patch) ** 2,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_templates.LLAVA_1_5,
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _qwen2_5_vl():
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    im = ["<|im_start|>", "<|im_end|>"]
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = train_tokenizer(
+        ["<|endoftext|>", *im, *vision_tokens],
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    patch, merge = 14, 2
+    config = Qwen2_5_VLConfig(
+        text_config=_text_kwargs(
+            len(tokenizer),
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]},
+            bos_token_id=None,
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+        ),
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 4,
+            "patch_size": patch,
+            "spatial_merge_size": merge,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+            "out_hidden_size": 64,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    pixels = {"min_pixels": 4 * 28 * 28, "max_pixels": 64 * 28 * 28}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=patch, merge_size=merge, **pixels),
+        video_processor=Qwen2VLVideoProcessor(patch_size=patch, merge_size=merge, **pixels),
+        tokenizer=tokenizer,
+        chat_template=chat_templates.QWEN2_5_VL,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config), processor
+
+
+def _internvl():
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    image_tokens = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tokenizer = train_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *image_tokens],
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    tile, patch = 112, 14
+    tokens_per_tile = (tile // patch // 2) ** 2
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": [tile, tile],
+            "patch_size": [patch, patch],
+        },
+        text_config={
+            "model_type": "qwen2",
+            **_text_kwargs(
+                len(tokenizer),
+                bos_token_id=None,
+                eos_token_id=ids("<|im_end|>"),
+                pad_token_id=ids("<|endoftext|>"),
+            ),
+        },
+        image_token_id=ids("<IMG_CONTEXT>"),
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=0.5,
+    )
+    size = {"height": tile, "width": tile}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(
+            size=size, crop_to_patches=True, min_patches=1, max_patches=4
+        ),
+        video_processor=InternVLVideoProcessor(size=size),
+        tokenizer=tokenizer,
+        image_seq_length=tokens_per_tile,
+        chat_template=chat_templates.INTERNVL3,
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
+def _gemma3():
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+    )
+
+    image_tokens = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    tokenizer = train_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", *image_tokens],
+        {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"},
+        {
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    size, patch, tokens_per_side = 64, 8, 4
+    config = Gemma3Config(
+        text_config={
+            **_text_kwargs(len(tokenizer)),
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 512,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "pad_token_id": ids("<pad>"),
+            "eos_token_id": ids("<eos>"),
+            "bos_token_id": ids("<bos>"),
+        },
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": size,
+            "patch_size": patch,
+        },
+        mm_tokens_per_image=tokens_per_side**2,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        image_seq_length=tokens_per_side**2,
+        chat_template=chat_templates.GEMMA3,
+    )
+    return Gemma3ForConditionalGeneration(config), processor
+
+
+_BUILDERS: dict[str, Callable] = {
+    "llava": _llava,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "internvl": _internvl,
+    "gemma3": _gemma3,
+}
+
+
+def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny model of ``family`` into ``out_dir`` (weights, config, processor,
+    tokenizer, chat template) and return the folder. Deterministic for a ``seed``."""
+    if family not in _BUILDERS:
+        raise ValueError(f"no tiny build for family {family!r}; known: {TINY_FAMILIES}")
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model, processor = _BUILDERS[family]()
+    model.generation_config.do_sample = False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

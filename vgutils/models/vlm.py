@@ -1,0 +1,138 @@
+"""One loaded multimodal model: prompt preparation, attention capture, generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vgutils.geometry import TokenLayout
+from vgutils.models.attention import capture
+from vgutils.models.families import FamilyAdapter
+
+ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
+GENERIC_QUESTION = "Write a general description of the image."
+STRATEGIES: tuple[str, ...] = ("last", "question", "all")
+
+
+def question_prompt_text(question: str) -> str:
+    """The user text of a question prompt (METHOD.md): question + answer instruction."""
+    return f"{question.strip()} {ANSWER_INSTRUCTION}"
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A prompt ready for the model.
+
+    - ``inputs``: BatchFeature for ``vlm.model(**inputs)`` (batch of one).
+    - ``image_positions``: ``(N,)`` sequence indices of the image tokens.
+    - ``query_positions``: ``"last"`` (final prompt row), ``"question"`` (rows after the
+      last image token), ``"all"`` (every row) -> sequence indices.
+    - ``layout``: where the ``N`` image tokens lie in the original image.
+    - ``prompt``: the exact text given to the processor.
+    """
+
+    inputs: object
+    image_positions: np.ndarray
+    query_positions: dict[str, np.ndarray]
+    layout: TokenLayout
+    prompt: str
+
+
+class VisionLanguageModel:
+    """A transformers image-text-to-text model with its processor and family adapter.
+
+    ``model``, ``processor``, ``family``, ``num_layers`` and ``num_heads`` (of the language
+    model) are public. The text layers run the ``vgutils`` attention function (sdpa plus
+    capture / knockout); see :mod:`vgutils.models.attention`.
+    """
+
+    def __init__(self, model, processor, adapter: FamilyAdapter, source: str):
+        self.model = model
+        self.processor = processor
+        self.adapter = adapter
+        self.family = adapter.name
+        self.source = source
+        text_config = model.config.get_text_config()
+        self.num_layers = int(text_config.num_hidden_layers)
+        self.num_heads = int(text_config.num_attention_heads)
+        self.image_token_id = int(adapter.image_token_id(model))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def prepare(self, image: Image.Image, question: str) -> Prepared:
+        """Build the chat prompt for ``question`` (raw; the answer instruction is added)
+        about ``image`` (PIL, RGB) and locate its image and query tokens."""
+        return self._prepare(image, question_prompt_text(question))
+
+    def prepare_generic(self, image: Image.Image) -> Prepared:
+        """The generic prompt (METHOD.md) for the same image, for normalisation."""
+        return self._prepare(image, question_prompt_text(GENERIC_QUESTION))
+
+    def _prepare(self, image: Image.Image, user_text: str) -> Prepared:
+        image = image.convert("RGB")
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}
+        ]
+        prompt = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        ids = inputs["input_ids"][0].numpy()
+        image_positions = np.flatnonzero(ids == self.image_token_id)
+        layout = self.adapter.layout(self.processor, image.size, inputs)
+        if len(image_positions) != layout.n_tokens:
+            raise RuntimeError(
+                f"{self.family}: the prompt has {len(image_positions)} image tokens but the "
+                f"processor geometry gives {layout.n_tokens}"
+            )
+        length = len(ids)
+        query_positions = {
+            "last": np.array([length - 1]),
+            "question": np.arange(image_positions[-1] + 1, length),
+            "all": np.arange(length),
+        }
+        return Prepared(
+            inputs=inputs.to(self.device),
+            image_positions=image_positions,
+            query_positions=query_positions,
+            layout=layout,
+            prompt=prompt,
+        )
+
+    @torch.no_grad()
+    def attention_maps(
+        self, prepared: Prepared, strategies: tuple[str, ...] = STRATEGIES
+    ) -> dict[str, np.ndarray]:
+        """One forward; per strategy the raw softmax weights from its query rows to the
+        image tokens, averaged over the rows: float32 ``(layers, heads, N)``."""
+        unknown = set(strategies) - set(STRATEGIES)
+        if unknown:
+            raise ValueError(f"unknown strategies {sorted(unknown)}; expected {STRATEGIES}")
+        rows = {name: prepared.query_positions[name] for name in strategies}
+        with capture(rows, prepared.image_positions) as recorder:
+            self.model(**prepared.inputs, use_cache=False)
+        return {
+            name: torch.stack([recorder.maps[name][layer][0] for layer in range(self.num_layers)])
+            .cpu()
+            .numpy()
+            for name in strategies
+        }
+
+    def attention(self, prepared: Prepared, strategy: str = "last") -> np.ndarray:
+        """Raw softmax weights from the ``strategy`` query row(s) to the ``N`` image tokens,
+        averaged over the rows: float32 ``(layers, heads, N)``; language-model layers."""
+        return self.attention_maps(prepared, (strategy,))[strategy]
+
+    @torch.no_grad()
+    def generate(self, prepared: Prepared, max_new_tokens: int = 16) -> str:
+        """Greedy answer to the prepared prompt, special tokens stripped."""
+        output = self.model.generate(
+            **prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False
+        )
+        new_tokens = output[0, prepared.inputs["input_ids"].shape[1] :]
+        return self.processor.decode(new_tokens, skip_special_tokens=True).strip()
