@@ -60,13 +60,19 @@ def load_model(
     source = resolve(name_or_path)
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(source, **options)
-    adapter = family_for(config.model_type)
+    family_for(config.model_type)  # fail early, before loading weights, on an unknown family
     device, torch_dtype = _device_and_dtype(device, dtype)
     device_map = "auto" if device == "balanced" else device
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
     )
+    processor = AutoProcessor.from_pretrained(source, **options)
+    return wrap_model(model, processor, source=name_or_path)
+
+
+def wrap_model(model, processor, source: str) -> VisionLanguageModel:
+    """Switch ``model``'s language layers to the capture attention and wrap it (eval mode)."""
     model.eval()
     model.set_attn_implementation({"text_config": ATTENTION_NAME})
-    processor = AutoProcessor.from_pretrained(source, **options)
-    return VisionLanguageModel(model, processor, adapter, source=name_or_path)
+    adapter = family_for(model.config.model_type)
+    return VisionLanguageModel(model, processor, adapter, source=source)

@@ -115,7 +115,7 @@ class VisionLanguageModel:
             raise ValueError(f"unknown strategies {sorted(unknown)}; expected {STRATEGIES}")
         rows = {name: prepared.query_positions[name] for name in strategies}
         with capture(rows, prepared.image_positions) as recorder:
-            self.model(**prepared.inputs, use_cache=False)
+            self.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
         return {
             name: torch.stack([recorder.maps[name][layer][0] for layer in range(self.num_layers)])
             .cpu()
