@@ -11,7 +11,10 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(NOTEBOOKS:notebooks/%=build/$(PROFILE)/notebooks/%)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format figures clean
+DATA_ROOT ?= data
+SAMPLES := $(DATA_ROOT)/samples/sample-medical.jsonl
+
+.PHONY: help setup test lint format data figures clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,6 +38,12 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 test: $(STAMP) lint ## set up if needed, lint, run the test suite
 	$(PY) -m pytest
+
+data: $(SAMPLES) ## build the embedded sample sets offline into data/samples and check their hashes
+
+$(SAMPLES): vgutils/data/samples.py $(STAMP)
+	$(PY) -m vgutils data samples --data-root $(DATA_ROOT)
+	$(PY) -m vgutils data verify --data-root $(DATA_ROOT)
 
 figures: $(STAMP) $(EXECUTED) ## set up if needed and regenerate the figures of PROFILE (default: embedded run)
 	@$(PY) -m vgutils report figures/$(PROFILE) --notebooks $(words $(NOTEBOOKS))

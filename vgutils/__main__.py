@@ -1,27 +1,135 @@
-"""Command line: ``python -m vgutils COMMAND``."""
+"""Command line: ``python -m vgutils COMMAND`` (``--help`` on any command)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from vgutils.report import figures_report
+
+def _report(args) -> int:
+    from vgutils.report import figures_report
+
+    print(figures_report(args.folder, args.notebooks))
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run one command; returns the exit status."""
+def _validate(args) -> int:
+    from vgutils.data import read_dataset, resolve_dataset
+
+    dataset = resolve_dataset(
+        args.dataset,
+        image_root=args.image_root,
+        bbox_format=args.bbox_format,
+        root=args.data_root,
+    )
+    samples, problems = read_dataset(dataset)
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    print(f"{dataset.jsonl}: {len(samples)} good row(s), {errors} bad, {warnings} warning(s)")
+    return 1 if errors else 0
+
+
+def _data_pin(args) -> int:
+    from vgutils.data.manifest import data_root, pin
+
+    pinned = pin(data_root(args.data_root), args.names or None)
+    print("\n".join(f"pinned {name}" for name in pinned) or "nothing to pin")
+    return 0
+
+
+def _data_verify(args) -> int:
+    from vgutils.data.manifest import data_root, verify
+
+    statuses = verify(data_root(args.data_root))
+    for name, status in statuses:
+        print(f"{status:10} {name}" if len(status) <= 10 else f"{name}: {status}")
+    return 1 if any(s.startswith("MISMATCH") for _, s in statuses) else 0
+
+
+def _data_samples(args) -> int:
+    from vgutils.data.manifest import data_root
+    from vgutils.data.samples import build_sample_sets
+
+    for name, path in build_sample_sets(data_root(args.data_root)).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _data_coco(args) -> int:
+    from vgutils.data.coco import write_coco_questions
+
+    count = write_coco_questions(args.instances, args.out, args.min_area, args.max_area)
+    print(f"wrote {count} question(s) to {args.out}")
+    return 0
+
+
+def _data_overlay(args) -> int:
+    from vgutils.data import read_dataset, resolve_dataset
+    from vgutils.data.overlay import contact_sheet
+
+    dataset = resolve_dataset(args.dataset, image_root=args.image_root, root=args.data_root)
+    samples, _ = read_dataset(dataset)
+    print(contact_sheet(samples, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m vgutils`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m vgutils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     report = commands.add_parser("report", help="list the figures a run produced")
     report.add_argument("folder", type=Path, help="figures/<profile>")
     report.add_argument("--notebooks", type=int, default=0, help="notebooks executed")
+    report.set_defaults(run=_report)
 
-    args = parser.parse_args(argv)
-    if args.command == "report":
-        print(figures_report(args.folder, args.notebooks))
-    return 0
+    data_root = argparse.ArgumentParser(add_help=False)
+    data_root.add_argument("--data-root", type=Path, help="default: $VGUTILS_DATA or data/")
+
+    validate = commands.add_parser(
+        "validate", parents=[data_root], help="check every row of a dataset"
+    )
+    validate.add_argument("dataset", help="manifest name or .jsonl")
+    validate.add_argument("--image-root", type=Path)
+    validate.add_argument("--bbox-format", choices=("xyxy", "xywh"))
+    validate.set_defaults(run=_validate)
+
+    data = commands.add_parser("data", help="manifest, hashes and the sample sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    pin = data_commands.add_parser("pin", parents=[data_root], help="record unpinned hashes")
+    pin.add_argument("names", nargs="*", help="registry names to (re)pin; default: unpinned")
+    pin.set_defaults(run=_data_pin)
+    data_commands.add_parser(
+        "verify", parents=[data_root], help="check files against their hashes"
+    ).set_defaults(run=_data_verify)
+    data_commands.add_parser(
+        "samples", parents=[data_root], help="build the embedded sample sets"
+    ).set_defaults(run=_data_samples)
+    coco = data_commands.add_parser("coco-questions", help="questions from COCO instances")
+    coco.add_argument("instances", type=Path, help="COCO instances_*.json")
+    coco.add_argument("out", type=Path, help="output .jsonl")
+    coco.add_argument("--min-area", type=float, default=0.02, help="min box / image area")
+    coco.add_argument("--max-area", type=float, default=0.5, help="max box / image area")
+    coco.set_defaults(run=_data_coco)
+    overlay = data_commands.add_parser(
+        "overlay", parents=[data_root], help="contact sheet of images with boxes"
+    )
+    overlay.add_argument("dataset")
+    overlay.add_argument("out", type=Path, help="output .png")
+    overlay.add_argument("--image-root", type=Path)
+    overlay.set_defaults(run=_data_overlay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run one command; returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""Reading any image the datasets hold as an 8-bit RGB PIL image.
+
+Conversions (documented, deterministic):
+
+- 8-bit RGB: as is. Grayscale (``L``), palette (``P``), ``CMYK``, ``LA``: PIL's ``convert``.
+- RGBA / LA with transparency: composited over black (scan backgrounds are black).
+- 16-bit and 32-bit integer or float images (``I;16``, ``I``, ``F``): scaled linearly from
+  the image's own [min, max] to [0, 255] (a constant image becomes black).
+- DICOM (``.dcm``): modality LUT (rescale slope/intercept), then the first VOI window
+  (WindowCenter/WindowWidth) if the file has one, else the [min, max] of the pixels;
+  MONOCHROME1 is inverted; a multi-frame file gives its first frame; colour DICOM (RGB,
+  YBR) is returned as RGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    values = values.astype(np.float64)
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (np.clip(values, low, high) - low) / (high - low) * 255.0
+    return np.round(scaled).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _first(value) -> float:
+    """First value of a possibly multi-valued DICOM element."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def read_dicom(path: Path) -> Image.Image:
+    """A DICOM file as RGB, windowed as described in the module docstring."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    dataset = pydicom.dcmread(path)
+    pixels = dataset.pixel_array
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+    if dataset.get("SamplesPerPixel", 1) == 3:
+        return Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB")
+    values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+        low, high = center - width / 2.0, center + width / 2.0
+    else:
+        low, high = float(values.min()), float(values.max())
+    gray = _scale_to_uint8(values, low, high)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        gray = 255 - gray
+    return _gray_to_rgb(gray)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB (see the module docstring)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        return _gray_to_rgb(_scale_to_uint8(values, values.min(), values.max()))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path)
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` in pixels, reading only the header where the format allows."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        import pydicom
+
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(dataset.Columns), int(dataset.Rows)
+    with Image.open(path) as image:
+        return image.size

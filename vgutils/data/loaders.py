@@ -1,0 +1,97 @@
+"""``load_dataset``: a manifest name or a jsonl file -> list of Samples (xyxy boxes)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgutils.data.manifest import DatasetEntry, data_root, fetch, load_manifest
+from vgutils.data.rows import FormatRule, Problem, Sample, read_rows
+
+log = logging.getLogger("vgutils.data")
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    """Where a dataset's rows and images are and how its boxes are read."""
+
+    name: str
+    jsonl: Path
+    image_root: Path
+    format_rule: FormatRule
+    q_type: str | None = None
+    entry: DatasetEntry | None = None
+
+
+def resolve_dataset(
+    name_or_path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    bbox_format: str | None = None,
+    root: str | Path | None = None,
+) -> ResolvedDataset:
+    """Find the jsonl and image root of a manifest name or a ``.jsonl`` path. Manifest
+    files are checked against their pinned hash; the sample sets are built if absent."""
+    manifest = load_manifest()
+    name = str(name_or_path)
+    if name in manifest:
+        entry = manifest[name]
+        base = data_root(root)
+        if name.startswith("sample-") and not (base / entry.file).exists():
+            from vgutils.data.samples import build_sample_sets
+
+            build_sample_sets(base)
+        jsonl = fetch(entry.file, base)
+
+        def rule(row: dict, entry=entry) -> str:
+            return bbox_format or entry.format_for(str(row.get("image", "")))
+
+        return ResolvedDataset(
+            name=name,
+            jsonl=jsonl,
+            image_root=Path(image_root) if image_root else base / entry.image_root,
+            format_rule=rule,
+            q_type=entry.q_type,
+            entry=entry,
+        )
+    path = Path(name_or_path)
+    if path.suffix != ".jsonl":
+        raise ValueError(
+            f"{name!r} is neither a manifest dataset ({', '.join(sorted(manifest))}) "
+            "nor a .jsonl file"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    return ResolvedDataset(
+        name=path.stem,
+        jsonl=path,
+        image_root=Path(image_root) if image_root else path.parent,
+        format_rule=lambda row: bbox_format,
+    )
+
+
+def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:
+    """All good samples of ``dataset`` and every problem found in its rows."""
+    return read_rows(dataset.jsonl, dataset.image_root, dataset.format_rule, dataset.q_type)
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    bbox_format: str | None = None,
+) -> list[Sample]:
+    """Samples of a manifest dataset (``vgmed-localization``, ``vgmed-attribute``,
+    ``coco-localization``, ``coco-attribute``, ``sample-medical``, ``sample-natural``) or a
+    ``.jsonl``. Boxes come back xyxy in original pixels; the format is the row's
+    ``bbox_format``, else ``bbox_format``, else the manifest's rule (a jsonl outside the
+    manifest needs one). Bad rows are logged (``file:line: field: problem``) and skipped."""
+    dataset = resolve_dataset(name_or_path, image_root=image_root, bbox_format=bbox_format)
+    samples, problems = read_dataset(dataset)
+    for problem in problems:
+        log.warning("%s", problem)
+    errors = sum(p.severity == "error" for p in problems)
+    if errors:
+        log.warning("%s: skipped %d bad row(s), kept %d", dataset.jsonl, errors, len(samples))
+    return samples

@@ -1,0 +1,194 @@
+"""The data manifest (``data_manifest/manifest.yaml``) and its hash registry
+(``data_manifest/registry.txt``, pooch's ``name sha256 [url]`` format, ``unpinned`` where
+the hash is not known yet)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vgutils.paths import DATA_MANIFEST, REPO_ROOT
+
+UNPINNED = "unpinned"
+MANIFEST_FILE = DATA_MANIFEST / "manifest.yaml"
+REGISTRY_FILE = DATA_MANIFEST / "registry.txt"
+
+
+class DataError(RuntimeError):
+    """A data file is missing or does not match its pinned hash."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of the manifest; paths relative to the data root."""
+
+    name: str
+    file: str
+    image_root: str
+    bbox_format: str
+    bbox_format_rules: tuple[tuple[str, str], ...] = ()  # (image name prefix, format)
+    q_type: str | None = None
+    domain: str | None = None
+    url: str | None = None
+    obtain: str = ""
+    info: dict = field(default_factory=dict)
+
+    def format_for(self, image: str) -> str:
+        """The box format of a row whose ``image`` is ``image`` (manifest rule)."""
+        name = Path(image).name
+        for prefix, fmt in self.bbox_format_rules:
+            if name.startswith(prefix):
+                return fmt
+        return self.bbox_format
+
+
+def data_root(override: str | Path | None = None) -> Path:
+    """``override``, else ``$VGUTILS_DATA``, else ``data/`` in the repository."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get("VGUTILS_DATA", REPO_ROOT / "data"))
+
+
+def load_manifest(path: Path | None = None) -> dict[str, DatasetEntry]:
+    """Datasets of the manifest by name."""
+    raw = yaml.safe_load((path or MANIFEST_FILE).read_text())
+    entries = {}
+    for name, spec in raw["datasets"].items():
+        rules = tuple((r["image_prefix"], r["format"]) for r in spec.get("bbox_format_rules", []))
+        entries[name] = DatasetEntry(
+            name=name,
+            file=spec["file"],
+            image_root=spec["image_root"],
+            bbox_format=spec["bbox_format"],
+            bbox_format_rules=rules,
+            q_type=spec.get("q_type"),
+            domain=spec.get("domain"),
+            url=spec.get("url"),
+            obtain=spec.get("obtain", ""),
+            info={k: spec[k] for k in ("source", "licence") if k in spec},
+        )
+    return entries
+
+
+def manifest_models(path: Path | None = None) -> dict[str, dict]:
+    """Models the figures use: name -> ``{hub_id, family, licence}``."""
+    return yaml.safe_load((path or MANIFEST_FILE).read_text())["models"]
+
+
+def read_registry(path: Path | None = None) -> dict[str, tuple[str, str | None]]:
+    """``{relative path: (sha256 or "unpinned", url or None)}``."""
+    path = path or REGISTRY_FILE
+    registry = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            raise ValueError(f"{path}:{number}: expected 'name sha256 [url]', got {line!r}")
+        registry[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else None)
+    return registry
+
+
+def write_registry(registry: dict[str, tuple[str, str | None]], path: Path | None = None):
+    """Write ``registry`` back, sorted, keeping the header comment."""
+    path = path or REGISTRY_FILE
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    rows = [
+        " ".join(p for p in (name, digest, url) if p)
+        for name, (digest, url) in sorted(registry.items())
+    ]
+    path.write_text("\n".join([*header, *rows]) + "\n")
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(name: str, root: Path, registry: dict | None = None) -> Path:
+    """The local path of registry file ``name`` after checking it exists and matches its
+    pinned hash; ``DataError`` naming the file, expected and actual hash otherwise.
+    Unpinned files are only checked for existence."""
+    registry = read_registry() if registry is None else registry
+    path = root / name
+    if not path.exists():
+        raise DataError(missing_message(name, root))
+    expected, _ = registry.get(name, (UNPINNED, None))
+    if expected != UNPINNED:
+        actual = sha256(path)
+        if actual != expected:
+            raise DataError(
+                f"{path}: sha256 mismatch: expected {expected}, got {actual}. "
+                "The file differs from the pinned release; refusing to use it."
+            )
+    return path
+
+
+def missing_message(name: str, root: Path) -> str:
+    """What to do about a missing data file, from the manifest's ``obtain`` notes."""
+    for entry in load_manifest().values():
+        if entry.file == name:
+            return f"{root / name} is missing. {entry.obtain or ''}".strip()
+    return f"{root / name} is missing."
+
+
+def fetch(name: str, root: Path) -> Path:
+    """Make registry file ``name`` present under ``root``: verify it, or download it with
+    pooch when it has a URL and the network allows (not with ``$VGUTILS_OFFLINE`` set);
+    otherwise say where to put it."""
+    registry = read_registry()
+    path = root / name
+    if path.exists():
+        return verify_file(name, root, registry)
+    digest, url = registry.get(name, (UNPINNED, None))
+    if url is None or os.environ.get("VGUTILS_OFFLINE"):
+        raise DataError(missing_message(name, root))
+    import pooch
+
+    known_hash = None if digest == UNPINNED else f"sha256:{digest}"
+    try:
+        pooch.retrieve(url, known_hash=known_hash, fname=path.name, path=path.parent)
+    except Exception as err:  # network errors differ by backend; the advice does not
+        raise DataError(f"could not download {url} ({err}). {missing_message(name, root)}") from err
+    return verify_file(name, root, registry)
+
+
+def pin(root: Path, names: list[str] | None = None) -> list[str]:
+    """Record the sha256 of every present, unpinned registry file (or of ``names``);
+    returns the names pinned."""
+    registry = read_registry()
+    pinned = []
+    for name, (digest, url) in registry.items():
+        wanted = name in names if names else digest == UNPINNED
+        if wanted and (root / name).exists():
+            registry[name] = (sha256(root / name), url)
+            pinned.append(name)
+    write_registry(registry)
+    return pinned
+
+
+def verify(root: Path) -> list[tuple[str, str]]:
+    """``(name, status)`` for every registry file: ``ok``, ``unpinned``, ``missing`` or
+    the mismatch message."""
+    statuses = []
+    for name, (digest, _) in read_registry().items():
+        path = root / name
+        if not path.exists():
+            statuses.append((name, "missing"))
+        elif digest == UNPINNED:
+            statuses.append((name, UNPINNED))
+        else:
+            actual = sha256(path)
+            statuses.append(
+                (name, "ok" if actual == digest else f"MISMATCH expected {digest}, got {actual}")
+            )
+    return statuses

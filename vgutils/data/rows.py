@@ -1,0 +1,209 @@
+"""Reading and checking dataset rows (jsonl): one rule set for validation and loading.
+
+Row fields: ``image`` (relative to the image root), ``question``, ``bbox`` or
+``original_bboxes`` (one box or a list of boxes), optional ``bbox_format``, ``id``,
+``q_type``, ``answer``, ``modality`` (extra fields are kept in ``Sample.extra``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vgutils.data.images import image_size
+from vgutils.geometry import BOX_FORMATS, to_xyxy
+
+Q_TYPES = ("localization", "attribute")
+MAX_CLIP_PX = 1.0
+"""A box may overhang the image by at most this many pixels; it is clipped (warning)."""
+
+_KNOWN_FIELDS = {"image", "question", "bbox", "original_bboxes", "bbox_format", "id", "q_type"}
+_KNOWN_FIELDS |= {"answer", "modality"}
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One question about one image. ``boxes``: float64 ``(k, 4)`` xyxy in original-image
+    pixels; ``source``: ``file:line`` it came from."""
+
+    id: str
+    image_path: Path
+    question: str
+    boxes: np.ndarray
+    q_type: str | None = None
+    answer: str | None = None
+    modality: str | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem with one row: printed as ``file:line: field: message``."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+    severity: str = "error"  # or "warning" (the row is still used)
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}: {self.field}: {prefix}{self.message}"
+
+
+FormatRule = Callable[[dict], str | None]
+
+
+class _RowError(Exception):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+        self.message = message
+
+
+def _image_path(image: object, image_root: Path) -> Path:
+    if not isinstance(image, str) or not image.strip():
+        raise _RowError("image", "missing or empty")
+    relative = Path(image)
+    if relative.is_absolute():
+        raise _RowError("image", f"absolute path {image!r} is not allowed (relative to the root)")
+    path = (image_root / relative).resolve()
+    if not path.is_relative_to(image_root.resolve()):
+        raise _RowError("image", f"{image!r} escapes the image root {image_root}")
+    if not path.exists():
+        raise _RowError("image", f"file not found: {path}")
+    return path
+
+
+def _read_size(path: Path) -> tuple[int, int]:
+    try:
+        return image_size(path)
+    except Exception as err:  # any reader error means the same to the user
+        raise _RowError("image", f"unreadable image {path}: {err}") from err
+
+
+def _raw_boxes(row: dict) -> tuple[str, list]:
+    key = "bbox" if "bbox" in row else "original_bboxes" if "original_bboxes" in row else None
+    if key is None:
+        raise _RowError("bbox", "missing (need 'bbox' or 'original_bboxes')")
+    value = row[key]
+    if not isinstance(value, list) or not value:
+        raise _RowError(key, f"expected a box or a list of boxes, got {value!r}")
+    boxes = value if isinstance(value[0], list | tuple) else [value]
+    return key, boxes
+
+
+def _checked_boxes(
+    key: str, boxes: list, fmt: str, size: tuple[int, int], warn: Callable[[str, str], None]
+) -> np.ndarray:
+    width, height = size
+    out = []
+    for index, box in enumerate(boxes):
+        label = f"{key}[{index}]"
+        try:
+            xyxy = to_xyxy(box, fmt)
+        except ValueError as err:
+            raise _RowError(label, str(err)) from err
+        overhang = max(-xyxy[0], -xyxy[1], xyxy[2] - width, xyxy[3] - height, 0.0)
+        if overhang > MAX_CLIP_PX:
+            raise _RowError(
+                label,
+                f"box {list(box)} ({fmt}) extends {overhang:g} px outside the "
+                f"{width}x{height} image",
+            )
+        if overhang > 0:
+            clipped = np.clip(xyxy, 0, [width, height, width, height])
+            warn(label, f"box {list(box)} overhangs the image by {overhang:g} px; clipped")
+            xyxy = clipped
+        out.append(xyxy)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _text(row: dict, key: str, required: bool) -> str | None:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise _RowError(key, "missing")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        if required:
+            raise _RowError(key, "empty")
+        return str(value)
+    return value.strip()
+
+
+def read_rows(
+    jsonl: Path,
+    image_root: Path,
+    format_rule: FormatRule,
+    default_q_type: str | None = None,
+) -> tuple[list[Sample], list[Problem]]:
+    """Every good row of ``jsonl`` as a Sample, and every problem found (bad rows are
+    skipped, never fatal). ``format_rule(row)`` gives the box format when the row has no
+    ``bbox_format`` (``None``: unknown, an error)."""
+    samples: list[Sample] = []
+    problems: list[Problem] = []
+    seen_ids: dict[str, int] = {}
+    name = str(jsonl)
+    with open(jsonl, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row_warnings: list[Problem] = []
+
+        def warn(field_name: str, message: str, number=number, sink=row_warnings) -> None:
+            sink.append(Problem(name, number, field_name, message, severity="warning"))
+
+        try:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _RowError("json", f"bad JSON: {err.msg} at column {err.colno}") from err
+            if not isinstance(row, dict):
+                raise _RowError("json", f"expected an object, got {type(row).__name__}")
+            question = _text(row, "question", required=True)
+            image_path = _image_path(row.get("image"), image_root)
+            key, raw = _raw_boxes(row)
+            fmt = row.get("bbox_format") or format_rule(row)
+            if fmt is None:
+                raise _RowError(
+                    "bbox_format",
+                    "unknown box format: give 'bbox_format' in the row or --bbox-format "
+                    f"({'/'.join(BOX_FORMATS)}); a jsonl outside the manifest is not guessed",
+                )
+            if fmt not in BOX_FORMATS:
+                raise _RowError("bbox_format", f"{fmt!r} is not one of {BOX_FORMATS}")
+            boxes = _checked_boxes(key, raw, fmt, _read_size(image_path), warn)
+            q_type = row.get("q_type", default_q_type)
+            if q_type is not None and q_type not in Q_TYPES:
+                raise _RowError("q_type", f"{q_type!r} is not one of {Q_TYPES}")
+            sample_id = str(row.get("id", f"{jsonl.stem}:{number}"))
+            if sample_id in seen_ids:
+                raise _RowError(
+                    "id", f"duplicate id {sample_id!r} (first on line {seen_ids[sample_id]})"
+                )
+            seen_ids[sample_id] = number
+        except _RowError as err:
+            problems.append(Problem(name, number, err.field, err.message))
+            continue
+        problems.extend(row_warnings)
+        samples.append(
+            Sample(
+                id=sample_id,
+                image_path=image_path,
+                question=question,
+                boxes=boxes,
+                q_type=q_type,
+                answer=_text(row, "answer", required=False),
+                modality=_text(row, "modality", required=False),
+                source=f"{name}:{number}",
+                extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
+            )
+        )
+    return samples, problems
