@@ -9,24 +9,10 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, LlavaImageProcessor
 
 from vgutils.metrics import gt_mask
-from vgutils.models import GENERIC_QUESTION, load_model
+from vgutils.models import GENERIC_QUESTION
 from vgutils.models.tiny import TINY_FAMILIES, build_tiny
 
 FAMILIES = list(TINY_FAMILIES)
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("vgutils-cache")
-
-
-@pytest.fixture(scope="session")
-def vlms(tiny_cache):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VGUTILS_CACHE", str(tiny_cache))
-    models = {family: load_model(f"tiny:{family}") for family in FAMILIES}
-    mp.undo()
-    return models
 
 
 def noise_image(width=160, height=90, seed=0):

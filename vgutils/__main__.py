@@ -77,6 +77,57 @@ def _data_overlay(args) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    shard = (int(index), int(count))
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard {text}: expected I/N with 0 <= I < N")
+    return shard
+
+
+def _extract(args) -> int:
+    from vgutils.runner import ExtractOptions, extract
+
+    options = ExtractOptions(
+        model=args.model,
+        dataset=args.dataset,
+        strategy=args.strategy,
+        image_root=str(args.image_root) if args.image_root else None,
+        bbox_format=args.bbox_format,
+        limit=args.limit,
+        shard=args.shard,
+        heads=args.heads,
+        save_maps=args.save_maps,
+        dtype=args.dtype,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+    summary = extract(options, args.out, batch_size=args.batch_size, device=args.device)
+    rate = summary.computed / summary.seconds if summary.seconds else 0.0
+    print(
+        f"{summary.out}: {summary.done} done, {summary.skipped} skipped, "
+        f"{summary.computed} computed now in {summary.seconds:.1f} s ({rate:.2f} q/s)"
+        + ("" if summary.computed else " (results already complete: nothing recomputed)")
+    )
+    return 0
+
+
+def _merge(args) -> int:
+    from vgutils.results import merge_runs
+
+    folders = args.folders
+    out = args.out
+    if len(folders) == 1 and out is None:
+        out = folders[0]
+        folders = sorted(p for p in folders[0].glob("shard-*-of-*") if p.is_dir())
+        if not folders:
+            raise SystemExit(f"{out} has no shard-*-of-* folders to merge")
+    if out is None:
+        raise SystemExit("give --out when merging several folders")
+    print(merge_runs(folders, out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m vgutils`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m vgutils", description=__doc__)
@@ -97,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--image-root", type=Path)
     validate.add_argument("--bbox-format", choices=("xyxy", "xywh"))
     validate.set_defaults(run=_validate)
+
+    extract = commands.add_parser("extract", help="per-layer grounding metrics of a model")
+    extract.add_argument("--model", required=True, help="Hub id, folder or tiny:<family>")
+    extract.add_argument("--dataset", required=True, help="manifest name or .jsonl")
+    extract.add_argument("--out", required=True, type=Path)
+    extract.add_argument("--strategy", choices=("last", "question", "all"), default="last")
+    extract.add_argument("--image-root", type=Path)
+    extract.add_argument("--bbox-format", choices=("xyxy", "xywh"))
+    extract.add_argument("--limit", type=int, help="first N samples")
+    extract.add_argument("--shard", type=_shard, help="I/N: this process's slice of images")
+    extract.add_argument("--batch-size", type=int, default=8, help="question suffixes at once")
+    extract.add_argument("--heads", action="store_true", help="also per-head metrics")
+    extract.add_argument("--save-maps", action="store_true", help="keep per-sample maps")
+    extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, balanced")
+    extract.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    extract.add_argument("--revision", help="model revision (commit hash)")
+    extract.add_argument("--trust-remote-code", action="store_true")
+    extract.set_defaults(run=_extract)
+
+    merge = commands.add_parser("merge", help="combine shard runs")
+    merge.add_argument("folders", nargs="+", type=Path, help="run folder(s)")
+    merge.add_argument("--out", type=Path, help="default: the single folder given")
+    merge.set_defaults(run=_merge)
 
     data = commands.add_parser("data", help="manifest, hashes and the sample sets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -129,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run one command; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    from vgutils.data.manifest import DataError
+    from vgutils.results import RunMismatch
+
+    try:
+        return args.run(args)
+    except (DataError, RunMismatch) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ class TokenLayout:
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "image_size", (width, height))
 
+    def __repr__(self) -> str:
+        width, height = self.image_size
+        return f"TokenLayout(n_tokens={self.n_tokens}, grids={self.grids}, image={width}x{height})"
+
     @property
     def n_tokens(self) -> int:
         """Number of image tokens ``N``."""

@@ -34,7 +34,7 @@ ROW_CHUNK = 256
 
 @dataclass
 class _Capture:
-    rows: dict[str, torch.Tensor]  # name -> absolute query positions
+    rows: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (positions (r,), weights (B|1, r))
     columns: torch.Tensor  # absolute key positions of the image tokens, (N,)
     maps: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
 
@@ -102,11 +102,13 @@ def _row_weights(
     key: torch.Tensor,
     mask: torch.Tensor | None,
     rows: torch.Tensor,
+    weights: torch.Tensor,
     columns: torch.Tensor,
     scaling: float,
 ) -> torch.Tensor:
-    """Mean over ``rows`` (absolute positions) of the softmax weights on ``columns``:
-    ``(B, H, N)`` float32. Scores are computed in float32, ``ROW_CHUNK`` rows at a time."""
+    """``sum_r weights[b, r] * softmax(q_r . K^T * scale + mask)[columns]``: ``(B, H, N)``
+    float32, for query rows at absolute ``rows`` (r,). Scores are computed in float32,
+    ``ROW_CHUNK`` rows at a time, so memory stays ``O(B * H * ROW_CHUNK * kv)``."""
     offset = _query_offset(query, key)
     rel = rows.to(query.device) - offset
     if rel.numel() == 0 or rel.min() < 0 or rel.max() >= query.shape[2]:
@@ -117,13 +119,18 @@ def _row_weights(
     keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1)).float()
     full = _full_mask(mask, query, key)
     cols = columns.to(query.device)
+    weights = weights.to(device=query.device, dtype=torch.float32)
     total = None
-    for chunk in torch.split(rel, ROW_CHUNK):
+    for start in range(0, rel.numel(), ROW_CHUNK):
+        chunk = rel[start : start + ROW_CHUNK]
         scores = torch.matmul(query[:, :, chunk, :].float(), keys.transpose(-1, -2)) * scaling
         scores = scores.masked_fill(~full[..., chunk, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)[..., cols].sum(dim=2)
-        total = weights if total is None else total + weights
-    return total / rel.numel()
+        probs = torch.softmax(scores, dim=-1)[..., cols]  # (B, H, c, N)
+        part = torch.einsum(
+            "bhcn,bc->bhn", probs, weights[:, start : start + ROW_CHUNK].expand(probs.shape[0], -1)
+        )
+        total = part if total is None else total + part
+    return total
 
 
 def vgutils_attention_forward(
@@ -148,9 +155,9 @@ def vgutils_attention_forward(
     recorder = _CAPTURE.get()
     if recorder is not None and layer is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        for name, rows in recorder.rows.items():
+        for name, (rows, weights) in recorder.rows.items():
             recorder.maps.setdefault(name, {})[layer] = _row_weights(
-                module, query, key, attention_mask, rows, recorder.columns, scale
+                module, query, key, attention_mask, rows, weights, recorder.columns, scale
             )
     return output, None
 
@@ -159,15 +166,28 @@ AttentionInterface.register(ATTENTION_NAME, vgutils_attention_forward)
 AttentionMaskInterface.register(ATTENTION_NAME, _explicit_sdpa_mask)
 
 
+RowSpec = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
 @contextlib.contextmanager
-def capture(rows: dict[str, np.ndarray], columns: np.ndarray) -> Iterator[_Capture]:
-    """Inside: every language-model layer records, per name in ``rows`` (absolute query
-    positions), the mean softmax weights on ``columns`` (image token positions).
-    After one forward, ``result.maps[name][layer]`` is a ``(B, H, N)`` float32 tensor."""
-    recorder = _Capture(
-        rows={k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in rows.items()},
-        columns=torch.as_tensor(np.asarray(columns), dtype=torch.long),
-    )
+def capture(rows: dict[str, RowSpec], columns: np.ndarray) -> Iterator[_Capture]:
+    """Inside: every language-model layer records, per name in ``rows``, attention on the
+    ``columns`` (image token positions). A row spec is either absolute query positions
+    ``(r,)``, recorded as their mean, or ``(positions (r,), weights (B, r))``, recorded as
+    the weighted sum per batch element. After one forward, ``result.maps[name][layer]`` is
+    a ``(B, H, N)`` float32 tensor."""
+    specs = {}
+    for name, spec in rows.items():
+        if isinstance(spec, tuple):
+            positions, weights = spec
+        else:
+            positions = np.asarray(spec)
+            weights = np.full((1, len(positions)), 1.0 / max(len(positions), 1))
+        specs[name] = (
+            torch.as_tensor(np.asarray(positions), dtype=torch.long),
+            torch.as_tensor(np.asarray(weights), dtype=torch.float32),
+        )
+    recorder = _Capture(rows=specs, columns=torch.as_tensor(np.asarray(columns), dtype=torch.long))
     token = _CAPTURE.set(recorder)
     try:
         yield recorder

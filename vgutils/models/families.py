@@ -30,6 +30,10 @@ class FamilyAdapter(Protocol):
     def layout(self, processor, image_size: tuple[int, int], inputs) -> TokenLayout:
         """Rectangles (original pixels) of the image tokens, in prompt order."""
 
+    def position_ids(self, model, inputs):
+        """Explicit position ids ``(..., 1, L)`` for the prompt when the model cannot infer
+        them for a suffix run on a cache (multimodal RoPE), else ``None``."""
+
 
 _FAMILIES: dict[str, FamilyAdapter] = {}
 
@@ -66,6 +70,9 @@ class LlavaFamily:
 
     name: str = "llava"
     model_types: tuple[str, ...] = ("llava",)
+
+    def position_ids(self, model, inputs) -> None:
+        return None
 
     def image_token_id(self, model) -> int:
         return model.config.image_token_id
@@ -113,6 +120,16 @@ class Qwen2_5VLFamily:
     name: str = "qwen2_5_vl"
     model_types: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl")
 
+    def position_ids(self, model, inputs):
+        """Multimodal RoPE positions ``(3, 1, L)`` from the model's own ``get_rope_index``."""
+        position_ids, _ = model.model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+        )
+        return position_ids
+
     def image_token_id(self, model) -> int:
         return model.config.image_token_id
 
@@ -132,6 +149,9 @@ class InternVLFamily:
 
     name: str = "internvl"
     model_types: tuple[str, ...] = ("internvl",)
+
+    def position_ids(self, model, inputs) -> None:
+        return None
 
     def image_token_id(self, model) -> int:
         return model.config.image_token_id
@@ -173,6 +193,9 @@ class Gemma3Family:
 
     name: str = "gemma3"
     model_types: tuple[str, ...] = ("gemma3",)
+
+    def position_ids(self, model, inputs) -> None:
+        return None
 
     def image_token_id(self, model) -> int:
         return model.config.image_token_id

@@ -1,0 +1,304 @@
+"""Extraction: (model, dataset, strategy) -> per-layer grounding metrics on disk.
+
+Work is grouped by image: the generic prompt is run once per image and the image prefix
+(template head + image tokens) once for all of that image's prompts, with the question
+suffixes batched on its KV cache (:mod:`vgutils.models.prefix`). Results are written per
+image as they finish; a rerun with the same options resumes (see :mod:`vgutils.results`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import signal
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vgutils.data import load_image, read_dataset, resolve_dataset
+from vgutils.data.manifest import sha256
+from vgutils.data.rows import Sample
+from vgutils.metrics import gt_mask
+from vgutils.models.prefix import shared_prefix_attention
+from vgutils.results import RunStore
+from vgutils.scoring import head_scores, layer_maps, layer_scores
+
+KILL_AFTER_PARTS = "VGUTILS_KILL_AFTER_PARTS"
+"""Crash-recovery tests: SIGKILL the run itself after this many parts were written."""
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What one extraction computes (everything that changes its results)."""
+
+    model: str
+    dataset: str
+    strategy: str = "last"
+    image_root: str | None = None
+    bbox_format: str | None = None
+    limit: int | None = None
+    shard: tuple[int, int] | None = None  # (index, count)
+    heads: bool = False
+    save_maps: bool = False
+    dtype: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    out: Path
+    done: int
+    skipped: int
+    seconds: float
+    computed: int  # samples computed in this call (0 when everything was already done)
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """``(rank, world size)`` under torchrun / accelerate launch, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def group_by_image(samples: list[Sample]) -> list[list[tuple[int, Sample]]]:
+    """Samples (with their dataset order) grouped by image, in first-appearance order."""
+    groups: OrderedDict[Path, list[tuple[int, Sample]]] = OrderedDict()
+    for order, sample in enumerate(samples):
+        groups.setdefault(sample.image_path, []).append((order, sample))
+    return list(groups.values())
+
+
+def folder_hash(folder: Path, full_below: int = 64 * 2**20) -> str:
+    """sha256 over a model folder: small files by content, large ones by name and size."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        size = path.stat().st_size
+        digest.update(path.read_bytes() if size < full_below else str(size).encode())
+    return digest.hexdigest()
+
+
+def model_identity(name: str, source_folder: str, vlm) -> dict:
+    folder = Path(source_folder)
+    identity = {"model": name, "family": vlm.family}
+    if folder.is_dir():
+        identity["model_folder_sha256"] = folder_hash(folder)
+    else:
+        identity["model_revision"] = getattr(vlm.model.config, "_commit_hash", None)
+    return identity
+
+
+def package_versions() -> dict:
+    names = ("vgutils", "torch", "transformers", "numpy", "pandas")
+    versions = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _sample_frames(
+    sample: Sample, order: int, raw_heads, generic_heads, layout, context: dict, heads: bool
+) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+    mask = gt_mask(layout, sample.boxes)
+    base = {
+        "sample_id": sample.id,
+        "order": order,
+        "image": sample.image_path.name,
+        "q_type": sample.q_type,
+        "modality": sample.modality,
+        "n_tokens": layout.n_tokens,
+        "n_gt_tokens": int(mask.sum()),
+        **context,
+    }
+    layers = raw_heads.shape[0]
+    scores = layer_scores(raw_heads, generic_heads, mask)
+    frames = {"metrics": pd.DataFrame({**base, "layer": np.arange(layers), **scores})}
+    if heads:
+        per_head = head_scores(raw_heads, generic_heads, mask)
+        layer_index, head_index = np.meshgrid(
+            np.arange(layers), np.arange(raw_heads.shape[1]), indexing="ij"
+        )
+        frames["head_metrics"] = pd.DataFrame(
+            {
+                **base,
+                "layer": layer_index.ravel(),
+                "head": head_index.ravel(),
+                **{k: v.ravel() for k, v in per_head.items()},
+            }
+        )
+    return frames, mask
+
+
+def extract(
+    options: ExtractOptions,
+    out: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    prefix_sharing: bool = True,
+    progress: bool = True,
+) -> RunSummary:
+    """Run (or resume) one extraction into ``out`` and return its summary."""
+    start = time.perf_counter()
+    out = Path(out)
+    shard = options.shard or shard_from_env()
+    if shard is not None:
+        options = ExtractOptions(**{**asdict(options), "shard": shard})
+        out = out / f"shard-{shard[0]}-of-{shard[1]}"
+    dataset = resolve_dataset(
+        options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
+    )
+    samples, problems = read_dataset(dataset)
+    bad_rows = [p for p in problems if p.severity == "error"]
+    if options.limit is not None:
+        samples = samples[: options.limit]
+    groups = group_by_image(samples)
+    if shard is not None:
+        groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
+
+    from vgutils.models.loading import load_model, resolve
+
+    store = RunStore(out)
+    existing = store.read_run()
+    if existing is not None and existing["status"] == "complete":
+        _check_same(store, options, dataset)
+        counts = existing["counts"]
+        return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
+    vlm = load_model(
+        options.model,
+        device=device,
+        dtype=options.dtype,
+        revision=options.revision,
+        trust_remote_code=options.trust_remote_code,
+    )
+    identity = {
+        **model_identity(options.model, resolve(options.model), vlm),
+        "dataset": dataset.name,
+        "dataset_sha256": sha256(dataset.jsonl),
+    }
+    run = store.open(_options_record(options, dataset), identity, package_versions())
+    done = store.done_ids()
+    for problem in bad_rows:
+        key = f"row:{problem.file}:{problem.line}"
+        if key not in done:
+            store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+    todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
+    todo = [g for g in todo if g]
+    context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
+    if dataset.entry is not None and dataset.entry.domain:
+        context["domain"] = dataset.entry.domain
+    kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
+    computed = parts = 0
+    bar = tqdm(
+        total=sum(len(g) for g in todo),
+        unit="q",
+        desc=f"{options.model} {dataset.name}",
+        disable=not progress,
+    )
+    for group in todo:
+        frames, skipped = _process_group(
+            vlm, group, options, store, context, batch_size, prefix_sharing
+        )
+        if frames:
+            store.add_part(frames)
+            parts += 1
+            if kill_after and parts >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        computed += len(group) - skipped
+        bar.update(len(group))
+    bar.close()
+    errors = store.errors()
+    skipped_total = len(errors)
+    done_total = len(store.done_ids()) - skipped_total
+    counts = {
+        "samples": len(samples),
+        "done": done_total,
+        "skipped": skipped_total,
+        "bad_rows": len(bad_rows),
+    }
+    store.finalize(run, counts)
+    seconds = time.perf_counter() - start
+    return RunSummary(out, done_total, skipped_total, seconds, computed)
+
+
+def _options_record(options: ExtractOptions, dataset) -> dict:
+    record = asdict(options)
+    record["shard"] = list(options.shard) if options.shard else None
+    record["image_root"] = str(dataset.image_root)
+    return record
+
+
+def _check_same(store: RunStore, options: ExtractOptions, dataset) -> None:
+    run = store.read_run()
+    record = _options_record(options, dataset)
+    differing = {
+        k for k in set(record) | set(run["options"]) if record.get(k) != run["options"].get(k)
+    }
+    if differing or run["identity"].get("dataset_sha256") != sha256(dataset.jsonl):
+        from vgutils.results import RunMismatch
+
+        raise RunMismatch(
+            f"{store.folder} holds a complete run made with other options or data "
+            f"({', '.join(sorted(differing)) or 'dataset changed'}); use another --out"
+        )
+
+
+def _process_group(vlm, group, options, store, context, batch_size, prefix_sharing):
+    """Compute every question of one image; returns the frames to write and how many
+    samples were skipped (logged to errors.jsonl)."""
+    skipped = 0
+
+    def skip(sample: Sample, reason: str) -> None:
+        nonlocal skipped
+        store.add_error(sample.id, sample.source, reason)
+        skipped += 1
+
+    try:
+        image = load_image(group[0][1].image_path)
+    except Exception as err:  # an unreadable image skips its questions, never the run
+        for _, sample in group:
+            skip(sample, f"image unreadable: {err}")
+        return {}, skipped
+    prompts, kept = [], []
+    for order, sample in group:
+        try:
+            prompts.append(vlm.prepare(image, sample.question))
+            kept.append((order, sample))
+        except Exception as err:
+            skip(sample, f"prompt preparation failed: {err}")
+    if not kept:
+        return {}, skipped
+    prompts.append(vlm.prepare_generic(image))
+    if prefix_sharing:
+        maps = shared_prefix_attention(vlm, prompts, options.strategy, batch_size)
+    else:
+        maps = [vlm.attention(p, options.strategy) for p in prompts]
+    generic = maps[-1]
+    collected: dict[str, list[pd.DataFrame]] = {}
+    for (order, sample), prepared, raw_heads in zip(kept, prompts, maps, strict=False):
+        try:
+            frames, _ = _sample_frames(
+                sample, order, raw_heads, generic, prepared.layout, context, options.heads
+            )
+        except ValueError as err:  # e.g. the box covers no image token
+            skip(sample, str(err))
+            continue
+        for kind, frame in frames.items():
+            collected.setdefault(kind, []).append(frame)
+        if options.save_maps:
+            arrays = {k: v.astype(np.float32) for k, v in layer_maps(raw_heads, generic).items()}
+            if options.heads:
+                arrays.update(raw_heads=raw_heads, generic_heads=generic)
+            arrays["boxes"] = sample.boxes
+            store.save_maps(sample.id, arrays, prepared.layout)
+    return {k: pd.concat(v, ignore_index=True) for k, v in collected.items()}, skipped
