@@ -6,15 +6,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= default
+DEVICE ?= cpu
+DATA_ROOT ?= data
 
+SAMPLES := $(DATA_ROOT)/samples/sample-medical.jsonl
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(NOTEBOOKS:notebooks/%=build/$(PROFILE)/notebooks/%)
+RESULTS_STAMP := results/$(PROFILE)/.complete
+SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-DATA_ROOT ?= data
-SAMPLES := $(DATA_ROOT)/samples/sample-medical.jsonl
-
-.PHONY: help setup test lint format data figures clean
+.PHONY: help setup test lint format data figures bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -36,21 +38,36 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP) lint ## set up if needed, lint, run the test suite
+test: $(STAMP) lint ## set up if needed, lint, run the tests and the notebooks (smoke profile)
 	$(PY) -m pytest
 
-data: $(SAMPLES) ## build the embedded sample sets offline into data/samples and check their hashes
+data: $(SAMPLES) ## build the embedded sample sets offline into data/samples, check hashes
 
 $(SAMPLES): vgutils/data/samples.py $(STAMP)
 	$(PY) -m vgutils data samples --data-root $(DATA_ROOT)
 	$(PY) -m vgutils data verify --data-root $(DATA_ROOT)
 
-figures: $(STAMP) $(EXECUTED) ## set up if needed and regenerate the figures of PROFILE (default: embedded run)
+figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper)
 	@$(PY) -m vgutils report figures/$(PROFILE) --notebooks $(words $(NOTEBOOKS))
 
-build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb notebooks/params/$(PROFILE).yaml $(STAMP)
-	@mkdir -p $(@D) figures/$(PROFILE)
-	$(PY) -m papermill --cwd notebooks -f notebooks/params/$(PROFILE).yaml $< $@
+# the profile's extraction jobs; the runner skips jobs whose results are complete
+$(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP)
+	$(PY) -m vgutils jobs $(PROFILE)
+	@touch $@
+
+# one executed notebook per figure notebook; a failure keeps the partial notebook aside
+build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
+	@mkdir -p $(@D)
+	@echo "papermill $< -> $@"
+	@MPLBACKEND=Agg $(PY) -m papermill $< $@.partial.ipynb -p profile $(PROFILE) \
+		--cwd notebooks --log-level WARNING --no-progress-bar \
+		&& mv $@.partial.ipynb $@ \
+		|| { echo "FAILED: notebook $< (profile $(PROFILE)); the failing cell and its" \
+			"traceback are above and in $@.partial.ipynb"; exit 1; }
+
+bench: $(STAMP) $(SAMPLES) ## reference pipeline vs our runner: questions/s, memory (DEVICE=cpu|cuda)
+	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
+	$(PY) benchmarks/forward_capture.py --device $(DEVICE)
 
 clean: ## remove generated build/ and figures/ (keeps .venv, data/, results/)
 	rm -rf build figures

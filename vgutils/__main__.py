@@ -128,6 +128,36 @@ def _merge(args) -> int:
     return 0
 
 
+def _vqa(args) -> int:
+    from vgutils.vqa import VQAOptions, run_vqa
+
+    options = VQAOptions(
+        model=args.model,
+        dataset=args.dataset,
+        refine=args.refine,
+        heads_from=str(args.heads_from) if args.heads_from else None,
+        top_k=args.top_k,
+        layers=tuple(args.layers) if args.layers else None,
+        percentile=args.percentile,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        image_root=str(args.image_root) if args.image_root else None,
+        bbox_format=args.bbox_format,
+        dtype=args.dtype,
+    )
+    _, table, seconds = run_vqa(options, args.out, device=args.device)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{args.out}: answers.parquet, accuracy.json ({seconds:.1f} s)")
+    return 0
+
+
+def _jobs(args) -> int:
+    from vgutils.jobs import ensure_results
+
+    ensure_results(args.profile)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m vgutils`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m vgutils", description=__doc__)
@@ -166,6 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--revision", help="model revision (commit hash)")
     extract.add_argument("--trust-remote-code", action="store_true")
     extract.set_defaults(run=_extract)
+
+    vqa = commands.add_parser("vqa", help="VQA accuracy, optionally with VGRefine")
+    vqa.add_argument("--model", required=True)
+    vqa.add_argument("--dataset", required=True)
+    vqa.add_argument("--out", required=True, type=Path)
+    vqa.add_argument("--refine", action="store_true", help="also answer with VGRefine")
+    vqa.add_argument("--heads-from", type=Path, help="run folder of `extract --heads`")
+    vqa.add_argument("--top-k", type=int, default=10, help="visually sensitive heads")
+    vqa.add_argument("--layers", type=int, nargs="+", help="knockout layers (default: heads')")
+    vqa.add_argument("--percentile", type=float, default=80.0, help="low-relevance cut")
+    vqa.add_argument("--max-new-tokens", type=int, default=16)
+    vqa.add_argument("--limit", type=int)
+    vqa.add_argument("--image-root", type=Path)
+    vqa.add_argument("--bbox-format", choices=("xyxy", "xywh"))
+    vqa.add_argument("--device", default="auto")
+    vqa.add_argument("--dtype", default="auto")
+    vqa.set_defaults(run=_vqa)
+
+    jobs = commands.add_parser("jobs", help="run a profile's extraction jobs (cached)")
+    jobs.add_argument("profile", help="smoke, default, paper (notebooks/params/*.yaml)")
+    jobs.set_defaults(run=_jobs)
 
     merge = commands.add_parser("merge", help="combine shard runs")
     merge.add_argument("folders", nargs="+", type=Path, help="run folder(s)")

@@ -59,8 +59,9 @@ def map_file_name(sample_id: str) -> str:
 class RunStore:
     """One run folder: ``open`` checks the options, then parts are added as work ends."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, main_kind: str = "metrics"):
         self.folder = Path(folder)
+        self.main_kind = main_kind
         self.parts = self.folder / "parts"
         self.maps = self.folder / "maps"
 
@@ -111,9 +112,9 @@ class RunStore:
     def done_ids(self) -> set[str]:
         """Samples already finished (results written) or skipped (in errors.jsonl)."""
         done: set[str] = set()
-        for path in sorted(self.parts.glob("metrics-*.parquet")):
+        for path in sorted(self.parts.glob(f"{self.main_kind}-*.parquet")):
             done.update(pd.read_parquet(path, columns=["sample_id"])["sample_id"])
-        final = self.folder / "metrics.parquet"
+        final = self.folder / f"{self.main_kind}.parquet"
         if final.exists():
             done.update(pd.read_parquet(final, columns=["sample_id"])["sample_id"])
         done.update(e["sample_id"] for e in self.errors())
@@ -135,11 +136,11 @@ class RunStore:
             os.fsync(handle.fileno())
 
     def add_part(self, frames: dict[str, pd.DataFrame]) -> None:
-        """Write one part per kind; the metrics part is written last, so a sample counts
-        as done only once all its files exist."""
+        """Write one part per kind; the main kind's part is written last, so a sample
+        counts as done only once all its files exist."""
         self.parts.mkdir(parents=True, exist_ok=True)
-        number = len(list(self.parts.glob("metrics-*.parquet")))
-        for kind in sorted(frames, key=lambda k: k == "metrics"):
+        number = len(list(self.parts.glob(f"{self.main_kind}-*.parquet")))
+        for kind in sorted(frames, key=lambda k: k == self.main_kind):
             _atomic_parquet(frames[kind], self.parts / f"{kind}-{number:05d}.parquet")
 
     def save_maps(self, sample_id: str, arrays: dict[str, np.ndarray], layout: TokenLayout):
@@ -160,7 +161,8 @@ class RunStore:
     # --- the end ---
     def finalize(self, run: dict, counts: dict) -> None:
         """Merge the parts into the final parquet files (sorted), mark the run complete."""
-        for kind in KINDS:
+        kinds = {p.name.rsplit("-", 1)[0] for p in self.parts.glob("*-*.parquet")}
+        for kind in sorted(kinds | {self.main_kind}):
             paths = sorted(self.parts.glob(f"{kind}-*.parquet"))
             final = self.folder / f"{kind}.parquet"
             frames = [pd.read_parquet(p) for p in paths]

@@ -95,6 +95,17 @@ def model_identity(name: str, source_folder: str, vlm) -> dict:
     return identity
 
 
+def code_fingerprint() -> str:
+    """sha256 of the package sources that determine the numbers (a change recomputes)."""
+    root = Path(__file__).parent
+    files = [root / n for n in ("geometry.py", "metrics.py", "scoring.py", "runner.py")]
+    files += sorted((root / "models").glob("*.py")) + sorted((root / "data").glob("*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def package_versions() -> dict:
     names = ("vgutils", "torch", "transformers", "numpy", "pandas")
     versions = {"python": sys.version.split()[0]}
@@ -185,6 +196,7 @@ def extract(
         **model_identity(options.model, resolve(options.model), vlm),
         "dataset": dataset.name,
         "dataset_sha256": sha256(dataset.jsonl),
+        "code_sha256": code_fingerprint(),
     }
     run = store.open(_options_record(options, dataset), identity, package_versions())
     done = store.done_ids()
@@ -244,13 +256,30 @@ def _check_same(store: RunStore, options: ExtractOptions, dataset) -> None:
     differing = {
         k for k in set(record) | set(run["options"]) if record.get(k) != run["options"].get(k)
     }
-    if differing or run["identity"].get("dataset_sha256") != sha256(dataset.jsonl):
+    if run["identity"].get("dataset_sha256") != sha256(dataset.jsonl):
+        differing.add("dataset content")
+    if run["identity"].get("code_sha256") != code_fingerprint():
+        differing.add("vgutils code")
+    if differing:
         from vgutils.results import RunMismatch
 
         raise RunMismatch(
-            f"{store.folder} holds a complete run made with other options or data "
-            f"({', '.join(sorted(differing)) or 'dataset changed'}); use another --out"
+            f"{store.folder} holds a complete run made with other options, data or code "
+            f"({', '.join(sorted(differing))}); use another --out or delete it"
         )
+
+
+def group_attention(
+    vlm, image, prompts: list, strategy: str, batch_size: int = 8, prefix_sharing: bool = True
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Attention ``(layers, heads, N)`` of each prepared question about ``image`` and of
+    the image's generic prompt (computed once), sharing the image prefix if asked."""
+    prompts = [*prompts, vlm.prepare_generic(image)]
+    if prefix_sharing:
+        maps = shared_prefix_attention(vlm, prompts, strategy, batch_size)
+    else:
+        maps = [vlm.attention(p, strategy) for p in prompts]
+    return maps[:-1], maps[-1]
 
 
 def _process_group(vlm, group, options, store, context, batch_size, prefix_sharing):
@@ -278,14 +307,11 @@ def _process_group(vlm, group, options, store, context, batch_size, prefix_shari
             skip(sample, f"prompt preparation failed: {err}")
     if not kept:
         return {}, skipped
-    prompts.append(vlm.prepare_generic(image))
-    if prefix_sharing:
-        maps = shared_prefix_attention(vlm, prompts, options.strategy, batch_size)
-    else:
-        maps = [vlm.attention(p, options.strategy) for p in prompts]
-    generic = maps[-1]
+    maps, generic = group_attention(
+        vlm, image, prompts, options.strategy, batch_size, prefix_sharing
+    )
     collected: dict[str, list[pd.DataFrame]] = {}
-    for (order, sample), prepared, raw_heads in zip(kept, prompts, maps, strict=False):
+    for (order, sample), prepared, raw_heads in zip(kept, prompts, maps, strict=True):
         try:
             frames, _ = _sample_frames(
                 sample, order, raw_heads, generic, prepared.layout, context, options.heads

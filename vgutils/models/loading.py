@@ -49,12 +49,14 @@ def load_model(
     dtype: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    processor_kwargs: dict | None = None,
 ) -> VisionLanguageModel:
     """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
     config. ``device``: ``auto`` (cuda if present), ``cpu``, ``cuda``, ``cuda:1`` or
     ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
     (bf16 on GPU, fp32 on CPU) or a torch dtype name. Remote code needs a pinned
-    ``revision``."""
+    ``revision``. ``processor_kwargs`` go to ``AutoProcessor.from_pretrained``, e.g.
+    ``{"max_pixels": 1280 * 28 * 28}`` for Qwen2.5-VL (the authors capped it at 50176)."""
     if trust_remote_code and not revision:
         raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
     source = resolve(name_or_path)
@@ -66,7 +68,7 @@ def load_model(
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
     )
-    processor = AutoProcessor.from_pretrained(source, **options)
+    processor = AutoProcessor.from_pretrained(source, **options, **(processor_kwargs or {}))
     return wrap_model(model, processor, source=name_or_path)
 
 

@@ -68,3 +68,64 @@ def llava_1_5_7b(
     processor.patch_size = 14
     model.config._attn_implementation = "sdpa"
     return wrap_model(model, processor, source="shaped:llava-1.5-7b")
+
+
+def qwen2_5_vl_7b(
+    num_layers: int = 2,
+    vision_layers: int = 2,
+    max_image_tokens: int = 1600,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> VisionLanguageModel:
+    """Qwen2.5-VL-7B language-model shapes (hidden 3584, 28 heads, 4 KV heads, MLP 18944,
+    multimodal RoPE) with ``num_layers`` layers, and its vision tower's shapes (hidden
+    1280, 16 heads, 14 px patches, 2x2 merge) with ``vision_layers`` layers; the
+    vocabulary is the tiny tokenizer's (it does not change attention), random weights.
+    The processor allows up to ``max_image_tokens`` image tokens."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(resolve("tiny:qwen2_5_vl"))
+    tiny = Qwen2_5_VLConfig.from_pretrained(resolve("tiny:qwen2_5_vl"))
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": tiny.text_config.vocab_size,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [16, 24, 24],
+            },
+            "bos_token_id": None,
+            "eos_token_id": tiny.text_config.eos_token_id,
+            "pad_token_id": tiny.text_config.pad_token_id,
+        },
+        vision_config={
+            "depth": vision_layers,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [vision_layers - 1],
+            "out_hidden_size": 3584,
+        },
+        image_token_id=tiny.image_token_id,
+        video_token_id=tiny.video_token_id,
+        vision_start_token_id=tiny.vision_start_token_id,
+        vision_end_token_id=tiny.vision_end_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+    processor.image_processor.size = {
+        "shortest_edge": 4 * 28 * 28,
+        "longest_edge": max_image_tokens * 28 * 28,
+    }
+    model.config._attn_implementation = "sdpa"
+    return wrap_model(model, processor, source="shaped:qwen2.5-vl-7b")

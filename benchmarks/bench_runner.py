@@ -1,0 +1,200 @@
+"""Questions per second: the reference pipeline against our runner, same model, same
+samples, same process; then capture memory against sequence length.
+
+    make bench                      # CPU
+    make bench DEVICE=cuda          # GPU: full 32-layer LLaVA-1.5-7B shape in bf16
+
+Part 1 runs both paths on the first ``--samples`` questions of ``sample-natural`` with
+(a) the tiny LLaVA and (b) a random LLaVA-1.5-7B-shaped model (hidden 4096, 32 heads,
+576 image tokens; ``--layers`` language layers, ``--vision-layers`` vision layers),
+checks that both give the same metrics, and prints questions/s, the speed-up and peak
+memory. Part 2 runs one forward of a Qwen2.5-VL-7B-shaped model at growing image-token
+counts, eager + output_attentions against capture, and prints peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from measure import measure
+from reference import eager_everywhere, reference_question
+
+from vgutils.data import load_dataset, load_image
+from vgutils.metrics import gt_mask
+from vgutils.models import load_model
+from vgutils.models.shaped import llava_1_5_7b, qwen2_5_vl_7b
+from vgutils.runner import group_attention, group_by_image
+from vgutils.scoring import layer_scores
+
+
+def reference_run(vlm, samples) -> list[dict]:
+    scores = []
+    with eager_everywhere(vlm):
+        for sample in samples:
+            image = load_image(sample.image_path)
+            question, generic, layout = reference_question(vlm, image, sample.question)
+            scores.append(layer_scores(question, generic, gt_mask(layout, sample.boxes)))
+    return scores
+
+
+def our_run(vlm, samples, batch_size: int) -> list[dict]:
+    scores = []
+    for group in group_by_image(samples):
+        image = load_image(group[0][1].image_path)
+        prompts = [vlm.prepare(image, s.question) for _, s in group]
+        maps, generic = group_attention(vlm, image, prompts, "last", batch_size)
+        for (_, sample), prepared, raw in zip(group, prompts, maps, strict=True):
+            scores.append(layer_scores(raw, generic, gt_mask(prepared.layout, sample.boxes)))
+    return scores
+
+
+def assert_same(reference: list[dict], ours: list[dict], rtol: float) -> float:
+    worst = 0.0
+    for a, b in zip(reference, ours, strict=True):
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=rtol, err_msg=key)
+            worst = max(worst, float(np.max(np.abs(b[key] - a[key]))))
+    return worst
+
+
+def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
+    reference_run(vlm, samples[:1])  # warm-up
+    our_run(vlm, samples[:1], batch_size)
+    timed = {}
+    for label, fn in (
+        ("reference", lambda: reference_run(vlm, samples)),
+        ("ours", lambda: our_run(vlm, samples, batch_size)),
+    ):
+        result = {}
+        measurement = measure(lambda fn=fn, result=result: result.update(out=fn()), device, 1)
+        timed[label] = (measurement, result["out"])
+    worst = assert_same(timed["reference"][1], timed["ours"][1], rtol)
+    n = len(samples)
+    ref, ours = timed["reference"][0], timed["ours"][0]
+    return {
+        "model": name,
+        "questions": n,
+        "ref_qps": n / ref.seconds,
+        "our_qps": n / ours.seconds,
+        "ref_mib": ref.peak_mib,
+        "our_mib": ours.peak_mib,
+        "max_diff": worst,
+    }
+
+
+def memory_scaling(device, dtype, sides) -> list[dict]:
+    vlm = qwen2_5_vl_7b(dtype=dtype, device=device)
+    rows = []
+    for side in sides:
+        image = load_image_array(side)
+        prepared = vlm.prepare(image, "Is there a lesion in the liver?")
+        capture = measure(lambda p=prepared: vlm.attention(p, "last"), device, 1)
+        vlm.model.set_attn_implementation({"text_config": "eager"})
+        try:
+
+            def eager(p=prepared):
+                with torch.no_grad():
+                    vlm.model(**p.inputs, output_attentions=True)
+
+            reference = measure(eager, device, 1)
+        finally:
+            vlm.model.set_attn_implementation({"text_config": "vgutils"})
+        rows.append(
+            {
+                "side": side,
+                "n": len(prepared.image_positions),
+                "seq": int(prepared.inputs["input_ids"].shape[1]),
+                "eager_mib": reference.peak_mib,
+                "capture_mib": capture.peak_mib,
+            }
+        )
+    return rows
+
+
+def load_image_array(side: int):
+    from PIL import Image
+
+    pixels = (np.random.default_rng(side).random((side, side, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=8, help="questions of sample-natural")
+    parser.add_argument("--layers", type=int, default=None, help="default: 2 (cpu), 32 (cuda)")
+    parser.add_argument(
+        "--vision-layers", type=int, default=None, help="default: 2 (cpu), 24 (cuda)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--memory-sides",
+        default="448,672,896,1120",
+        help="image sides (px) for the memory part; empty to skip",
+    )
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    layers = args.layers or (32 if cuda else 2)
+    vision_layers = args.vision_layers or (24 if cuda else 2)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rtol = 2e-2 if cuda else 1e-4
+    samples = load_dataset("sample-natural")[: args.samples]
+    started = time.perf_counter()
+    rows = [
+        compare(
+            "tiny:llava",
+            load_model("tiny:llava", device=args.device),
+            samples,
+            args.device,
+            args.batch_size,
+            1e-4,
+        )
+    ]
+    big = llava_1_5_7b(layers, vision_layers, dtype=dtype, device=args.device)
+    rows.append(
+        compare(
+            f"llava-1.5-7b shape, {layers}+{vision_layers} layers",
+            big,
+            samples,
+            args.device,
+            args.batch_size,
+            rtol,
+        )
+    )
+    del big
+    print(
+        f"\nPart 1: {len(samples)} questions on {len({s.image_path for s in samples})} images, "
+        f"device {args.device}, {dtype}; metrics identical (max |diff| shown)"
+    )
+    print(
+        f"{'model':36} {'ref q/s':>8} {'our q/s':>8} {'speed-up':>8} "
+        f"{'ref MiB':>8} {'our MiB':>8} {'max|diff|':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:36} {r['ref_qps']:8.3f} {r['our_qps']:8.3f} "
+            f"{r['our_qps'] / r['ref_qps']:7.2f}x {r['ref_mib']:8.0f} {r['our_mib']:8.0f} "
+            f"{r['max_diff']:9.1e}"
+        )
+    sides = [int(s) for s in args.memory_sides.split(",") if s]
+    if sides:
+        print(
+            "\nPart 2: one forward, Qwen2.5-VL-7B shape (2 language + 2 vision layers), "
+            "peak memory above the loaded model"
+        )
+        print(f"{'image px':>8} {'N':>5} {'seq':>5} {'eager MiB':>10} {'capture MiB':>11}")
+        for r in memory_scaling(args.device, dtype, sides):
+            print(
+                f"{r['side']:8d} {r['n']:5d} {r['seq']:5d} {r['eager_mib']:10.0f} "
+                f"{r['capture_mib']:11.0f}"
+            )
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Figures: one function per figure kind, each returning a matplotlib Figure.
+
+Package style: seaborn ``ticks`` with the Okabe-Ito colour-blind-safe palette; medical is
+always vermillion and natural always blue; localization solid, attribute dashed; the
+best (lowest-KL) layer is outlined / marked in orange, as in the paper.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from vgutils.geometry import TokenLayout
+from vgutils.paths import figures_dir
+
+DOMAIN_COLOURS = {"medical": "#D55E00", "natural": "#0072B2"}
+QTYPE_STYLES = {"localization": "-", "attribute": "--"}
+STRATEGY_COLOURS = {"last": "#009E73", "question": "#CC79A7", "all": "#56B4E9"}
+BEST_LAYER_COLOUR = "#E69F00"
+METRIC_LABELS = {
+    "attention_ratio": "attention ratio (1 = chance)",
+    "kl": "KL(U_G || P)  (lower = better)",
+    "js": "JS(P, U_G)  (lower = better)",
+}
+COLUMN_WIDTH_IN = 3.5
+
+
+def use_style() -> None:
+    """The package's plotting style (call once per notebook)."""
+    sns.set_theme(context="paper", style="ticks", palette="colorblind")
+    mpl.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 200,
+            "savefig.bbox": "tight",
+            "axes.titlesize": 9,
+            "axes.labelsize": 8,
+            "xtick.labelsize": 7,
+            "ytick.labelsize": 7,
+            "legend.fontsize": 7,
+            "pdf.fonttype": 42,
+        }
+    )
+
+
+def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
+    """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths."""
+    folder = figures_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.{suffix}" for suffix in ("pdf", "png")]
+    for path in paths:
+        fig.savefig(path)
+    return paths
+
+
+def token_heatmap(values: np.ndarray, layout: TokenLayout, max_side: int = 224) -> np.ndarray:
+    """Per-token ``values`` (N,) painted on the original image's frame: ``(h, w)`` float,
+    each pixel the mean over the tokens covering it (tiles and thumbnail overlap), NaN
+    where no token looks (e.g. cropped away). Rendered at most ``max_side`` px."""
+    width, height = layout.image_size
+    scale = min(1.0, max_side / max(width, height))
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    total = np.zeros((h, w))
+    count = np.zeros((h, w))
+    boxes = layout.boxes * scale
+    for value, (x0, y0, x1, y1) in zip(np.asarray(values, dtype=float), boxes, strict=True):
+        c0, c1 = max(0, int(np.floor(x0))), min(w, int(np.ceil(x1)))
+        r0, r1 = max(0, int(np.floor(y0))), min(h, int(np.ceil(y1)))
+        if c1 > c0 and r1 > r0:
+            total[r0:r1, c0:c1] += value
+            count[r0:r1, c0:c1] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _draw_boxes(ax, boxes: np.ndarray, colour: str = "white") -> None:
+    for x0, y0, x1, y1 in np.asarray(boxes):
+        ax.add_patch(
+            mpl.patches.Rectangle(
+                (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.2
+            )
+        )
+
+
+def pick_layers(num_layers: int, best: int, count: int = 5) -> list[int]:
+    """A readable subset: ``count`` evenly spaced layers plus the best one, sorted."""
+    spaced = np.linspace(0, num_layers - 1, min(count, num_layers)).round().astype(int)
+    return sorted({*spaced.tolist(), int(best)})
+
+
+def layer_maps_figure(rows: list[dict], count: int = 5, caption: str | None = None):
+    """Qualitative layer maps (Fig 1 / 3b). Each row dict: ``title``, ``image`` (PIL),
+    ``maps`` ``(layers, N)`` normalised maps, ``layout``, ``boxes`` ``(k, 4)``, ``kl``
+    ``(layers,)``. Column 0: the image with its ground-truth box(es); then the chosen
+    layers' maps over the image; the lowest-KL layer is outlined in orange."""
+    columns = 1 + max(len(pick_layers(len(r["kl"]), int(np.argmin(r["kl"])), count)) for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), columns, squeeze=False, figsize=(1.25 * columns, 1.35 * len(rows) + 0.3)
+    )
+    for axes_row, row in zip(axes, rows, strict=True):
+        image = np.asarray(row["image"])
+        best = int(np.argmin(row["kl"]))
+        extent = (0, row["layout"].image_size[0], row["layout"].image_size[1], 0)
+        axes_row[0].imshow(image, extent=extent)
+        _draw_boxes(axes_row[0], row["boxes"], BEST_LAYER_COLOUR)
+        axes_row[0].set_title(textwrap.fill(row["title"], 26), fontsize=6)
+        layers = pick_layers(len(row["kl"]), best, count)
+        for ax, layer in zip(axes_row[1:], layers, strict=False):
+            heat = token_heatmap(row["maps"][layer], row["layout"])
+            ax.imshow(image, extent=extent)
+            ax.imshow(heat, extent=extent, cmap="magma", alpha=0.6, interpolation="nearest")
+            _draw_boxes(ax, row["boxes"])
+            ax.set_title(f"layer {layer}" + (" (min KL)" if layer == best else ""), fontsize=7)
+            if layer == best:
+                for spine in ax.spines.values():
+                    spine.set_visible(True)
+                    spine.set_edgecolor(BEST_LAYER_COLOUR)
+                    spine.set_linewidth(2.5)
+                ax.set_gid("best-layer")
+        for ax in axes_row[1 + len(layers) :]:
+            ax.set_visible(False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if caption:
+        fig.suptitle(caption, fontsize=8, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, frame: pd.DataFrame, colour: str, style: str, label: str) -> None:
+    frame = frame.sort_values("layer")
+    ax.plot(frame["layer"], frame["mean"], color=colour, linestyle=style, label=label, lw=1.3)
+    ax.fill_between(
+        frame["layer"], frame["low"], frame["high"], color=colour, alpha=0.18, linewidth=0
+    )
+
+
+def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
+    """Per-layer curves (Fig 2 / 3a): rows = models, columns = metrics; colour = domain
+    (medical / natural), line style = question type; bands = 95% bootstrap intervals.
+    ``curves``: columns model, metric, domain, q_type, layer, mean, low, high. The layer
+    with the lowest mean KL (over all samples of each domain) is marked in orange."""
+    models = list(dict.fromkeys(curves["model"]))
+    metrics = [m for m in METRIC_LABELS if m in set(curves["metric"])]
+    fig, axes = plt.subplots(
+        len(models),
+        len(metrics),
+        squeeze=False,
+        sharex="row",
+        figsize=(2.3 * len(metrics), 1.9 * len(models) + 0.4),
+    )
+    for axes_row, model in zip(axes, models, strict=True):
+        for ax, metric in zip(axes_row, metrics, strict=True):
+            frame = curves[(curves["model"] == model) & (curves["metric"] == metric)]
+            for (domain, q_type), part in frame.groupby(["domain", "q_type"], sort=True):
+                _band(
+                    ax,
+                    part,
+                    DOMAIN_COLOURS.get(domain, "grey"),
+                    QTYPE_STYLES.get(q_type, ":"),
+                    f"{domain} / {q_type}",
+                )
+            if metric == "attention_ratio":
+                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            if metric == "kl":
+                _mark_best_kl(ax, frame)
+            ax.set_title(f"{model}", fontsize=7, loc="left")
+            ax.set_ylabel(METRIC_LABELS[metric])
+            ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+            sns.despine(ax=ax)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02)
+    )
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def _mark_best_kl(ax, frame: pd.DataFrame) -> None:
+    for domain, part in frame.groupby("domain"):
+        per_layer = part.groupby("layer")["mean"].mean()
+        best = int(per_layer.idxmin())
+        ax.plot(
+            [best],
+            [per_layer[best]],
+            marker="o",
+            markersize=6,
+            markerfacecolor="none",
+            markeredgecolor=BEST_LAYER_COLOUR,
+            markeredgewidth=1.6,
+            linestyle="none",
+            gid=f"best-kl-{domain}",
+        )
+
+
+def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
+    """Token strategies (Fig 5): rows = (model, domain), columns = metrics, one line per
+    strategy (``last`` / ``question`` / ``all``) with 95% bootstrap bands."""
+    keys = list(dict.fromkeys(zip(curves["model"], curves["domain"], strict=True)))
+    metrics = [m for m in METRIC_LABELS if m in set(curves["metric"])]
+    fig, axes = plt.subplots(
+        len(keys), len(metrics), squeeze=False, figsize=(2.3 * len(metrics), 1.8 * len(keys) + 0.4)
+    )
+    for axes_row, (model, domain) in zip(axes, keys, strict=True):
+        for ax, metric in zip(axes_row, metrics, strict=True):
+            frame = curves[
+                (curves["model"] == model)
+                & (curves["domain"] == domain)
+                & (curves["metric"] == metric)
+            ]
+            for strategy, part in frame.groupby("strategy", sort=False):
+                _band(ax, part, STRATEGY_COLOURS.get(strategy, "grey"), "-", strategy)
+            if metric == "attention_ratio":
+                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.set_title(
+                f"{model} — {domain}",
+                fontsize=7,
+                loc="left",
+                color=DOMAIN_COLOURS.get(domain, "black"),
+            )
+            ax.set_ylabel(METRIC_LABELS[metric])
+            ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+            sns.despine(ax=ax)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.02)
+    )
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def failure_cases_figure(rows: list[dict], caption: str | None = None):
+    """VGRefine cases (Fig 4). Row dict: ``title``, ``image``, ``layout``, ``boxes``,
+    ``truth``, ``before`` / ``after`` ``(N,)`` maps (mean over the knockout layers),
+    ``baseline`` / ``refined`` answers, ``low`` ``(N,)`` triage mask, ``domain``.
+    Columns: image with box and ground truth; the triage (knocked-out tokens dark);
+    attention before and after with the answers."""
+    fig, axes = plt.subplots(len(rows), 4, squeeze=False, figsize=(6.4, 1.75 * len(rows) + 0.3))
+    for axes_row, row in zip(axes, rows, strict=True):
+        image = np.asarray(row["image"])
+        extent = (0, row["layout"].image_size[0], row["layout"].image_size[1], 0)
+        colour = DOMAIN_COLOURS.get(row.get("domain"), "black")
+        axes_row[0].imshow(image, extent=extent)
+        _draw_boxes(axes_row[0], row["boxes"], BEST_LAYER_COLOUR)
+        axes_row[0].set_title(textwrap.fill(row["title"], 30), fontsize=6, color=colour)
+        axes_row[0].set_xlabel(f"truth: {row['truth']}", fontsize=7)
+        kept = token_heatmap((~row["low"]).astype(float), row["layout"])
+        axes_row[1].imshow(image, extent=extent)
+        axes_row[1].imshow(
+            kept, extent=extent, cmap="gray", vmin=0, vmax=1, alpha=0.65, interpolation="nearest"
+        )
+        axes_row[1].set_title("triage: dark = knocked out", fontsize=6)
+        for ax, key, answer_key, label in (
+            (axes_row[2], "before", "baseline", "before"),
+            (axes_row[3], "after", "refined", "VGRefine"),
+        ):
+            ax.imshow(image, extent=extent)
+            ax.imshow(
+                token_heatmap(row[key], row["layout"]),
+                extent=extent,
+                cmap="magma",
+                alpha=0.6,
+                interpolation="nearest",
+            )
+            _draw_boxes(ax, row["boxes"])
+            ax.set_title(f"{label}", fontsize=7)
+            ax.set_xlabel(textwrap.shorten(f"answer: {row[answer_key]}", 34), fontsize=7)
+        for ax in axes_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if caption:
+        fig.suptitle(caption, fontsize=8, y=1.0)
+    fig.tight_layout()
+    return fig

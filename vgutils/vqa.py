@@ -1,0 +1,174 @@
+"""VQA accuracy with and without VGRefine, resumable like the extraction runner.
+
+Scoring (normalised: lower case, punctuation and articles removed, whitespace squeezed):
+closed questions (ground truth yes / no) score exact match of the normalised answers;
+open questions score exact match and token recall (share of the ground truth's tokens
+found in the prediction).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vgutils.data import load_image, read_dataset, resolve_dataset
+from vgutils.data.manifest import sha256
+from vgutils.results import RunStore, load_metrics
+from vgutils.runner import code_fingerprint, group_by_image, package_versions
+
+CLOSED = {"yes", "no"}
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str | None) -> str:
+    """Lower case, no punctuation, no articles, single spaces."""
+    text = (text or "").lower()
+    text = text.translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def score_answer(prediction: str, truth: str) -> dict:
+    """``closed``, ``exact`` (0/1) and ``recall`` (open questions; closed: = exact)."""
+    pred, gold = normalize_answer(prediction), normalize_answer(truth)
+    closed = gold in CLOSED
+    if closed:  # the first word decides ("yes, there is" counts as yes)
+        exact = float(pred.split()[:1] == [gold])
+        return {"closed": True, "exact": exact, "recall": exact}
+    gold_tokens = gold.split()
+    pred_tokens = set(pred.split())
+    recall = sum(t in pred_tokens for t in gold_tokens) / len(gold_tokens) if gold_tokens else 0.0
+    return {"closed": False, "exact": float(pred == gold), "recall": recall}
+
+
+@dataclass(frozen=True)
+class VQAOptions:
+    model: str
+    dataset: str
+    refine: bool = False
+    heads_from: str | None = None
+    top_k: int = 10
+    layers: tuple[int, ...] | None = None
+    percentile: float = 80.0
+    max_new_tokens: int = 16
+    limit: int | None = None
+    image_root: str | None = None
+    bbox_format: str | None = None
+    dtype: str = "auto"
+
+
+def heads_and_layers(options: VQAOptions, num_layers: int):
+    """The visually sensitive heads from ``heads_from`` (a runner run with ``--heads``) and
+    the knockout layers (given, or the layers of those heads)."""
+    from vgutils.refine import rank_heads
+
+    if not options.heads_from:
+        raise ValueError("--refine needs --heads-from: a run made with `extract --heads`")
+    heads = rank_heads(load_metrics(options.heads_from, "head_metrics"), top_k=options.top_k)
+    layers = options.layers or tuple(sorted({layer for layer, _ in heads}))
+    bad = [layer for layer in layers if not 0 <= layer < num_layers]
+    if bad:
+        raise ValueError(f"--layers {bad} outside 0..{num_layers - 1}")
+    return heads, list(layers)
+
+
+def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per question kind (closed / open) for the baseline and, if present,
+    VGRefine: exact match, and token recall for open questions."""
+    rows = []
+    for closed, frame in answers.groupby("closed"):
+        row = {
+            "questions": "closed (yes/no)" if closed else "open",
+            "n": len(frame),
+            "baseline_exact": frame["baseline_exact"].mean(),
+        }
+        if not closed:
+            row["baseline_recall"] = frame["baseline_recall"].mean()
+        if "refined_exact" in frame:
+            row["refined_exact"] = frame["refined_exact"].mean()
+            if not closed:
+                row["refined_recall"] = frame["refined_recall"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
+    """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
+    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
+    from vgutils.models.loading import load_model
+    from vgutils.refine import answer
+
+    started = time.perf_counter()
+    dataset = resolve_dataset(
+        options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
+    )
+    samples, _ = read_dataset(dataset)
+    samples = [s for s in samples if s.answer is not None][: options.limit]
+    store = RunStore(Path(out), main_kind="answers")
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+    identity = {"dataset_sha256": sha256(dataset.jsonl), "code_sha256": code_fingerprint()}
+    run = store.open(record, identity, package_versions())
+    done = store.done_ids()
+    todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
+    todo = [g for g in todo if g]
+    if todo:
+        vlm = load_model(options.model, device=device, dtype=options.dtype)
+        heads, layers = heads_and_layers(options, vlm.num_layers) if options.refine else ([], [])
+    bar = tqdm(
+        total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
+    )
+    for group in todo:
+        image = load_image(group[0][1].image_path)
+        rows = []
+        for order, sample in group:
+            row = {
+                "sample_id": sample.id,
+                "order": order,
+                "question": sample.question,
+                "truth": sample.answer,
+                "q_type": sample.q_type,
+                "model": options.model,
+                "dataset": dataset.name,
+            }
+            if options.refine:
+                result = answer(
+                    vlm,
+                    image,
+                    sample.question,
+                    heads,
+                    layers,
+                    options.percentile,
+                    options.max_new_tokens,
+                )
+                row.update(
+                    baseline=result.baseline_answer,
+                    refined=result.answer,
+                    masked_tokens=int(result.triage.low.sum()),
+                )
+            else:
+                prepared = vlm.prepare(image, sample.question)
+                row["baseline"] = vlm.generate(prepared, options.max_new_tokens)
+            for which in ("baseline", "refined"):
+                if which in row:
+                    scores = score_answer(row[which], sample.answer)
+                    row["closed"] = scores["closed"]
+                    row[f"{which}_exact"] = scores["exact"]
+                    row[f"{which}_recall"] = scores["recall"]
+            rows.append(row)
+            bar.update(1)
+        store.add_part({"answers": pd.DataFrame(rows)})
+    bar.close()
+    answers = load_metrics(store.folder, "answers")
+    if run["status"] != "complete":
+        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+    table = accuracy_table(answers)
+    (store.folder / "accuracy.json").write_text(
+        json.dumps(table.to_dict("records"), indent=2, default=float)
+    )
+    return answers, table, time.perf_counter() - started
