@@ -285,3 +285,64 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
         fig.suptitle(caption, fontsize=8, y=1.0)
     fig.tight_layout()
     return fig
+
+
+RATING_COLOURS = {3: "#E69F00", 4: "#56B4E9", 5: "#009E73"}
+
+
+def table1_figure(tables: dict[str, pd.DataFrame], caption: str | None = None):
+    """Table 1 as stacked horizontal bars (percent of ratings 3 / 4 / 5) per question type
+    and axis; one panel per table (e.g. ``{"published": ..., "computed": ...}``)."""
+    from vgutils.ratings import AXIS_NAMES
+
+    fig, axes = plt.subplots(
+        1, len(tables), squeeze=False, sharey=True, figsize=(3.3 * len(tables), 2.4)
+    )
+    for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
+        labels = [
+            f"{t} · {AXIS_NAMES[c]}" for t, c in zip(table["type"], table["category"], strict=True)
+        ]
+        left = np.zeros(len(table))
+        for rating in (3, 4, 5):
+            values = table[f"rating_{rating}"].to_numpy()
+            ax.barh(
+                labels, values, left=left, color=RATING_COLOURS[rating], label=f"rating {rating}"
+            )
+            left += values
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("ratings (%)")
+        ax.set_title(name, fontsize=8)
+        ax.invert_yaxis()
+        sns.despine(ax=ax)
+    axes[0, -1].legend(loc="lower right", frameon=True, fontsize=6)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rating_card_figure(sample, ratings: dict[str, int] | None = None):
+    """The rating card of one sample, as in the supplement's Fig 6: the image with its box,
+    the question, and the three rubric axes with the chosen rating ticked."""
+    from vgutils.data.overlay import draw_boxes
+    from vgutils.ratings import AXES, AXIS_NAMES
+
+    fig, (image_ax, text_ax) = plt.subplots(
+        1, 2, figsize=(6.4, 2.6), gridspec_kw={"width_ratios": [1, 1.5]}
+    )
+    image_ax.imshow(np.asarray(draw_boxes(sample)))
+    image_ax.set_axis_off()
+    text_ax.set_axis_off()
+    lines = [
+        f"{(sample.q_type or 'question').capitalize()} question:",
+        textwrap.fill(sample.question, 48),
+        "",
+    ]
+    for axis in AXES:
+        chosen = (ratings or {}).get(axis)
+        boxes = "  ".join(f"{'☒' if chosen == r else '☐'} {r}" for r in range(1, 6))
+        lines.append(f"{AXIS_NAMES[axis]}:")
+        lines.append(f"   {boxes}")
+    text_ax.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="DejaVu Sans")
+    fig.tight_layout()
+    return fig
