@@ -151,6 +151,51 @@ def _vqa(args) -> int:
     return 0
 
 
+def _teach_train(args) -> int:
+    from dataclasses import replace
+
+    from vgutils.teach.train import SMOKE, Recipe, train_teaching_model
+
+    recipe = SMOKE if args.smoke else Recipe()
+    changes = {
+        k: v
+        for k, v in (
+            ("medical_share", args.medical_share),
+            ("steps", args.steps),
+            ("seed", args.seed),
+        )
+        if v is not None
+    }
+    print(train_teaching_model(args.out, replace(recipe, **changes)))
+    return 0
+
+
+def _teach_data(args) -> int:
+    from vgutils.data.manifest import data_root
+    from vgutils.teach.datasets import build_teach_sets
+
+    for name, path in build_teach_sets(data_root(args.data_root)).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _teach_evaluate(args) -> int:
+    from vgutils.models import load_model
+    from vgutils.teach.evaluate import heldout_accuracy, query_following, query_following_summary
+
+    vlm = load_model(args.model, device="cpu")
+    for domain in ("natural", "medical"):
+        answers = heldout_accuracy(vlm, domain, args.scenes)
+        by_type = answers.groupby("q_type")["correct"].mean().round(3).to_dict()
+        print(
+            f"{domain}: accuracy {answers['correct'].mean():.3f} on {len(answers)} questions "
+            f"(by type {by_type})"
+        )
+    summary = query_following_summary(query_following(vlm, args.scenes))
+    print(f"query following (natural, several objects): {summary}")
+    return 0
+
+
 def _jobs(args) -> int:
     from vgutils.jobs import ensure_results
 
@@ -213,6 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--device", default="auto")
     vqa.add_argument("--dtype", default="auto")
     vqa.set_defaults(run=_vqa)
+
+    teach = commands.add_parser("teach", help="the teaching model: train, data, evaluate")
+    teach_commands = teach.add_subparsers(dest="teach_command", required=True)
+    train = teach_commands.add_parser("train", help="train the teaching model on CPU")
+    train.add_argument("--out", required=True, type=Path)
+    train.add_argument("--smoke", action="store_true", help="the seconds-long CI recipe")
+    train.add_argument("--medical-share", type=float, help="share of medical scenes")
+    train.add_argument("--steps", type=int, help="LLaVA-stage steps")
+    train.add_argument("--seed", type=int)
+    train.set_defaults(run=_teach_train)
+    teach_commands.add_parser(
+        "data", parents=[data_root], help="write the held-out teach-* datasets"
+    ).set_defaults(run=_teach_data)
+    evaluate = teach_commands.add_parser("evaluate", help="accuracy and query following")
+    evaluate.add_argument("--model", default="tiny:teach")
+    evaluate.add_argument("--scenes", type=int, default=60, help="held-out scenes per domain")
+    evaluate.set_defaults(run=_teach_evaluate)
 
     jobs = commands.add_parser("jobs", help="run a profile's extraction jobs (cached)")
     jobs.add_argument("profile", help="smoke, default, paper (notebooks/params/*.yaml)")

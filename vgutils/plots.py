@@ -346,3 +346,51 @@ def rating_card_figure(sample, ratings: dict[str, int] | None = None):
     text_ax.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="DejaVu Sans")
     fig.tight_layout()
     return fig
+
+
+def teaching_overview_figure(
+    samples: list, log: pd.DataFrame, accuracy: pd.DataFrame, caption: str | None = None
+):
+    """The teaching model at a glance: held-out scenes with their boxes (top), the
+    training curve by stage and the held-out accuracy per domain and question type."""
+    from vgutils.data.overlay import draw_boxes
+
+    columns = max(len(samples), 2)
+    fig = plt.figure(figsize=(1.1 * columns, 4.2))
+    grid = fig.add_gridspec(2, columns, height_ratios=[1, 1.5])
+    for index, sample in enumerate(samples):
+        ax = fig.add_subplot(grid[0, index])
+        ax.imshow(np.asarray(draw_boxes(sample, width=1)))
+        ax.set_title(textwrap.fill(sample.question, 18), fontsize=5)
+        ax.set_axis_off()
+    half = columns // 2
+    curve = fig.add_subplot(grid[1, :half])
+    for stage, part in log.groupby("stage", sort=False):
+        curve.plot(part["step"], part["loss"], lw=0.8, label=stage)
+    curve.set_xlabel("training step")
+    curve.set_ylabel("loss")
+    curve.set_yscale("log")
+    curve.legend(frameon=False)
+    bars = fig.add_subplot(grid[1, half:])
+    table = accuracy.groupby(["domain", "q_type"])["correct"].mean().unstack("q_type")
+    positions = np.arange(len(table.index))
+    for offset, q_type in enumerate(table.columns):
+        bars.bar(
+            positions + 0.38 * offset,
+            table[q_type],
+            width=0.36,
+            color=[DOMAIN_COLOURS.get(d, "grey") for d in table.index],
+            hatch="" if q_type == "localization" else "//",
+            edgecolor="white",
+            label=q_type,
+        )
+    bars.set_xticks(positions + 0.19, table.index)
+    bars.set_ylim(0, 1)
+    bars.set_ylabel("held-out accuracy")
+    bars.legend(frameon=False, fontsize=6)
+    for ax in (curve, bars):
+        sns.despine(ax=ax)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return fig

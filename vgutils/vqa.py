@@ -168,7 +168,6 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     if run["status"] != "complete":
         store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
     table = accuracy_table(answers)
-    (store.folder / "accuracy.json").write_text(
-        json.dumps(table.to_dict("records"), indent=2, default=float)
-    )
+    records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
+    (store.folder / "accuracy.json").write_text(json.dumps(records, indent=2, default=float))
     return answers, table, time.perf_counter() - started

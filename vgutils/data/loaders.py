@@ -38,10 +38,8 @@ def resolve_dataset(
     if name in manifest:
         entry = manifest[name]
         base = data_root(root)
-        if name.startswith("sample-") and not (base / entry.file).exists():
-            from vgutils.data.samples import build_sample_sets
-
-            build_sample_sets(base)
+        if not (base / entry.file).exists():
+            _build_on_demand(name, base)
         jsonl = fetch(entry.file, base)
 
         def rule(row: dict, entry=entry) -> str:
@@ -69,6 +67,18 @@ def resolve_dataset(
         image_root=Path(image_root) if image_root else path.parent,
         format_rule=lambda row: bbox_format,
     )
+
+
+def _build_on_demand(name: str, base: Path) -> None:
+    """The generated datasets (embedded samples, teaching scenes) are built when absent."""
+    if name.startswith("sample-"):
+        from vgutils.data.samples import build_sample_sets
+
+        build_sample_sets(base)
+    elif name.startswith("teach-"):
+        from vgutils.teach.datasets import build_teach_sets
+
+        build_teach_sets(base)
 
 
 def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:

@@ -16,6 +16,22 @@ from vgutils.models.vlm import VisionLanguageModel
 TINY_PREFIX = "tiny:"
 
 
+def _teach_recipe():
+    from vgutils.teach.train import Recipe
+
+    return Recipe()
+
+
+def _teach_smoke_recipe():
+    from vgutils.teach.train import SMOKE
+
+    return SMOKE
+
+
+TEACH_RECIPES = {"teach": _teach_recipe, "teach-smoke": _teach_smoke_recipe}
+"""``tiny:teach`` (the teaching model) and ``tiny:teach-smoke`` (seconds, for CI)."""
+
+
 def cache_dir() -> Path:
     """``$VGUTILS_CACHE`` or ``~/.cache/vgutils``: where tiny models are built."""
     return Path(os.environ.get("VGUTILS_CACHE", Path.home() / ".cache" / "vgutils"))
@@ -28,7 +44,12 @@ def resolve(name_or_path: str) -> str:
     family = name_or_path[len(TINY_PREFIX) :]
     folder = cache_dir() / "tiny" / family
     if not (folder / "config.json").exists():
-        build_tiny(family, folder)
+        if family in TEACH_RECIPES:  # trained on first use (minutes), then reused
+            from vgutils.teach.train import train_teaching_model
+
+            train_teaching_model(folder, TEACH_RECIPES[family]())
+        else:
+            build_tiny(family, folder)
     return str(folder)
 
 

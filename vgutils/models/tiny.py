@@ -37,10 +37,12 @@ def train_tokenizer(
     named_tokens: dict[str, str],
     extra_special_tokens: dict[str, str] | None = None,
     vocab_size: int = 400,
+    corpus: list[str] | None = None,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on a small built-in corpus, with the family's
-    special tokens (``named_tokens``: ``bos_token`` etc.; ``extra_special_tokens``:
-    attributes such as ``image_token`` that the family's processor reads)."""
+    """A byte-level BPE tokenizer trained on ``corpus`` (default: a small built-in one),
+    with the family's special tokens (``named_tokens``: ``bos_token`` etc.;
+    ``extra_special_tokens``: attributes such as ``image_token`` that the family's
+    processor reads)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -50,7 +52,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    tokenizer.train_from_iterator((corpus or _CORPUS) * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         extra_special_tokens=extra_special_tokens or {},
