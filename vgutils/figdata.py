@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vgutils.data import load_dataset, load_image
+from vgutils.data import load_dataset, load_image, resolve_dataset
 from vgutils.jobs import find_job, job_dir, load_jobs_metrics
 from vgutils.results import load_maps, load_metrics
 from vgutils.stats import LOWER_IS_BETTER, best_layers, domain_difference, layer_curves
@@ -187,7 +187,8 @@ def refine_cases(profile: str, spec: dict) -> list[dict]:
             if isinstance(chosen, int)
             else [s for s in samples if s.id in set(chosen)]
         )
-        domain = "natural" if "natural" in dataset or "coco" in dataset else "medical"
+        entry = resolve_dataset(dataset).entry
+        domain = entry.domain if entry is not None else None
         for sample in picked:
             image = load_image(sample.image_path)
             result = answer(

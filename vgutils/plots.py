@@ -134,6 +134,33 @@ def layer_maps_figure(rows: list[dict], count: int = 5, caption: str | None = No
     return fig
 
 
+def _style_metric_axis(ax, metric: str) -> None:
+    """Chance line for the ratio, metric label, integer layer ticks, no top/right spines."""
+    if metric == "attention_ratio":
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_ylabel(METRIC_LABELS[metric])
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    sns.despine(ax=ax)
+
+
+def _finish(fig, axes, columns: int, caption: str | None):
+    """One legend under the panels (from the first panel), the caption, tight layout."""
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=columns,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
 def _band(ax, frame: pd.DataFrame, colour: str, style: str, label: str) -> None:
     frame = frame.sort_values("layer")
     ax.plot(frame["layer"], frame["mean"], color=colour, linestyle=style, label=label, lw=1.3)
@@ -167,23 +194,11 @@ def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
                     QTYPE_STYLES.get(q_type, ":"),
                     f"{domain} / {q_type}",
                 )
-            if metric == "attention_ratio":
-                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
             if metric == "kl":
                 _mark_best_kl(ax, frame)
             ax.set_title(f"{model}", fontsize=7, loc="left")
-            ax.set_ylabel(METRIC_LABELS[metric])
-            ax.set_xlabel("layer")
-            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-            sns.despine(ax=ax)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02)
-    )
-    if caption:
-        fig.suptitle(caption, fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig
+            _style_metric_axis(ax, metric)
+    return _finish(fig, axes, 4, caption)
 
 
 def _mark_best_kl(ax, frame: pd.DataFrame) -> None:
@@ -220,26 +235,14 @@ def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
             ]
             for strategy, part in frame.groupby("strategy", sort=False):
                 _band(ax, part, STRATEGY_COLOURS.get(strategy, "grey"), "-", strategy)
-            if metric == "attention_ratio":
-                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
             ax.set_title(
                 f"{model} — {domain}",
                 fontsize=7,
                 loc="left",
                 color=DOMAIN_COLOURS.get(domain, "black"),
             )
-            ax.set_ylabel(METRIC_LABELS[metric])
-            ax.set_xlabel("layer")
-            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-            sns.despine(ax=ax)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.02)
-    )
-    if caption:
-        fig.suptitle(caption, fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig
+            _style_metric_axis(ax, metric)
+    return _finish(fig, axes, 3, caption)
 
 
 def failure_cases_figure(rows: list[dict], caption: str | None = None):
