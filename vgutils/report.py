@@ -17,7 +17,7 @@ def produced_figures(folder: Path) -> list[Path]:
 def figures_report(folder: Path, n_notebooks: int) -> str:
     """A short human report: how many notebooks ran and which figure files exist."""
     figures = produced_figures(folder)
-    lines = [f"{n_notebooks} figure notebook(s) executed."]
+    lines = [f"{n_notebooks} figure notebook(s) up to date."]
     if not figures:
         lines.append(f"No figures were produced: {folder} holds no PDF or PNG.")
         if n_notebooks == 0:
