@@ -74,55 +74,68 @@ def _text_kwargs(vocab_size: int, **overrides) -> dict:
     return kwargs
 
 
-def _llava():
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def llava_config(tokenizer, vision: dict, text: dict, **extra):
+    """A ``LlavaConfig`` (CLIP vision tower + Llama) around ``tokenizer``'s special tokens;
+    ``vision``/``text`` are CLIPVisionConfig / LlamaConfig arguments (the vocabulary
+    defaults to the tokenizer's)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    tokenizer = train_tokenizer(
-        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
-        {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
-        {"image_token": "<image>"},
-    )
-    patch, size = 8, 64
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=size,
-        patch_size=patch,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        **_text_kwargs(len(tokenizer)),
+    vision_config = CLIPVisionConfig(**vision)
+    text_config = LlamaConfig(
+        **{"vocab_size": len(tokenizer), **text},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+    side = vision_config.image_size // vision_config.patch_size
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
         image_token_index=tokenizer.image_token_id,
-        image_seq_length=(size // patch) ** 2,
+        image_seq_length=side * side,
+        **extra,
     )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
+
+
+def llava_processor(tokenizer, size: int, patch: int):
+    """LLaVA-1.5's processor layout (resize + centre crop to ``size``, CLS dropped)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ),
         tokenizer=tokenizer,
         patch_size=patch,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=chat_templates.LLAVA_1_5,
     )
-    return LlavaForConditionalGeneration(config), processor
+
+
+LLAVA_SPECIAL_TOKENS = (
+    ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+    {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
+    {"image_token": "<image>"},
+)
+
+
+def _llava():
+    from transformers import LlavaForConditionalGeneration
+
+    tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS)
+    patch, size = 8, 64
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": size,
+        "patch_size": patch,
+        "projection_dim": 32,
+    }
+    config = llava_config(tokenizer, vision, _text_kwargs(len(tokenizer)))
+    return LlavaForConditionalGeneration(config), llava_processor(tokenizer, size, patch)
 
 
 def _qwen2_5_vl():

@@ -68,68 +68,39 @@ SMOKE = Recipe(steps=24, warmup_steps=8, batch_size=8, pool=48, lr_warmup=2)
 
 def build_processor():
     """Processor with the teaching vocabulary: tokenizer trained on the question corpus."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
-
-    from vgutils.models import chat_templates
-    from vgutils.models.tiny import train_tokenizer
+    from vgutils.models.tiny import LLAVA_SPECIAL_TOKENS, llava_processor, train_tokenizer
 
     corpus = [*all_question_texts(), GENERIC_QUESTION, ANSWER_INSTRUCTION, "USER: ASSISTANT:"]
-    tokenizer = train_tokenizer(
-        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
-        {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
-        {"image_token": "<image>"},
-        vocab_size=600,
-        corpus=corpus,
-    )
-    return LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
-        ),
-        tokenizer=tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=chat_templates.LLAVA_1_5,
-    )
+    tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS, vocab_size=600, corpus=corpus)
+    return llava_processor(tokenizer, SIZE, PATCH)
 
 
 def build_model(tokenizer):
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    """The teaching LLaVA: vision 128 wide x 2 layers, text 128 wide x 3 layers."""
+    from transformers import LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=SIZE,
-        patch_size=PATCH,
-        projection_dim=128,
+    from vgutils.models.tiny import llava_config
+
+    vision = {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": SIZE,
+        "patch_size": PATCH,
+        "projection_dim": 128,
+    }
+    text = {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
+    }
+    return LlavaForConditionalGeneration(
+        llava_config(tokenizer, vision, text, vision_feature_layer=-1)
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.image_token_id,
-        image_seq_length=GRID * GRID,
-        vision_feature_layer=-1,
-    )
-    return LlavaForConditionalGeneration(config)
 
 
 def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
