@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, LlavaImageProcessor
 
 from vgutils.metrics import gt_mask
-from vgutils.models import GENERIC_QUESTION
+from vgutils.models import GENERIC_QUESTION, load_model
 from vgutils.models.tiny import TINY_FAMILIES, build_tiny
 
 FAMILIES = list(TINY_FAMILIES)
@@ -177,3 +177,20 @@ def test_geometry_round_trip(family, shape, pad, vlms):
         region = layout.grid_region()
         np.testing.assert_allclose(region[2] - region[0], side)
         np.testing.assert_allclose(region[3] - region[1], side)
+
+
+def test_device_and_dtype_choice(monkeypatch):
+    from vgutils.models import loading
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loading._device_and_dtype("auto", "auto") == ("cpu", torch.float32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert loading._device_and_dtype("auto", "auto") == ("cuda", torch.bfloat16)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert loading._device_and_dtype("auto", "float16") == ("cuda:3", torch.float16)
+
+
+def test_remote_code_needs_a_revision():
+    with pytest.raises(ValueError, match="pinned revision"):
+        load_model("some/remote-model", trust_remote_code=True)

@@ -54,8 +54,9 @@ def resolve(name_or_path: str) -> str:
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str | None, torch.dtype | str]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # under torchrun / accelerate launch: this process's own GPU
+        rank = os.environ.get("LOCAL_RANK")
+        device = (f"cuda:{rank}" if rank else "cuda") if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
@@ -73,7 +74,8 @@ def load_model(
     processor_kwargs: dict | None = None,
 ) -> VisionLanguageModel:
     """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
-    config. ``device``: ``auto`` (cuda if present), ``cpu``, ``cuda``, ``cuda:1`` or
+    config. ``device``: ``auto`` (cuda if present, ``cuda:$LOCAL_RANK`` under torchrun),
+    ``cpu``, ``cuda``, ``cuda:1`` or
     ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
     (bf16 on GPU, fp32 on CPU) or a torch dtype name. Remote code needs a pinned
     ``revision``. ``processor_kwargs`` go to ``AutoProcessor.from_pretrained``, e.g.
