@@ -129,3 +129,13 @@ def test_triage_marks_the_lower_percentile(vlms):
     n = len(found.relevance)
     assert found.low.sum() == int(np.ceil(0.8 * n)) - 1 or found.low.sum() == int(0.8 * n)
     assert found.relevance[found.low].max() < found.relevance[~found.low].min()
+
+
+def test_triage_reuses_a_precomputed_generic_map(vlms):
+    vlm = vlms["qwen2_5_vl"]
+    picture = image(4)
+    generic = vlm.attention(vlm.prepare_generic(picture), "last")
+    shared = triage(vlm, picture, "Is there a cat?", [(1, 0), (2, 1)], generic_heads=generic)
+    alone = triage(vlm, picture, "Is there a cat?", [(1, 0), (2, 1)])
+    np.testing.assert_allclose(shared.relevance, alone.relevance, rtol=1e-5)
+    np.testing.assert_array_equal(shared.low, alone.low)

@@ -88,6 +88,17 @@ def _draw_boxes(ax, boxes: np.ndarray, colour: str = "white") -> None:
         )
 
 
+def _finish_image_grid(fig, axes, caption: str | None):
+    """Image panels without ticks, the caption on top, tight layout."""
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if caption:
+        fig.suptitle(caption, fontsize=8, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
 def pick_layers(num_layers: int, best: int, count: int = 5) -> list[int]:
     """A readable subset: ``count`` evenly spaced layers plus the best one, sorted."""
     spaced = np.linspace(0, num_layers - 1, min(count, num_layers)).round().astype(int)
@@ -125,13 +136,7 @@ def layer_maps_figure(rows: list[dict], count: int = 5, caption: str | None = No
                 ax.set_gid("best-layer")
         for ax in axes_row[1 + len(layers) :]:
             ax.set_visible(False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if caption:
-        fig.suptitle(caption, fontsize=8, y=1.0)
-    fig.tight_layout()
-    return fig
+    return _finish_image_grid(fig, axes, caption)
 
 
 def _style_metric_axis(ax, metric: str) -> None:
@@ -281,13 +286,7 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
             _draw_boxes(ax, row["boxes"])
             ax.set_title(f"{label}", fontsize=7)
             ax.set_xlabel(textwrap.shorten(f"answer: {row[answer_key]}", 34), fontsize=7)
-        for ax in axes_row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if caption:
-        fig.suptitle(caption, fontsize=8, y=1.0)
-    fig.tight_layout()
-    return fig
+    return _finish_image_grid(fig, axes, caption)
 
 
 RATING_COLOURS = {3: "#E69F00", 4: "#56B4E9", 5: "#009E73"}

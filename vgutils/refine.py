@@ -54,15 +54,22 @@ def triage(
     question: str,
     heads: list[tuple[int, int]],
     percentile: float = DEFAULT_PERCENTILE,
+    *,
+    generic_heads: np.ndarray | None = None,
 ) -> Triage:
     """Attention triage: average the chosen heads' normalised (question / generic, last
-    token) maps and mark the tokens below the ``percentile``-th percentile as low."""
+    token) maps and mark the tokens below the ``percentile``-th percentile as low.
+    ``generic_heads``: the image's generic-prompt attention ``(layers, heads, N)`` when
+    already computed (several questions about one image share it)."""
     if not heads:
         raise ValueError("triage needs at least one head")
     prepared = vlm.prepare(image, question)
-    question_heads, generic_heads = shared_prefix_attention(
-        vlm, [prepared, vlm.prepare_generic(image)], "last"
-    )
+    if generic_heads is None:
+        question_heads, generic_heads = shared_prefix_attention(
+            vlm, [prepared, vlm.prepare_generic(image)], "last"
+        )
+    else:
+        question_heads = vlm.attention(prepared, "last")
     per_head = normalized(question_heads.astype(np.float64), generic_heads.astype(np.float64))
     layers, head_index = zip(*heads, strict=True)
     relevance = per_head[list(layers), list(head_index)].mean(axis=0)
@@ -119,9 +126,12 @@ def answer(
     layers: list[int] | range,
     percentile: float = DEFAULT_PERCENTILE,
     max_new_tokens: int = 16,
+    *,
+    generic_heads: np.ndarray | None = None,
 ) -> RefineResult:
-    """Answer ``question`` about ``image`` greedily without and with VGRefine."""
-    found = triage(vlm, image, question, heads, percentile)
+    """Answer ``question`` about ``image`` greedily without and with VGRefine
+    (``generic_heads``: see :func:`triage`)."""
+    found = triage(vlm, image, question, heads, percentile, generic_heads=generic_heads)
     prepared = found.prepared
     baseline = vlm.generate(prepared, max_new_tokens=max_new_tokens)
     keys = prepared.image_positions[found.low]

@@ -125,6 +125,9 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     )
     for group in todo:
         image = load_image(group[0][1].image_path)
+        generic = (  # once per image, shared by all of its questions
+            vlm.attention(vlm.prepare_generic(image), "last") if options.refine else None
+        )
         rows = []
         for order, sample in group:
             row = {
@@ -145,6 +148,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     layers,
                     options.percentile,
                     options.max_new_tokens,
+                    generic_heads=generic,
                 )
                 row.update(
                     baseline=result.baseline_answer,
