@@ -7,9 +7,10 @@ samples, same process; then capture memory against sequence length.
 Part 1 runs both paths on the first ``--samples`` questions of ``sample-natural`` with
 (a) the tiny LLaVA and (b) a random LLaVA-1.5-7B-shaped model (hidden 4096, 32 heads,
 576 image tokens; ``--layers`` language layers, ``--vision-layers`` vision layers),
-checks that both give the same metrics, and prints questions/s, the speed-up and peak
-memory. Part 2 runs one forward of a Qwen2.5-VL-7B-shaped model at growing image-token
-counts, eager + output_attentions against capture, and prints peak memory.
+checks that both give the same metrics (within 1e-4 in float32 on the CPU, 1e-3 on the GPU,
+2e-2 in bfloat16), and prints questions/s, the speed-up and peak memory. Part 2 runs one
+forward of a Qwen2.5-VL-7B-shaped model at growing image-token counts, eager +
+output_attentions against capture, and prints peak memory.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def our_run(vlm, samples, batch_size: int) -> list[dict]:
     return scores
 
 
-def assert_same(reference: list[dict], ours: list[dict], rtol: float) -> float:
-    worst = 0.0
+def largest_difference(reference: list[dict], ours: list[dict], rtol: float) -> tuple[float, bool]:
+    """The largest absolute difference over every metric, and whether all are within
+    ``rtol`` (relative and absolute)."""
+    worst, within = 0.0, True
     for a, b in zip(reference, ours, strict=True):
         for key in a:
-            np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=rtol, err_msg=key)
             worst = max(worst, float(np.max(np.abs(b[key] - a[key]))))
-    return worst
+            within &= bool(np.allclose(b[key], a[key], rtol=rtol, atol=rtol))
+    return worst, within
 
 
 def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
@@ -71,7 +74,7 @@ def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
         result = {}
         measurement = measure(lambda fn=fn, result=result: result.update(out=fn()), device, 1)
         timed[label] = (measurement, result["out"])
-    worst = assert_same(timed["reference"][1], timed["ours"][1], rtol)
+    worst, within = largest_difference(timed["reference"][1], timed["ours"][1], rtol)
     n = len(samples)
     ref, ours = timed["reference"][0], timed["ours"][0]
     return {
@@ -82,11 +85,14 @@ def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
         "ref_mib": ref.peak_mib,
         "our_mib": ours.peak_mib,
         "max_diff": worst,
+        "within": within,
     }
 
 
 def memory_scaling(device, dtype, sides) -> list[dict]:
-    vlm = qwen2_5_vl_7b(dtype=dtype, device=device)
+    vlm = qwen2_5_vl_7b(
+        dtype=dtype, device=device, max_image_tokens=max(1600, (max(sides) // 28) ** 2)
+    )
     rows = []
     for side in sides:
         image = load_image_array(side)
@@ -152,7 +158,7 @@ def main() -> None:
             samples,
             args.device,
             args.batch_size,
-            1e-4,
+            1e-3 if cuda else 1e-4,  # GPU kernels differ with batch shape in float32 too
         )
     ]
     big = llava_1_5_7b(layers, vision_layers, dtype=dtype, device=args.device)
@@ -169,7 +175,7 @@ def main() -> None:
     del big
     print(
         f"\nPart 1: {len(samples)} questions on {len({s.image_path for s in samples})} images, "
-        f"device {args.device}, {dtype}; metrics identical (max |diff| shown)"
+        f"device {args.device}, {dtype}; largest metric difference shown"
     )
     print(
         f"{'model':36} {'ref q/s':>8} {'our q/s':>8} {'speed-up':>8} "
@@ -179,7 +185,7 @@ def main() -> None:
         print(
             f"{r['model']:36} {r['ref_qps']:8.3f} {r['our_qps']:8.3f} "
             f"{r['our_qps'] / r['ref_qps']:7.2f}x {r['ref_mib']:8.0f} {r['our_mib']:8.0f} "
-            f"{r['max_diff']:9.1e}"
+            f"{r['max_diff']:9.1e}{'' if r['within'] else '  OUTSIDE TOLERANCE'}"
         )
     sides = [int(s) for s in args.memory_sides.split(",") if s]
     if sides:
@@ -194,6 +200,8 @@ def main() -> None:
                 f"{r['capture_mib']:11.0f}"
             )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if not all(r["within"] for r in rows):
+        raise SystemExit("metrics differ between the reference and our runner (see above)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,20 @@ ROW_CHUNK = 256
 class _Capture:
     rows: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (positions (r,), weights (B|1, r))
     columns: torch.Tensor  # absolute key positions of the image tokens, (N,)
+    spans: dict[str, tuple[int, int]]  # name -> (smallest, largest) position
     maps: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    _on_device: dict[torch.device, tuple] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> tuple[dict, torch.Tensor]:
+        """``rows`` and ``columns`` on ``device``, copied once per forward (not per layer:
+        every host-to-device copy waits for the GPU)."""
+        if device not in self._on_device:
+            rows = {
+                name: (positions.to(device), weights.to(device=device, dtype=torch.float32))
+                for name, (positions, weights) in self.rows.items()
+            }
+            self._on_device[device] = (rows, self.columns.to(device))
+        return self._on_device[device]
 
 
 @dataclass
@@ -55,10 +68,12 @@ _KNOCKOUT: contextvars.ContextVar[_Knockout | None] = contextvars.ContextVar(
 )
 
 
-def _explicit_sdpa_mask(*args, **kwargs):
-    """sdpa's boolean mask, always materialised (never skipped for ``is_causal``), so the
-    capture sees exactly the mask the output used and knockout can edit it."""
-    kwargs["allow_is_causal_skip"] = False
+def _sdpa_mask(*args, **kwargs):
+    """sdpa's boolean mask; while a knockout is active it is always materialised (never
+    skipped for ``is_causal``) so that the knockout can edit it. Otherwise sdpa keeps its
+    fastest kernels and the capture rebuilds the causal mask itself when there is none."""
+    if _KNOCKOUT.get() is not None:
+        kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(*args, **kwargs)
 
 
@@ -105,27 +120,28 @@ def _row_weights(
     weights: torch.Tensor,
     columns: torch.Tensor,
     scaling: float,
+    span: tuple[int, int],
 ) -> torch.Tensor:
     """``sum_r weights[b, r] * softmax(q_r . K^T * scale + mask)[columns]``: ``(B, H, N)``
-    float32, for query rows at absolute ``rows`` (r,). Scores are computed in float32,
-    ``ROW_CHUNK`` rows at a time, so memory stays ``O(B * H * ROW_CHUNK * kv)``."""
+    float32, for query rows at absolute ``rows`` (r,) on the query's device, whose
+    smallest and largest are ``span`` (known on the host, so checking them needs no sync).
+    Scores are computed in float32, ``ROW_CHUNK`` rows at a time, so memory stays
+    ``O(B * H * ROW_CHUNK * kv)``."""
     offset = _query_offset(query, key)
-    rel = rows.to(query.device) - offset
-    if rel.numel() == 0 or rel.min() < 0 or rel.max() >= query.shape[2]:
+    if rows.numel() == 0 or span[0] < offset or span[1] >= offset + query.shape[2]:
         raise RuntimeError(
-            f"capture rows {rows.tolist()[:5]}... are not in this forward's query window "
+            f"capture rows {span[0]}..{span[1]} are not in this forward's query window "
             f"[{offset}, {offset + query.shape[2]})"
         )
+    rel = rows - offset
     keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1)).float()
     full = _full_mask(mask, query, key)
-    cols = columns.to(query.device)
-    weights = weights.to(device=query.device, dtype=torch.float32)
     total = None
     for start in range(0, rel.numel(), ROW_CHUNK):
         chunk = rel[start : start + ROW_CHUNK]
         scores = torch.matmul(query[:, :, chunk, :].float(), keys.transpose(-1, -2)) * scaling
         scores = scores.masked_fill(~full[..., chunk, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)[..., cols]  # (B, H, c, N)
+        probs = torch.softmax(scores, dim=-1)[..., columns]  # (B, H, c, N)
         part = torch.einsum(
             "bhcn,bc->bhn", probs, weights[:, start : start + ROW_CHUNK].expand(probs.shape[0], -1)
         )
@@ -155,15 +171,24 @@ def vgutils_attention_forward(
     recorder = _CAPTURE.get()
     if recorder is not None and layer is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        for name, (rows, weights) in recorder.rows.items():
+        rows_on_device, columns = recorder.on(query.device)
+        for name, (rows, weights) in rows_on_device.items():
             recorder.maps.setdefault(name, {})[layer] = _row_weights(
-                module, query, key, attention_mask, rows, weights, recorder.columns, scale
+                module,
+                query,
+                key,
+                attention_mask,
+                rows,
+                weights,
+                columns,
+                scale,
+                recorder.spans[name],
             )
     return output, None
 
 
 AttentionInterface.register(ATTENTION_NAME, vgutils_attention_forward)
-AttentionMaskInterface.register(ATTENTION_NAME, _explicit_sdpa_mask)
+AttentionMaskInterface.register(ATTENTION_NAME, _sdpa_mask)
 
 
 RowSpec = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -187,7 +212,15 @@ def capture(rows: dict[str, RowSpec], columns: np.ndarray) -> Iterator[_Capture]
             torch.as_tensor(np.asarray(positions), dtype=torch.long),
             torch.as_tensor(np.asarray(weights), dtype=torch.float32),
         )
-    recorder = _Capture(rows=specs, columns=torch.as_tensor(np.asarray(columns), dtype=torch.long))
+    spans = {
+        name: (int(positions.min()), int(positions.max())) if positions.numel() else (0, -1)
+        for name, (positions, _) in specs.items()
+    }
+    recorder = _Capture(
+        rows=specs,
+        columns=torch.as_tensor(np.asarray(columns), dtype=torch.long),
+        spans=spans,
+    )
     token = _CAPTURE.set(recorder)
     try:
         yield recorder
