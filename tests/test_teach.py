@@ -1,5 +1,7 @@
 """The teaching model: scenes, datasets, training (smoke recipe), and (slow) acceptance."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,15 @@ from vgutils.data import load_dataset
 from vgutils.metrics import gt_mask
 from vgutils.models import load_model
 from vgutils.teach.scenes import COLOURS, make_scene
-from vgutils.teach.train import SMOKE, patch_labels, train_teaching_model
+from vgutils.teach.train import (
+    COLOUR_CLASSES,
+    KINDS,
+    SMOKE,
+    is_current,
+    patch_labels,
+    question_targets,
+    train_teaching_model,
+)
 
 
 def test_scenes_are_deterministic_with_exact_boxes():
@@ -44,6 +54,17 @@ def test_patch_labels_mark_the_object_patches():
     assert ((kinds > 0) == (colours > 0)).all()
 
 
+def test_question_targets_name_the_object_and_colour_asked():
+    assert question_targets("Is the square red?") == (
+        KINDS.index("square"),
+        COLOUR_CLASSES.index("red"),
+    )
+    assert question_targets("What colour is the triangle?") == (KINDS.index("triangle"), 0)
+    assert question_targets("Is there a lesion in the kidney?") == (KINDS.index("kidney"), 0)
+    assert question_targets("Write a general description of the image.") == (0, 0)
+    assert COLOUR_CLASSES[question_targets("Is the circle yellow?")[1]] == "yellow"
+
+
 def test_teach_datasets_load_with_boxes():
     natural = load_dataset("teach-natural")
     medical = load_dataset("teach-medical")
@@ -61,6 +82,9 @@ def test_smoke_training_is_deterministic_and_loads(tmp_path):
     for name, tensor in wa.items():
         torch.testing.assert_close(tensor, wb[name], rtol=1e-4, atol=1e-5)
     assert (a / "training_log.csv").read_text().count("\n") == SMOKE.steps + SMOKE.warmup_steps + 1
+    assert is_current(a, SMOKE) and not is_current(a, replace(SMOKE, seed=1))
+    (a / "recipe.json").write_text("{")  # a broken record counts as stale, not as an error
+    assert not is_current(a, SMOKE)
     vlm = load_model("tiny:teach-smoke")  # built on first use through the same path
     sample = load_dataset("teach-natural")[0]
     from vgutils.data import load_image

@@ -166,7 +166,7 @@ def _teach_train(args) -> int:
         )
         if v is not None
     }
-    print(train_teaching_model(args.out, replace(recipe, **changes)))
+    print(train_teaching_model(args.out, replace(recipe, **changes), device=args.device))
     return 0
 
 
@@ -183,7 +183,7 @@ def _teach_evaluate(args) -> int:
     from vgutils.models import load_model
     from vgutils.teach.evaluate import heldout_accuracy, query_following, query_following_summary
 
-    vlm = load_model(args.model, device="cpu")
+    vlm = load_model(args.model, device=args.device)
     for domain in ("natural", "medical"):
         answers = heldout_accuracy(vlm, domain, args.scenes)
         by_type = answers.groupby("q_type")["correct"].mean().round(3).to_dict()
@@ -261,18 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     teach = commands.add_parser("teach", help="the teaching model: train, data, evaluate")
     teach_commands = teach.add_subparsers(dest="teach_command", required=True)
-    train = teach_commands.add_parser("train", help="train the teaching model on CPU")
+    train = teach_commands.add_parser("train", help="train the teaching model (minutes on CPU)")
     train.add_argument("--out", required=True, type=Path)
     train.add_argument("--smoke", action="store_true", help="the seconds-long CI recipe")
     train.add_argument("--medical-share", type=float, help="share of medical scenes")
     train.add_argument("--steps", type=int, help="LLaVA-stage steps")
     train.add_argument("--seed", type=int)
+    train.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
     train.set_defaults(run=_teach_train)
     teach_commands.add_parser(
         "data", parents=[data_root], help="write the held-out teach-* datasets"
     ).set_defaults(run=_teach_data)
     evaluate = teach_commands.add_parser("evaluate", help="accuracy and query following")
     evaluate.add_argument("--model", default="tiny:teach")
+    evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--scenes", type=int, default=60, help="held-out scenes per domain")
     evaluate.set_defaults(run=_teach_evaluate)
 

@@ -43,13 +43,14 @@ def resolve(name_or_path: str) -> str:
         return name_or_path
     family = name_or_path[len(TINY_PREFIX) :]
     folder = cache_dir() / "tiny" / family
-    if not (folder / "config.json").exists():
-        if family in TEACH_RECIPES:  # trained on first use (minutes), then reused
-            from vgutils.teach.train import train_teaching_model
+    if family in TEACH_RECIPES:  # trained on first use (minutes), retrained when stale
+        from vgutils.teach.train import is_current, train_teaching_model
 
-            train_teaching_model(folder, TEACH_RECIPES[family]())
-        else:
-            build_tiny(family, folder)
+        recipe = TEACH_RECIPES[family]()
+        if not is_current(folder, recipe):
+            train_teaching_model(folder, recipe)
+    elif not (folder / "config.json").exists():
+        build_tiny(family, folder)
     return str(folder)
 
 

@@ -223,12 +223,17 @@ def make_scene(domain: str, rng: np.random.Generator) -> Scene:
     raise ValueError(f"unknown domain {domain!r}; expected natural or medical")
 
 
-def all_question_texts() -> list[str]:
-    """Every question and answer string the generator can produce (tokenizer corpus)."""
+def question_texts() -> list[str]:
+    """Every question the generator can produce."""
     texts = []
     for kind in SHAPES:
         texts += [f"Is there a {kind} in the image?", f"What colour is the {kind}?"]
         texts += [f"Is the {kind} {c}?" for c in COLOURS]
     for organ in ORGANS:
         texts += [f"Does this image show a {organ}?", f"Is there a lesion in the {organ}?"]
-    return texts + list(COLOURS) + list(NUMBERS) + ["yes", "no"]
+    return texts
+
+
+def answer_texts() -> list[str]:
+    """Every answer the generator can produce (object counts included)."""
+    return [*COLOURS, *NUMBERS, "yes", "no"]

@@ -3,11 +3,17 @@ classes) trained from scratch on CPU, in which grounding is real.
 
 Recipe (fixed steps, so a seed gives the same model up to float noise):
 1. vision warm-up: the vision tower and projector learn per-patch labels (which object
-   and which colour covers each 16 px patch), standing in for the pretrained CLIP that
-   real LLaVA starts from;
+   and which colour covers each 16 px patch, object patches weighted up), standing in for
+   the pretrained CLIP that real LLaVA starts from;
 2. LLaVA stage: next-token loss on the answers (several questions per scene in one
    multi-turn sequence, the generic prompt answered with the object count), keeping the
-   per-patch loss on the projected image features.
+   per-patch loss on the projected image features, plus a question head: from the
+   language model's state after its first layer at each question's last prompt token, a
+   linear probe names the object and the colour the question mentions (standing in for
+   the pretrained language model that real LLaVA starts from, which already reads
+   questions). Without it the answers that need question and image together (which
+   object's colour, is *this* shape there) stay at chance: each alone carries no
+   signal about the answer, so gradient descent finds only the image summary.
 The result is saved with ``save_pretrained`` and loads through ``load_model`` like any
 checkpoint; ``training_log.csv`` beside it records the curve.
 """
@@ -15,8 +21,10 @@ checkpoint; ``training_log.csv`` beside it records the curve.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +34,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vgutils.geometry import TokenLayout
-from vgutils.metrics import gt_mask
 from vgutils.models.vlm import ANSWER_INSTRUCTION, GENERIC_QUESTION
 from vgutils.teach.scenes import (
     COLOURS,
@@ -35,31 +41,36 @@ from vgutils.teach.scenes import (
     SHAPES,
     SIZE,
     Scene,
-    all_question_texts,
+    answer_texts,
     make_scene,
+    question_texts,
 )
 
 PATCH = 16
 GRID = SIZE // PATCH
-GRID_LAYOUT = TokenLayout.from_grid(GRID, GRID, (SIZE, SIZE))
 KINDS = ("background", *SHAPES, *ORGANS)
 COLOUR_CLASSES = ("none", *COLOURS)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training settings. ``medical_share``: fraction of medical-domain scenes."""
+    """Training settings. ``medical_share``: fraction of medical-domain scenes;
+    ``object_patch_weight``: weight of patches covered by an object in the per-patch loss
+    (background patches weigh 1; without it the tower learns colour but barely tells a
+    square from a circle, since most patches are background)."""
 
     steps: int = 640
-    warmup_steps: int = 600
+    warmup_steps: int = 1200
     batch_size: int = 24
     learning_rate: float = 2e-3
     medical_share: float = 0.1
     pool: int = 3000
     turns: int = 4
     lr_warmup: int = 20
-    pointer_loss_weight: float = 1.0
+    question_loss_weight: float = 1.0
     patch_loss_weight: float = 0.5
+    object_patch_weight: float = 5.0
+    text_init_std: float = 0.05
     seed: int = 0
 
 
@@ -67,16 +78,23 @@ SMOKE = Recipe(steps=24, warmup_steps=8, batch_size=8, pool=48, lr_warmup=2)
 
 
 def build_processor():
-    """Processor with the teaching vocabulary: tokenizer trained on the question corpus."""
+    """Processor with the teaching vocabulary: tokenizer trained on every question-answer
+    turn as the model sees it, so each answer word is one token with its leading space."""
     from vgutils.models.tiny import LLAVA_SPECIAL_TOKENS, llava_processor, train_tokenizer
 
-    corpus = [*all_question_texts(), GENERIC_QUESTION, ANSWER_INSTRUCTION, "USER: ASSISTANT:"]
+    corpus = [
+        f"USER: {head}{question} {ANSWER_INSTRUCTION} ASSISTANT: {answer}"
+        for head in ("<image>\n", "")
+        for question in [*question_texts(), GENERIC_QUESTION]
+        for answer in answer_texts()
+    ]
     tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS, vocab_size=600, corpus=corpus)
     return llava_processor(tokenizer, SIZE, PATCH)
 
 
-def build_model(tokenizer):
-    """The teaching LLaVA: vision 128 wide x 2 layers, text 128 wide x 3 layers."""
+def build_model(tokenizer, text_init_std: float = 0.02):
+    """The teaching LLaVA: vision 128 wide x 2 layers, text 128 wide x 3 layers, the text
+    weights initialised with standard deviation ``text_init_std``."""
     from transformers import LlavaForConditionalGeneration
 
     from vgutils.models.tiny import llava_config
@@ -97,6 +115,7 @@ def build_model(tokenizer):
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "max_position_embeddings": 512,
+        "initializer_range": text_init_std,
     }
     return LlavaForConditionalGeneration(
         llava_config(tokenizer, vision, text, vision_feature_layer=-1)
@@ -120,17 +139,27 @@ def _turn_ids(tokenizer, question: str, first: bool) -> list[int]:
     return tokenizer(f"{head}{question} {ANSWER_INSTRUCTION} ASSISTANT:")["input_ids"]
 
 
+def question_targets(question: str) -> tuple[int, int]:
+    """What the question head learns to name: the index in ``KINDS`` of the object the
+    question mentions (0: none, e.g. the generic prompt) and in ``COLOUR_CLASSES`` of the
+    colour it mentions (0: none, e.g. "What colour is ...")."""
+    words = re.findall(r"[a-z]+", question.lower())
+    kind = next((KINDS.index(w) for w in words if w in KINDS[1:]), 0)
+    colour = next((COLOUR_CLASSES.index(w) for w in words if w in COLOUR_CLASSES[1:]), 0)
+    return kind, colour
+
+
 def encode_scene(tokenizer, scene: Scene, rng: np.random.Generator, turns: int):
-    """One multi-turn training sequence: ``(input_ids, labels, pointers)`` with the image
+    """One multi-turn training sequence: ``(input_ids, labels, queries)`` with the image
     token expanded to the 49 patch tokens, loss only on answers (+ end of sequence), and
-    for each grounded question the position of its last prompt token with the ``(49,)``
-    patch mask of the object asked about (the pointing target)."""
+    per turn ``(position of its last prompt token, kind index, colour index)`` for the
+    question head."""
     # round-robin over the scene's objects, so one sequence asks about different objects
     # of the same image (only looking at the right one answers both), plus absent ones
     by_object: dict[str, list] = {}
     for q in scene.questions:
         key = str(q.boxes) if q.grounded else "absent"
-        by_object.setdefault(key, []).append((q.question, q.answer, q.boxes))
+        by_object.setdefault(key, []).append((q.question, q.answer))
     queues = [by_object[k] for k in rng.permutation(list(by_object))]
     queues = [[queue[i] for i in rng.permutation(len(queue))] for queue in queues]
     chosen = []
@@ -139,41 +168,49 @@ def encode_scene(tokenizer, scene: Scene, rng: np.random.Generator, turns: int):
             if queue and len(chosen) < turns:
                 chosen.append(queue.pop())
     if rng.random() < 0.35:  # the generic prompt, answered with the object count
-        chosen.insert(
-            int(rng.integers(len(chosen) + 1)), (GENERIC_QUESTION, scene.generic_answer, [])
-        )
-    ids, labels, pointers = [], [], []
+        chosen.insert(int(rng.integers(len(chosen) + 1)), (GENERIC_QUESTION, scene.generic_answer))
+    ids, labels, queries = [], [], []
     image_id = tokenizer.image_token_id
-    for index, (question, answer, boxes) in enumerate(chosen):
+    for index, (question, answer) in enumerate(chosen):
         prompt = _turn_ids(tokenizer, question, first=index == 0)
         if index == 0:
             at = prompt.index(image_id)
             prompt = prompt[:at] + [image_id] * (GRID * GRID) + prompt[at + 1 :]
         target = tokenizer(f" {answer}")["input_ids"] + [tokenizer.eos_token_id]
-        if boxes:
-            pointers.append((len(ids) + len(prompt) - 1, gt_mask(GRID_LAYOUT, boxes)))
+        queries.append((len(ids) + len(prompt) - 1, *question_targets(question)))
         ids += prompt + target
         labels += [-100] * len(prompt) + target
-    return ids, labels, pointers
+    return ids, labels, queries
 
 
-class PatchHeads(nn.Module):
-    """Training-only heads: linear probes from projected image features to patch kind and
-    colour, and the pointing head from the language model's state at a question's last
-    prompt token to the patches of the object asked about (as LLaVA's region-level
-    training data asks the model to say where things are)."""
+class TrainingHeads(nn.Module):
+    """Training-only linear probes (not saved with the model): projected image features to
+    patch kind and colour; the language model's state at a question's last prompt token
+    to the object and colour the question mentions."""
 
     def __init__(self, width: int):
         super().__init__()
         self.kind = nn.Linear(width, len(KINDS))
         self.colour = nn.Linear(width, len(COLOUR_CLASSES))
-        self.pointer = nn.Linear(width, GRID * GRID)
+        self.question_kind = nn.Linear(width, len(KINDS))
+        self.question_colour = nn.Linear(width, len(COLOUR_CLASSES))
 
-    def loss(self, features, kinds, colours):
-        flat = features.reshape(-1, features.shape[-1])
+    def question_loss(self, states, kinds, colours):
+        """Cross-entropy of the question's object and colour; ``states``: ``(Q, width)``."""
         return nn.functional.cross_entropy(
-            self.kind(flat), kinds.reshape(-1)
-        ) + nn.functional.cross_entropy(self.colour(flat), colours.reshape(-1))
+            self.question_kind(states), kinds
+        ) + nn.functional.cross_entropy(self.question_colour(states), colours)
+
+    def loss(self, features, kinds, colours, object_weight: float = 1.0):
+        """Per-patch cross-entropy of kind and colour, patches covered by an object
+        weighted ``object_weight``. ``features``: ``(B, 49, width)``; labels ``(B, 49)``."""
+        flat = features.reshape(-1, features.shape[-1])
+        kinds, colours = kinds.reshape(-1), colours.reshape(-1)
+        weights = torch.where(kinds > 0, object_weight, 1.0)
+        per_patch = nn.functional.cross_entropy(
+            self.kind(flat), kinds, reduction="none"
+        ) + nn.functional.cross_entropy(self.colour(flat), colours, reduction="none")
+        return (per_patch * weights).sum() / weights.sum()
 
 
 def _scene_pool(recipe: Recipe, processor):
@@ -197,20 +234,15 @@ def _batch(tokenizer, pool, rng, recipe: Recipe):
     input_ids = torch.full((len(picks), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(picks), width), -100, dtype=torch.long)
     mask = torch.zeros((len(picks), width), dtype=torch.long)
-    pointer_rows, pointer_columns, pointer_targets = [], [], []
-    for row, (ids, target, pointers) in enumerate(encoded):
+    query_rows, query_targets = [], []
+    for row, (ids, target, queries) in enumerate(encoded):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(ids)] = torch.tensor(target)
         mask[row, : len(ids)] = 1
-        for position, patches in pointers:
-            pointer_rows.append(row)
-            pointer_columns.append(position)
-            pointer_targets.append(torch.from_numpy(patches.astype(np.float32)))
-    pointing = (
-        torch.tensor(pointer_rows, dtype=torch.long),
-        torch.tensor(pointer_columns, dtype=torch.long),
-        torch.stack(pointer_targets) if pointer_targets else torch.zeros((0, GRID * GRID)),
-    )
+        query_rows += [row] * len(queries)
+        query_targets += queries
+    targets = torch.tensor(query_targets, dtype=torch.long).reshape(-1, 3)
+    questions = (torch.tensor(query_rows, dtype=torch.long), *targets.unbind(1))
     return (
         {
             "input_ids": input_ids,
@@ -220,8 +252,17 @@ def _batch(tokenizer, pool, rng, recipe: Recipe):
         },
         torch.stack([pool[i][2] for i in picks]),
         torch.stack([pool[i][3] for i in picks]),
-        pointing,
+        questions,
     )
+
+
+def _to(part, device: str):
+    """A batch part (tensor, tuple of tensors or dict of tensors) on ``device``."""
+    if isinstance(part, dict):
+        return {key: value.to(device) for key, value in part.items()}
+    if isinstance(part, tuple):
+        return tuple(value.to(device) for value in part)
+    return part.to(device)
 
 
 def _learning_rate_factor(step: int, steps: int, warmup: int) -> float:
@@ -230,19 +271,45 @@ def _learning_rate_factor(step: int, steps: int, warmup: int) -> float:
     return ramp * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1)))
 
 
+def training_fingerprint(recipe: Recipe) -> str:
+    """sha256 of the recipe and of the sources that shape the trained model (scenes,
+    training, the tiny LLaVA builder): a cached model with another fingerprint is stale."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    for path in (root / "scenes.py", root / "train.py", root.parent / "models" / "tiny.py"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def is_current(folder: Path, recipe: Recipe) -> bool:
+    """Whether ``folder`` holds a model trained with ``recipe`` by the current sources."""
+    try:
+        built = json.loads((Path(folder) / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (Path(folder) / "config.json").exists() and built.get(
+        "fingerprint"
+    ) == training_fingerprint(recipe)
+
+
 def train_teaching_model(
-    out_dir: str | Path, recipe: Recipe | None = None, progress: bool = True
+    out_dir: str | Path,
+    recipe: Recipe | None = None,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
-    """Train with ``recipe`` (default :class:`Recipe`) and save into ``out_dir`` (model,
-    processor, ``training_log.csv``, ``recipe.json``)."""
+    """Train with ``recipe`` (default :class:`Recipe`) on ``device`` and save into
+    ``out_dir`` (model, processor, ``training_log.csv``, ``recipe.json``)."""
     recipe = recipe or Recipe()
     out_dir = Path(out_dir)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng([recipe.seed, 2])
     processor = build_processor()
     tokenizer = processor.tokenizer
-    model = build_model(tokenizer)
-    heads = PatchHeads(model.config.text_config.hidden_size)
+    model = build_model(tokenizer, recipe.text_init_std)
+    heads = TrainingHeads(model.config.text_config.hidden_size)
+    model.to(device)
+    heads.to(device)
     pool = _scene_pool(recipe, processor)
     captured = {}
     hook = model.model.multi_modal_projector.register_forward_hook(
@@ -272,22 +339,30 @@ def train_teaching_model(
             optimizer, lambda s, n=steps: _learning_rate_factor(s, n, recipe.lr_warmup)
         )
         for _ in range(steps):
-            batch, kinds, colours, (rows, columns, targets) = _batch(tokenizer, pool, rng, recipe)
+            batch, kinds, colours, questions = (
+                _to(part, device) for part in _batch(tokenizer, pool, rng, recipe)
+            )
             if stage == "vision warm-up":
                 features = model.model.get_image_features(batch["pixel_values"]).pooler_output
-                patch_loss = heads.loss(torch.stack(list(features)), kinds, colours)
-                text_loss = torch.zeros(())
+                patch_loss = heads.loss(
+                    torch.stack(list(features)), kinds, colours, recipe.object_patch_weight
+                )
+                text_loss = question_loss = torch.zeros(())
                 loss = patch_loss
             else:
                 output = model(**batch, output_hidden_states=True)
-                patch_loss = heads.loss(captured["features"], kinds, colours)
+                patch_loss = heads.loss(
+                    captured["features"], kinds, colours, recipe.object_patch_weight
+                )
                 text_loss = output.loss
-                pointed = heads.pointer(output.hidden_states[-1][rows, columns])
-                pointer_loss = nn.functional.binary_cross_entropy_with_logits(pointed, targets)
+                rows, positions, asked_kinds, asked_colours = questions
+                question_loss = heads.question_loss(
+                    output.hidden_states[1][rows, positions], asked_kinds, asked_colours
+                )
                 loss = (
                     text_loss
                     + recipe.patch_loss_weight * patch_loss
-                    + recipe.pointer_loss_weight * pointer_loss
+                    + recipe.question_loss_weight * question_loss
                 )
             optimizer.zero_grad()
             loss.backward()
@@ -301,6 +376,7 @@ def train_teaching_model(
                     "loss": loss.item(),
                     "text_loss": text_loss.item(),
                     "patch_loss": patch_loss.item(),
+                    "question_loss": question_loss.item(),
                     "seconds": time.perf_counter() - started,
                 }
             )
@@ -308,7 +384,7 @@ def train_teaching_model(
             bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
     bar.close()
     hook.remove()
-    model.eval()
+    model.to("cpu").eval()
     model.generation_config.do_sample = False
     model.generation_config.max_new_tokens = 4
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,5 +394,6 @@ def train_teaching_model(
         writer = csv.DictWriter(handle, fieldnames=list(log[0]))
         writer.writeheader()
         writer.writerows(log)
-    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    record = {**asdict(recipe), "fingerprint": training_fingerprint(recipe)}
+    (out_dir / "recipe.json").write_text(json.dumps(record, indent=2))
     return out_dir
