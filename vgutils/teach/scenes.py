@@ -30,6 +30,17 @@ COLOURS = {
 }
 ORGANS = ("liver", "kidney", "spleen")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
+NATURAL_QUESTIONS = {
+    "present": "Is there a {kind} in the image?",
+    "colour": "What colour is the {kind}?",
+    "is_colour": "Is the {kind} {colour}?",
+}
+MEDICAL_QUESTIONS = {
+    "present": "Does this image show a {kind}?",
+    "lesion": "Is there a lesion in the {kind}?",
+}
+"""Question templates: the generator and the tokenizer corpus (:func:`question_texts`)
+both read them, so a changed wording cannot leave the corpus behind."""
 
 
 @dataclass
@@ -106,6 +117,15 @@ def _place(rng, taken: list, low: int, high: int, tries: int = 50):
     return None
 
 
+def _absent(template: str, kinds: tuple[str, ...], present) -> list[SceneQuestion]:
+    """The "no" localization question for every kind not in the scene (no box)."""
+    return [
+        SceneQuestion(template.format(kind=kind), "no", "localization")
+        for kind in kinds
+        if kind not in present
+    ]
+
+
 def natural_scene(rng: np.random.Generator) -> Scene:
     """A textured background with 1-3 distinct shapes of distinct colours (mostly several,
     so that no answer can be read off the image as a whole)."""
@@ -128,10 +148,17 @@ def natural_scene(rng: np.random.Generator) -> Scene:
     for obj in objects:
         box = obj["boxes"]
         questions.append(
-            SceneQuestion(f"Is there a {obj['kind']} in the image?", "yes", "localization", box)
+            SceneQuestion(
+                NATURAL_QUESTIONS["present"].format(kind=obj["kind"]), "yes", "localization", box
+            )
         )
         questions.append(
-            SceneQuestion(f"What colour is the {obj['kind']}?", obj["colour"], "attribute", box)
+            SceneQuestion(
+                NATURAL_QUESTIONS["colour"].format(kind=obj["kind"]),
+                obj["colour"],
+                "attribute",
+                box,
+            )
         )
         asked = (
             obj["colour"]
@@ -140,17 +167,13 @@ def natural_scene(rng: np.random.Generator) -> Scene:
         )
         questions.append(
             SceneQuestion(
-                f"Is the {obj['kind']} {asked}?",
+                NATURAL_QUESTIONS["is_colour"].format(kind=obj["kind"], colour=asked),
                 "yes" if asked == obj["colour"] else "no",
                 "attribute",
                 box,
             )
         )
-    for kind in SHAPES:
-        if kind not in present:
-            questions.append(
-                SceneQuestion(f"Is there a {kind} in the image?", "no", "localization")
-            )
+    questions += _absent(NATURAL_QUESTIONS["present"], SHAPES, present)
     return Scene("natural", image, objects, questions, NUMBERS[len(objects)])
 
 
@@ -197,21 +220,19 @@ def medical_scene(rng: np.random.Generator) -> Scene:
     for obj in objects:
         box = obj["boxes"]
         questions.append(
-            SceneQuestion(f"Does this image show a {obj['kind']}?", "yes", "localization", box)
+            SceneQuestion(
+                MEDICAL_QUESTIONS["present"].format(kind=obj["kind"]), "yes", "localization", box
+            )
         )
         questions.append(
             SceneQuestion(
-                f"Is there a lesion in the {obj['kind']}?",
+                MEDICAL_QUESTIONS["lesion"].format(kind=obj["kind"]),
                 "yes" if lesion_in == obj["kind"] else "no",
                 "attribute",
                 box,
             )
         )
-    for organ in ORGANS:
-        if organ not in present:
-            questions.append(
-                SceneQuestion(f"Does this image show a {organ}?", "no", "localization")
-            )
+    questions += _absent(MEDICAL_QUESTIONS["present"], ORGANS, present)
     return Scene("medical", image, objects, questions, NUMBERS[len(objects)])
 
 
@@ -225,13 +246,16 @@ def make_scene(domain: str, rng: np.random.Generator) -> Scene:
 
 def question_texts() -> list[str]:
     """Every question the generator can produce."""
-    texts = []
-    for kind in SHAPES:
-        texts += [f"Is there a {kind} in the image?", f"What colour is the {kind}?"]
-        texts += [f"Is the {kind} {c}?" for c in COLOURS]
-    for organ in ORGANS:
-        texts += [f"Does this image show a {organ}?", f"Is there a lesion in the {organ}?"]
-    return texts
+    texts = [
+        template.format(kind=kind, colour=colour)
+        for template in NATURAL_QUESTIONS.values()
+        for kind in SHAPES
+        for colour in COLOURS
+    ]
+    texts += [
+        template.format(kind=organ) for template in MEDICAL_QUESTIONS.values() for organ in ORGANS
+    ]
+    return list(dict.fromkeys(texts))
 
 
 def answer_texts() -> list[str]:
