@@ -102,7 +102,14 @@ def _extract(args) -> int:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
     )
-    summary = extract(options, args.out, batch_size=args.batch_size, device=args.device)
+    summary = extract(
+        options,
+        args.out,
+        batch_size=args.batch_size,
+        image_batch=args.image_batch,
+        loader_threads=args.loader_threads,
+        device=args.device,
+    )
     rate = summary.computed / summary.seconds if summary.seconds else 0.0
     print(
         f"{summary.out}: {summary.done} done, {summary.skipped} skipped, "
@@ -234,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--limit", type=int, help="first N samples")
     extract.add_argument("--shard", type=_shard, help="I/N: this process's slice of images")
     extract.add_argument("--batch-size", type=int, default=8, help="question suffixes at once")
+    extract.add_argument(
+        "--image-batch", type=int, default=1, help="images per prefix forward (GPU: try 8)"
+    )
+    extract.add_argument(
+        "--loader-threads",
+        type=int,
+        help="threads preparing the next images during a forward (default: 1 on GPU, 0 on CPU)",
+    )
     extract.add_argument("--heads", action="store_true", help="also per-head metrics")
     extract.add_argument("--save-maps", action="store_true", help="keep per-sample maps")
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, balanced")
