@@ -233,9 +233,9 @@ def extract(
     if image_batch > 1:  # images of one size sit together: their prefixes batch
         todo = sorted(todo, key=lambda g: _image_size_key(g[0][1].image_path))
     threads = loader_threads if loader_threads is not None else default_loader_threads(vlm)
-    ready = prefetch(todo, lambda g: _prepare_group(vlm, g), threads, ahead=2 * image_batch)
-    for batch in _image_batches(ready, image_batch if prefix_sharing else 1):
-        maps = _batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
+    ready = prefetch(todo, lambda g: prepare_group(vlm, g), threads, ahead=2 * image_batch)
+    for batch in image_batches(ready, image_batch if prefix_sharing else 1):
+        maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
         for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
             frames, skipped = _score_group(
                 prepared_group, group_maps, generic, options, store, context
@@ -320,7 +320,7 @@ class PreparedGroup:
     skipped: list
 
 
-def _prepare_group(vlm, group) -> PreparedGroup:
+def prepare_group(vlm, group) -> PreparedGroup:
     """Load the image and prepare every prompt about it (the image is processed once)."""
     try:
         image = load_image(group[0][1].image_path)
@@ -346,7 +346,7 @@ def _image_size_key(path: Path) -> tuple[int, int]:
         return (0, 0)
 
 
-def _image_batches(ready, size: int):
+def image_batches(ready, size: int):
     """Consecutive prepared groups, ``size`` at most per batch; a group without prompts
     travels alone (it only logs its skips)."""
     batch = []
@@ -359,7 +359,7 @@ def _image_batches(ready, size: int):
         yield batch
 
 
-def _batch_attention(vlm, batch, strategy, batch_size, prefix_sharing):
+def batch_attention(vlm, batch, strategy, batch_size, prefix_sharing):
     """Per prepared group: (maps of its questions, map of its generic prompt), each
     ``(layers, heads, N)``; groups without prompts get ``([], None)``."""
     live = [[*g.prompts, g.generic] for g in batch if g.kept]
