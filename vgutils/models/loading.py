@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
-from vgutils.models.original import ensure_converted, original_config
+from vgutils.models.original import BACKBONES, ensure_converted, original_config
 from vgutils.models.tiny import build_tiny
 from vgutils.models.vlm import VisionLanguageModel
 
@@ -91,9 +91,10 @@ def load_model(
     processor_kwargs = dict(processor_kwargs or {})
     if original_config(source, revision) is not None:  # original-format LLaVA: convert once
         source, revision = str(ensure_converted(source, cache_dir(), revision)), None
-        processor_kwargs.setdefault("backend", "pil")  # the original code's exact pixels
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(source, **options)
+    if getattr(config, "vgutils_family", None) in BACKBONES:  # a converted checkpoint
+        processor_kwargs.setdefault("backend", "pil")  # the original code's exact pixels
     family_of(config)  # fail early, before loading weights, on an unknown family
     device, torch_dtype = _device_and_dtype(device, dtype)
     device_map = "auto" if device == "balanced" else device

@@ -120,11 +120,11 @@ _LLAVA_KEYS = {
 def map_key(source: str, key: str) -> str | None:
     """The transformers name of original key ``key`` from ``source`` (``checkpoint`` or
     ``tower``); ``None`` for an ignored key; :class:`ConversionError` for an unknown one."""
+    if any(re.fullmatch(pattern, key) for pattern in IGNORED[source]):
+        return None
     for rule_source, old, new in KEY_MAP:
         if rule_source == source and key.startswith(old):
             return new + key[len(old) :]
-    if any(re.fullmatch(pattern, key) for pattern in IGNORED[source]):
-        return None
     raise ConversionError(f"unexpected key {key!r} in the {source}: no rule maps it")
 
 
