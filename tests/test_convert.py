@@ -346,9 +346,10 @@ def test_ignored_buffers_and_unsupported_config(tmp_path):
     )
     assert (convert(source, tmp_path / "out") / RECORD_NAME).exists()
     config = json.loads((source / "config.json").read_text())
-    (source / "config.json").write_text(json.dumps({**config, "mm_projector_type": "linear"}))
-    with pytest.raises(ConversionError, match="mm_projector_type"):
-        convert(source, tmp_path / "out2")
+    for key, value in (("mm_projector_type", "linear"), ("image_aspect_ratio", "square")):
+        (source / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ConversionError, match=f"{key}='{value}'"):
+            convert(source, tmp_path / "out2")
 
 
 # --- cache, Hub ids, record ------------------------------------------------------------
@@ -448,6 +449,9 @@ def test_convert_cli_and_vision_tower_option(tmp_path, capsys):
     )
     assert main(["convert", str(mistral), str(tmp_path / "out")]) == 2  # not empty
     assert "not empty" in capsys.readouterr().err
+    vit = next((source / "vit").iterdir())  # config and preprocessor only
+    assert main(["convert", str(source), str(tmp_path / "o3"), "--vision-tower", str(vit)]) == 2
+    assert "has no weights" in capsys.readouterr().err
 
 
 def test_convert_help_documents_it(capsys):

@@ -303,7 +303,7 @@ def _check_supported(config: dict) -> None:
         ("image_aspect_ratio", "pad"),
     )
     for key, expected in checks:
-        value = config.get(key, expected)
+        value = config.get(key)
         if value != expected:
             raise ConversionError(f"config.json {key}={value!r}: only {expected!r} is supported")
     for key in ("mm_use_im_start_end", "mm_use_im_patch_token"):
@@ -344,6 +344,8 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
         key.startswith(KEY_MAP[0][1]) for path in weight_files(src) for key in file_keys(path)
     )
     tower_has_weights = bool(weight_files(tower))
+    if vision_tower is not None and not tower_has_weights:
+        raise ConversionError(f"vision tower folder {str(vision_tower)!r} has no weights")
     wants_tower = vision_tower is not None or backbone.vision_weights == "tower"
     if (wants_tower and tower_has_weights) or not checkpoint_has_vision:
         vision_from = "tower"
