@@ -22,12 +22,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
+from vgutils.errors import DataError
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import shared_prefix_attention
-from vgutils.results import RunStore
+from vgutils.results import RunStore, images_digest
 from vgutils.scoring import head_scores, layer_maps, layer_scores
 
 KILL_AFTER_PARTS = "VGUTILS_KILL_AFTER_PARTS"
@@ -85,14 +87,32 @@ def folder_hash(folder: Path, full_below: int = 64 * 2**20) -> str:
     return digest.hexdigest()
 
 
-def model_identity(name: str, source_folder: str, vlm) -> dict:
-    folder = Path(source_folder)
-    identity = {"model": name, "family": vlm.family}
+def model_identity(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """What identifies the weights, without loading them: the sha256 of a local (or
+    tiny) model folder, else the Hub commit the config resolves to."""
+    from vgutils.models.loading import resolve
+
+    source = resolve(name)
+    folder = Path(source)
     if folder.is_dir():
-        identity["model_folder_sha256"] = folder_hash(folder)
-    else:
-        identity["model_revision"] = getattr(vlm.model.config, "_commit_hash", None)
-    return identity
+        return {"model": name, "model_folder_sha256": folder_hash(folder)}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        source, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return {"model": name, "model_revision": getattr(config, "_commit_hash", None) or revision}
+
+
+def image_hashes(samples: list[Sample], image_root: Path) -> dict[str, str]:
+    """``{image name: sha256}`` of the images ``samples`` use (names relative to the
+    image root when below it)."""
+    root = Path(image_root).resolve()
+    hashes = {}
+    for path in {s.image_path for s in samples}:
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        hashes[name] = sha256(path)
+    return hashes
 
 
 def code_fingerprint() -> str:
@@ -158,87 +178,104 @@ def extract(
     device: str = "auto",
     prefix_sharing: bool = True,
     progress: bool = True,
+    retry_errors: bool = False,
 ) -> RunSummary:
-    """Run (or resume) one extraction into ``out`` and return its summary."""
+    """Run (or resume) one extraction into ``out`` and return its summary. Every check
+    that needs no model (arguments, data, the run folder's lock and identity) is done
+    before the model loads. ``retry_errors``: compute previously skipped samples again."""
     start = time.perf_counter()
+    checks.run_settings(
+        batch_size=batch_size, device_name=device, dtype_name=options.dtype, limit=options.limit
+    )
     out = Path(out)
     shard = options.shard or shard_from_env()
     if shard is not None:
         options = ExtractOptions(**{**asdict(options), "shard": shard})
         out = out / f"shard-{shard[0]}-of-{shard[1]}"
+    from vgutils.models.loading import check_model_name, load_model
+
+    check_model_name(options.model)
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
     samples, problems = read_dataset(dataset)
     bad_rows = [p for p in problems if p.severity == "error"]
+    if not samples:
+        raise DataError(
+            f"{dataset.jsonl}: no usable rows ({len(bad_rows)} bad); "
+            f"see `python -m vgutils validate {options.dataset}`"
+        )
     if options.limit is not None:
         samples = samples[: options.limit]
     groups = group_by_image(samples)
     if shard is not None:
         groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
 
-    from vgutils.models.loading import load_model, resolve
-
-    store = RunStore(out)
-    existing = store.read_run()
-    if existing is not None and existing["status"] == "complete":
-        _check_same(store, options, dataset)
-        counts = existing["counts"]
-        return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
-    vlm = load_model(
-        options.model,
-        device=device,
-        dtype=options.dtype,
-        revision=options.revision,
-        trust_remote_code=options.trust_remote_code,
-    )
+    images = image_hashes([s for g in groups for _, s in g], dataset.image_root)
     identity = {
-        **model_identity(options.model, resolve(options.model), vlm),
+        **model_identity(options.model, options.revision, options.trust_remote_code),
         "dataset": dataset.name,
         "dataset_sha256": sha256(dataset.jsonl),
+        "images_sha256": images_digest(images),
         "code_sha256": code_fingerprint(),
     }
-    run = store.open(_options_record(options, dataset), identity, package_versions())
-    done = store.done_ids()
-    for problem in bad_rows:
-        key = f"row:{problem.file}:{problem.line}"
-        if key not in done:
-            store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
-    todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
-    todo = [g for g in todo if g]
-    context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
-    if dataset.entry is not None and dataset.entry.domain:
-        context["domain"] = dataset.entry.domain
-    kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
-    computed = parts = 0
-    bar = tqdm(
-        total=sum(len(g) for g in todo),
-        unit="q",
-        desc=f"{options.model} {dataset.name}",
-        disable=not progress,
-    )
-    for group in todo:
-        frames, skipped = _process_group(
-            vlm, group, options, store, context, batch_size, prefix_sharing
+    with RunStore(out) as store:
+        run = store.open(
+            _options_record(options, dataset),
+            identity,
+            package_versions(),
+            images=images,
+            retry_errors=retry_errors,
         )
-        if frames:
-            store.add_part(frames)
-            parts += 1
-            if kill_after and parts >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        computed += len(group) - skipped
-        bar.update(len(group))
-    bar.close()
-    errors = store.errors()
-    skipped_total = len(errors)
-    done_total = len(store.done_ids()) - skipped_total
-    counts = {
-        "samples": len(samples),
-        "done": done_total,
-        "skipped": skipped_total,
-        "bad_rows": len(bad_rows),
-    }
-    store.finalize(run, counts)
+        if run["status"] == "complete":
+            counts = run["counts"]
+            return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
+        vlm = load_model(
+            options.model,
+            device=device,
+            dtype=options.dtype,
+            revision=options.revision,
+            trust_remote_code=options.trust_remote_code,
+        )
+        done = store.done_ids()
+        for problem in bad_rows:
+            key = f"row:{problem.file}:{problem.line}"
+            if key not in done:
+                store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+        todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
+        todo = [g for g in todo if g]
+        context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
+        if dataset.entry is not None and dataset.entry.domain:
+            context["domain"] = dataset.entry.domain
+        kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
+        computed = parts = 0
+        bar = tqdm(
+            total=sum(len(g) for g in todo),
+            unit="q",
+            desc=f"{options.model} {dataset.name}",
+            disable=not progress,
+        )
+        for group in todo:
+            frames, skipped = _process_group(
+                vlm, group, options, store, context, batch_size, prefix_sharing
+            )
+            if frames:
+                store.add_part(frames)
+                parts += 1
+                if kill_after and parts >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            computed += len(group) - skipped
+            bar.update(len(group))
+        bar.close()
+        skipped_total = len(store.errors())
+        done_total = len(store.done_ids()) - skipped_total
+        counts = {
+            "samples": len(samples),
+            "done": done_total,
+            "skipped": skipped_total,
+            "bad_rows": len(bad_rows),
+        }
+        store.finalize(run, counts)
     seconds = time.perf_counter() - start
     return RunSummary(out, done_total, skipped_total, seconds, computed)
 
@@ -248,25 +285,6 @@ def _options_record(options: ExtractOptions, dataset) -> dict:
     record["shard"] = list(options.shard) if options.shard else None
     record["image_root"] = str(dataset.image_root)
     return record
-
-
-def _check_same(store: RunStore, options: ExtractOptions, dataset) -> None:
-    run = store.read_run()
-    record = _options_record(options, dataset)
-    differing = {
-        k for k in set(record) | set(run["options"]) if record.get(k) != run["options"].get(k)
-    }
-    if run["identity"].get("dataset_sha256") != sha256(dataset.jsonl):
-        differing.add("dataset content")
-    if run["identity"].get("code_sha256") != code_fingerprint():
-        differing.add("vgutils code")
-    if differing:
-        from vgutils.results import RunMismatch
-
-        raise RunMismatch(
-            f"{store.folder} holds a complete run made with other options, data or code "
-            f"({', '.join(sorted(differing))}); use another --out or delete it"
-        )
 
 
 def group_attention(
