@@ -9,6 +9,7 @@ step and the concurrent-writer trials are ``slow`` (run by ``.ci/run``).
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from vgutils import results
 from vgutils.__main__ import main
 from vgutils.errors import DataError, UsageError
 from vgutils.results import (
+    KILL_AT_STEP,
     RunLocked,
     RunMismatch,
     RunStore,
@@ -197,19 +199,6 @@ def test_lock_of_a_killed_writer_is_stale_and_taken_over(tmp_path):
         assert store.stale_lock.split()[0] == dead_pid
 
 
-def test_read_only_out_fails_before_anything_else(tmp_path):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        if os.access(parent, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(DataError, match="cannot create the run folder"):
-            RunStore(parent / "run").open(OPTIONS, IDENTITY, {})
-    finally:
-        parent.chmod(0o700)
-
-
 # --- 3. merge misuse -----------------------------------------------------------------
 
 
@@ -326,3 +315,260 @@ def test_retry_errors_reopens_a_complete_run(tmp_path):
         store.add_part(group_frames(2))
         store.finalize(run, {})
     assert_same_frames(folder, reference)
+
+
+# --- end to end, with a tiny model ---------------------------------------------------
+
+MODEL = "tiny:llava"
+BASE = ["--model", MODEL, "--dataset", "sample-natural", "--limit", "4", "--heads"]
+
+
+def extract_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(["extract", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a command loads a model."""
+    import vgutils.models.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every faulty one must equal."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(["extract", *BASE, "--out", str(out)]) == 0
+    return out, frames_of(out)
+
+
+def count_extract_steps(tmp_path) -> int:
+    steps: list[str] = []
+    results.fault_hook = lambda k, what: steps.append(what)
+    try:
+        assert main(["extract", *BASE, "--out", str(tmp_path / "count")]) == 0
+    finally:
+        results.fault_hook = None
+    assert steps[:3] == [
+        "wrote head_metrics.parquet",
+        "wrote metrics.parquet",
+        "committed run.json",
+    ]
+    return len(steps)
+
+
+@pytest.mark.slow
+def test_extract_sigkilled_at_every_finalize_step_reruns_to_the_same_frames(tmp_path, reference):
+    for k in range(1, count_extract_steps(tmp_path) + 1):
+        out = tmp_path / f"run-{k}"
+        command = [sys.executable, "-m", "vgutils", "extract", *BASE, "--out", str(out)]
+        env = {**os.environ, KILL_AT_STEP: str(k)}
+        killed = subprocess.run(command, env=env, capture_output=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert (out / "metrics.parquet").exists()  # step 1 already replaced it
+        rerun = subprocess.run(command, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert_same_frames(out, reference[1])
+        assert not (out / "parts").exists()
+
+
+@pytest.mark.parametrize("every", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_extract_crash_in_finalize_then_rerun_in_process(tmp_path, reference, capsys, every):
+    # the issue's case 1 (final files written, parts not yet removed) is step 3; with
+    # `every`, a crash after each write step
+    steps = range(1, count_extract_steps(tmp_path) + 1) if every else [2, 3]
+    for k in steps:
+        out = tmp_path / f"crash-{k}"
+
+        def crash(step, what, k=k):
+            if step == k:
+                raise Crash(what)
+
+        results.fault_hook = crash
+        try:
+            with pytest.raises(Crash):
+                main(["extract", *BASE, "--out", str(out)])
+        finally:
+            results.fault_hook = None
+        assert main(["extract", *BASE, "--out", str(out)]) == 0
+        assert_same_frames(out, reference[1])
+    capsys.readouterr()
+
+
+def test_extract_refused_while_another_process_writes_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = RunStore(out)
+    holder.lock()  # another writer (a second open file description: flock conflicts)
+    try:
+        code, _, err = extract_cli(capsys, *BASE, "--out", out)
+    finally:
+        holder.close()
+    assert code == 1 and err.count("\n") == 0
+    assert f"is being written by pid {os.getpid()} on host {socket.gethostname()}" in err
+    assert not (out / "run.json").exists()
+
+
+def copy_model(tmp_path):
+    from vgutils.models.loading import resolve
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve(MODEL), folder)
+    return folder
+
+
+def test_complete_run_refuses_a_changed_model(tmp_path, capsys, monkeypatch):
+    model = copy_model(tmp_path)
+    args = [
+        "--model",
+        model,
+        "--dataset",
+        "sample-natural",
+        "--limit",
+        "2",
+        "--out",
+        tmp_path / "r",
+    ]
+    assert extract_cli(capsys, *args)[0] == 0
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "retrained": True}))
+    import vgutils.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    code, out, err = extract_cli(capsys, *args)
+    assert code == 2 and "nothing recomputed" not in out
+    assert "holds a complete run" in err and "model_folder_sha256" in err and "\n" not in err
+
+
+def image_dataset(folder, images=("a.png", "b.png")):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, name in enumerate(images):
+        Image.new("RGB", (64, 64), (40 * index, 90, 200)).save(folder / name)
+        rows.append({"image": name, "question": "Is there a dot?", "bbox": [4, 4, 60, 60]})
+    jsonl = folder / "d.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return jsonl
+
+
+def test_tampered_image_refuses_the_resume(tmp_path, capsys):
+    from PIL import Image
+
+    jsonl = image_dataset(tmp_path / "data")
+    args = ["--model", MODEL, "--dataset", jsonl, "--bbox-format", "xyxy", "--out", tmp_path / "r"]
+    assert extract_cli(capsys, *args)[0] == 0
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "data" / "b.png")
+    code, _, err = extract_cli(capsys, *args)
+    assert code == 2 and "images: 1 changed, added or removed (b.png)" in err
+
+
+def test_pinned_image_edited_is_a_bad_row(tmp_path, capsys, monkeypatch):
+    from vgutils.data import resolve_dataset
+
+    source = resolve_dataset("sample-natural").root
+    root = tmp_path / "data"
+    shutil.copytree(source, root)
+    monkeypatch.setenv("VGUTILS_DATA", str(root))
+    image = root / "samples" / "chelsea.png"
+    image.write_bytes(image.read_bytes()[:-1] + b"\0")
+    assert main(["validate", "sample-natural"]) == 1
+    out = capsys.readouterr().out
+    assert "chelsea.png does not match its pinned sha256 in the registry" in out
+
+
+def test_retry_errors_recomputes_a_fixed_image(tmp_path, capsys):
+    jsonl = image_dataset(tmp_path / "data")
+    (tmp_path / "data" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    args = ["--model", MODEL, "--dataset", jsonl, "--bbox-format", "xyxy", "--out", tmp_path / "r"]
+    assert extract_cli(capsys, *args)[0] == 0
+    assert load_metrics(tmp_path / "r")["sample_id"].unique().tolist() == ["d:1"]
+    image_dataset(tmp_path / "data")  # the image is fixed
+    code, out, _ = extract_cli(capsys, *args, "--retry-errors")
+    assert code == 0 and "1 computed now" in out and "0 skipped" in out
+    assert load_metrics(tmp_path / "r")["sample_id"].unique().tolist() == ["d:1", "d:2"]
+
+
+def test_empty_jsonl_is_an_error_not_a_complete_run(tmp_path, capsys, no_model_load):
+    (tmp_path / "empty.jsonl").write_text("")
+    args = ["--model", MODEL, "--dataset", tmp_path / "empty.jsonl", "--bbox-format", "xyxy"]
+    code, out, err = extract_cli(capsys, *args, "--out", tmp_path / "r")
+    assert code == 1 and "empty.jsonl: no usable rows" in err and "complete" not in out
+
+
+# --- 6. non-regular files and checks before the model loads ---------------------------
+
+
+def test_fifo_as_image_is_refused_without_blocking(tmp_path):
+    jsonl = image_dataset(tmp_path / "data", images=("a.png",))
+    os.mkfifo(tmp_path / "data" / "pipe.png")
+    with open(jsonl, "a") as handle:
+        handle.write(json.dumps({"image": "pipe.png", "question": "Q?", "bbox": [1, 1, 9, 9]}))
+    command = [sys.executable, "-m", "vgutils", "validate", str(jsonl), "--bbox-format", "xyxy"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "d.jsonl:2: image:" in done.stdout and "pipe.png is a FIFO" in done.stdout
+
+
+def test_fifo_as_dataset_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "rows.jsonl")
+    command = [sys.executable, "-m", "vgutils", "validate", str(tmp_path / "rows.jsonl")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "rows.jsonl" in done.stderr and "FIFO" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--batch-size", "0"], 2, "--batch-size 0: must be at least 1"),
+        (["--limit", "-1"], 2, "--limit -1: must be at least 1"),
+        (["--device", "gpu9"], 2, "--device 'gpu9': unknown; valid: "),
+        (["--dtype", "float99"], 2, "float16, float32; did you mean 'float32'?"),
+        (["--model", "tiny:teahc"], 2, "tiny:teach, tiny:teach-smoke"),
+        (["--dataset", "sample-medcal"], 2, "did you mean 'sample-medical'?"),
+        (["--shard", "x/2"], 2, "--shard x/2: expected I/N"),
+    ],
+)
+def test_extract_bad_values_fail_in_one_line_before_the_model(
+    tmp_path, capsys, no_model_load, args, code, message
+):
+    given = dict(zip(BASE[:6:2], BASE[1:6:2], strict=True))
+    given.update(zip(args[::2], args[1::2], strict=True))
+    argv = [x for pair in given.items() for x in pair] + ["--out", tmp_path / "r"]
+    got, _, err = extract_cli(capsys, *argv)
+    assert got == code and err.startswith("error: ") and "\n" not in err
+    assert message in err, err
+
+
+def test_tiny_typo_lists_every_tiny_model(tmp_path, capsys, no_model_load):
+    _, _, err = extract_cli(capsys, *BASE[2:], "--model", "tiny:teahc", "--out", tmp_path / "r")
+    from vgutils.models.loading import tiny_names
+
+    assert all(name in err for name in tiny_names()) and "did you mean 'tiny:teach'?" in err
+
+
+def test_read_only_out_fails_before_the_model(tmp_path, capsys, no_model_load):
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = extract_cli(capsys, *BASE, "--out", tmp_path / "file" / "run")
+    assert code == 1 and "cannot create the run folder" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--percentile", "150"], "--percentile 150: must be within 0..100"),
+        (["--top-k", "0"], "--top-k 0: must be at least 1"),
+    ],
+)
+def test_vqa_bad_values_fail_before_the_model(tmp_path, capsys, no_model_load, args, message):
+    argv = ["vqa", "--model", MODEL, "--dataset", "sample-natural", "--out", str(tmp_path)]
+    assert main([*argv, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

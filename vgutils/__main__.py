@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``error: ...`` line (exit status 2)."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message}\n")
+        message = re.sub(r"^argument ([^:]+): (?=\1 )", "", message)  # said once
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
 
 
 def _arg(check, name: str):
@@ -406,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed in one line
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.run(args)
     except Exception as err:

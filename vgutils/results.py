@@ -311,7 +311,10 @@ class RunStore:
             self.write_run(run)
             (self.folder / ERRORS_FILE).touch()
             return run
-        self._check_identity(existing, options, identity, images)
+        self._check_identity(existing, options, identity, images, retry_errors)
+        existing["identity"] = identity  # equal, or changed only where a retry allows
+        if images is not None:
+            existing["images"] = images
         if existing["status"] == "complete":
             self._drop_parts()  # left by a crash after the commit
             self.check_final_files(existing)
@@ -328,28 +331,45 @@ class RunStore:
         if retry_errors:
             self.clear_errors()
         existing["resumed"] = existing.get("resumed", 0) + 1
-        existing["images"] = images or existing.get("images", {})
         return existing
 
-    def _check_identity(self, existing, options, identity, images) -> None:
-        lines = describe_differences(existing["options"], options)
-        lines += describe_differences(existing["identity"], identity)
+    def _check_identity(self, existing, options, identity, images, retry_errors) -> None:
         old_images = existing.get("images") or {}
+        old_identity, new_identity = existing["identity"], identity
+        if images is not None and old_images:  # compared image by image below
+            old_identity = {k: v for k, v in old_identity.items() if k != "images_sha256"}
+            new_identity = {k: v for k, v in new_identity.items() if k != "images_sha256"}
+        lines = describe_differences(existing["options"], options)
+        lines += describe_differences(old_identity, new_identity)
         if images is not None and old_images and old_images != images:
             changed = sorted(
                 n for n in set(old_images) | set(images) if old_images.get(n) != images.get(n)
             )
-            lines.append(
-                f"images: {len(changed)} changed, added or removed ({', '.join(changed[:3])}"
-                + (", ..." if len(changed) > 3 else "")
-                + ")"
-            )
+            if retry_errors:  # fixing images no result uses is what a retry is for
+                used = self._done_image_names()
+                changed = [n for n in changed if Path(n).name in used]
+            if changed:
+                names = ", ".join(Path(n).name for n in changed[:3])
+                more = ", ..." if len(changed) > 3 else ""
+                lines.append(f"images: {len(changed)} changed, added or removed ({names}{more})")
         if lines:
             state = "complete" if existing["status"] == "complete" else "unfinished"
             raise RunMismatch(
                 f"{self.folder} holds a {state} run made with other options, model, data or "
                 f"code ({'; '.join(lines)}); use another --out or delete it"
             )
+
+    def _done_image_names(self) -> set[str]:
+        """The ``image`` column of the results so far (file names)."""
+        run = self.read_run()
+        final = self.folder / f"{self.main_kind}.parquet"
+        paths = [final] if run and run["status"] == "complete" else []
+        paths += [] if paths else self.part_paths(self.main_kind)
+        names: set[str] = set()
+        for path in paths:
+            if path.exists() and "image" in pq.ParquetFile(path).schema_arrow.names:
+                names.update(read_parquet(path, ["image"])["image"])
+        return names
 
     def _result_files(self) -> list[Path]:
         finals = [p for p in self.folder.glob("*.parquet") if p.is_file()]
@@ -461,11 +481,15 @@ class RunStore:
             entries.append(entry)
         return entries
 
-    def add_error(self, sample_id: str, source: str, reason: str) -> None:
+    def add_error(self, sample_id: str, source: str, reason: str, image: str | None = None):
         """Append one skipped sample to errors.jsonl, flushed to disk at once (after a
-        newline if a crash left a torn last line)."""
+        newline if a crash left a torn last line). ``image``: the image's key in the
+        run's ``images`` (a retry may find it fixed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"sample_id": sample_id, "source": source, "reason": reason}) + "\n"
+        entry = {"sample_id": sample_id, "source": source, "reason": reason}
+        if image is not None:
+            entry["image"] = image
+        line = json.dumps(entry) + "\n"
         with open(self.folder / ERRORS_FILE, "a+b") as handle:
             if handle.tell() > 0:
                 handle.seek(-1, os.SEEK_END)

@@ -104,15 +104,10 @@ def model_identity(name: str, revision: str | None = None, trust_remote_code: bo
     return {"model": name, "model_revision": getattr(config, "_commit_hash", None) or revision}
 
 
-def image_hashes(samples: list[Sample], image_root: Path) -> dict[str, str]:
-    """``{image name: sha256}`` of the images ``samples`` use (names relative to the
-    image root when below it)."""
-    root = Path(image_root).resolve()
-    hashes = {}
-    for path in {s.image_path for s in samples}:
-        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-        hashes[name] = sha256(path)
-    return hashes
+def image_hashes(samples: list[Sample]) -> dict[str, str]:
+    """``{image path: sha256}`` of the images ``samples`` use (resolved paths, as the
+    rows give them; the image root is part of the options anyway)."""
+    return {str(path): sha256(path) for path in sorted({s.image_path for s in samples})}
 
 
 def code_fingerprint() -> str:
@@ -211,15 +206,16 @@ def extract(
     if shard is not None:
         groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
 
-    images = image_hashes([s for g in groups for _, s in g], dataset.image_root)
-    identity = {
-        **model_identity(options.model, options.revision, options.trust_remote_code),
-        "dataset": dataset.name,
-        "dataset_sha256": sha256(dataset.jsonl),
-        "images_sha256": images_digest(images),
-        "code_sha256": code_fingerprint(),
-    }
     with RunStore(out) as store:
+        store.lock()  # a read-only or busy --out fails here, before any hashing or loading
+        images = image_hashes([s for g in groups for _, s in g])
+        identity = {
+            **model_identity(options.model, options.revision, options.trust_remote_code),
+            "dataset": dataset.name,
+            "dataset_sha256": sha256(dataset.jsonl),
+            "images_sha256": images_digest(images),
+            "code_sha256": code_fingerprint(),
+        }
         run = store.open(
             _options_record(options, dataset),
             identity,
@@ -307,7 +303,7 @@ def _process_group(vlm, group, options, store, context, batch_size, prefix_shari
 
     def skip(sample: Sample, reason: str) -> None:
         nonlocal skipped
-        store.add_error(sample.id, sample.source, reason)
+        store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
         skipped += 1
 
     try:

@@ -126,7 +126,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     samples = [s for s in samples if s.answer is not None][: options.limit]
     store = RunStore(Path(out), main_kind="answers")
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
-    images = image_hashes(samples, dataset.image_root)
+    images = image_hashes(samples)
     identity = {
         **model_identity(options.model),
         "dataset_sha256": sha256(dataset.jsonl),
