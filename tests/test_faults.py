@@ -371,7 +371,7 @@ def test_extract_sigkilled_at_every_finalize_step_reruns_to_the_same_frames(tmp_
         env = {**os.environ, KILL_AT_STEP: str(k)}
         killed = subprocess.run(command, env=env, capture_output=True)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert (out / "metrics.parquet").exists()  # step 1 already replaced it
+        assert (out / "head_metrics.parquet").exists()  # written by step 1
         rerun = subprocess.run(command, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         assert_same_frames(out, reference[1])
@@ -412,6 +412,23 @@ def test_extract_refused_while_another_process_writes_the_folder(tmp_path, capsy
     assert code == 1 and err.count("\n") == 0
     assert f"is being written by pid {os.getpid()} on host {socket.gethostname()}" in err
     assert not (out / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_two_concurrent_extracts_never_duplicate_rows(tmp_path, reference):
+    for trial in range(4):
+        out = tmp_path / f"run-{trial}"
+        command = [sys.executable, "-m", "vgutils", "extract", *BASE, "--out", str(out)]
+        writers = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outcomes = [(w.wait(timeout=600), w.stderr.read()) for w in writers]
+        for code, err in outcomes:
+            assert code == 0 or (code == 1 and "is being written by pid" in err), err
+        assert any(code == 0 for code, _ in outcomes)
+        assert json.loads((out / "run.json").read_text())["status"] == "complete"
+        assert_same_frames(out, reference[1])
 
 
 def copy_model(tmp_path):

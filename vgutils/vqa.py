@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
+from vgutils.errors import UsageError
 from vgutils.results import RunStore, images_digest, load_metrics
 from vgutils.runner import (
     code_fingerprint,
@@ -76,12 +77,12 @@ def heads_and_layers(options: VQAOptions, num_layers: int):
     from vgutils.refine import rank_heads
 
     if not options.heads_from:
-        raise ValueError("--refine needs --heads-from: a run made with `extract --heads`")
+        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     heads = rank_heads(load_metrics(options.heads_from, "head_metrics"), top_k=options.top_k)
     layers = options.layers or tuple(sorted({layer for layer, _ in heads}))
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
-        raise ValueError(f"--layers {bad} outside 0..{num_layers - 1}")
+        raise UsageError(f"--layers {bad} outside 0..{num_layers - 1}")
     return heads, list(layers)
 
 
@@ -119,6 +120,8 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         batch_size=1, device_name=device, dtype_name=options.dtype, limit=options.limit
     )
     check_model_name(options.model)
+    if options.refine and not options.heads_from:
+        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
