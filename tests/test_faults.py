@@ -401,6 +401,43 @@ def test_extract_crash_in_finalize_then_rerun_in_process(tmp_path, reference, ca
     capsys.readouterr()
 
 
+def crashed_in_finalize(out) -> None:
+    """An extraction that crashed before its commit: every part written, still running."""
+
+    def crash(step, what):
+        raise Crash(what)
+
+    results.fault_hook = crash
+    try:
+        with pytest.raises(Crash):
+            main(["extract", *BASE, "--out", str(out)])
+    finally:
+        results.fault_hook = None
+
+
+def test_resume_that_only_finalizes_loads_no_model(tmp_path, reference, capsys, monkeypatch):
+    out = tmp_path / "run"
+    crashed_in_finalize(out)
+    import vgutils.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["extract", *BASE, "--out", str(out)]) == 0
+    assert_same_frames(out, reference[1])
+
+
+def test_corrupt_part_is_named_before_the_model_loads(tmp_path, reference, capsys, monkeypatch):
+    out = tmp_path / "run"
+    crashed_in_finalize(out)
+    capsys.readouterr()
+    import vgutils.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    part = sorted((out / "parts").glob("metrics-*.parquet"))[0]
+    part.write_bytes(b"PAR1 torn")
+    code, _, err = extract_cli(capsys, *BASE, "--out", out)
+    assert code == 1 and f"{part.name}: unreadable parquet file" in err and "\n" not in err
+
+
 def test_extract_refused_while_another_process_writes_the_folder(tmp_path, capsys):
     out = tmp_path / "run"
     holder = RunStore(out)

@@ -385,7 +385,10 @@ class RunStore:
         for final in finals:
             link = self.parts / f"{final.stem}-{number:05d}.parquet"
             link.unlink(missing_ok=True)
-            os.link(final, link)
+            try:
+                os.link(final, link)
+            except OSError:  # no hard links on this file system
+                shutil.copy2(final, link)
         run.update(status="running", finished=None)
         self.write_run(run)
         for final in finals:

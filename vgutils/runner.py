@@ -226,20 +226,22 @@ def extract(
         if run["status"] == "complete":
             counts = run["counts"]
             return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
-        vlm = load_model(
-            options.model,
-            device=device,
-            dtype=options.dtype,
-            revision=options.revision,
-            trust_remote_code=options.trust_remote_code,
-        )
-        done = store.done_ids()
+        done = store.done_ids()  # reads every part: a corrupt one fails before the model
         for problem in bad_rows:
             key = f"row:{problem.file}:{problem.line}"
             if key not in done:
                 store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
         todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
         todo = [g for g in todo if g]
+        vlm = None
+        if todo:  # a resume that only has to finalize loads no model
+            vlm = load_model(
+                options.model,
+                device=device,
+                dtype=options.dtype,
+                revision=options.revision,
+                trust_remote_code=options.trust_remote_code,
+            )
         context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
         if dataset.entry is not None and dataset.entry.domain:
             context["domain"] = dataset.entry.domain
