@@ -54,12 +54,12 @@ def dtype(text: str) -> str:
 def device(text: str) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (N < the number of GPUs), ``balanced``,
     ``mps``."""
-    match = re.fullmatch(r"cuda:(\d+)", text)
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if match:
         import torch
 
         count = torch.cuda.device_count()
-        if int(match.group(1)) >= count:
+        if int(match.group(1) or 0) >= count:
             raise UsageError(
                 f"--device {text}: this machine has {count} CUDA device(s)"
                 + (f" (cuda:0..cuda:{count - 1})" if count else "")
