@@ -45,10 +45,10 @@ data: $(SAMPLES) ## build the embedded sample sets offline into data/samples, ch
 
 $(SAMPLES): vgutils/data/samples.py $(STAMP)
 	$(PY) -m vgutils data samples --data-root $(DATA_ROOT)
-	$(PY) -m vgutils data verify --data-root $(DATA_ROOT)
+	$(PY) -m vgutils data verify --data-root $(DATA_ROOT) samples/
 
 figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper)
-	@$(PY) -m vgutils report figures/$(PROFILE) --notebooks $(words $(NOTEBOOKS))
+	@$(PY) -m vgutils report --profile $(PROFILE)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
 $(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP)

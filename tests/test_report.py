@@ -21,5 +21,23 @@ def test_report_lists_real_files_only(tmp_path):
 
 
 def test_cli_report(tmp_path, capsys):
-    assert main(["report", str(tmp_path), "--notebooks", "0"]) == 0
-    assert "No figures were produced" in capsys.readouterr().out
+    assert main(["report", str(tmp_path), "--build-dir", str(tmp_path / "build")]) == 0
+    assert "0 figure notebook(s)" in capsys.readouterr().out
+
+
+def test_cli_report_counts_the_executed_notebooks(tmp_path, capsys):
+    folder = tmp_path / "build" / "smoke" / "notebooks"
+    folder.mkdir(parents=True)
+    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb.partial.ipynb"):
+        (folder / name).write_text("{}")
+    # no folder argument: the profile's figures folder
+    assert main(["report", "--profile", "smoke", "--build-dir", str(tmp_path / "build")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 figure notebook(s) up to date.")
+    assert "figures/smoke holds no PDF" in out or "figure file(s) in" in out
+
+
+def test_cli_report_unknown_profile_is_one_line(capsys):
+    assert main(["report", "--profile", "defualt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'default'?" in err

@@ -1,17 +1,53 @@
-"""Command line: ``python -m vgutils COMMAND`` (``--help`` on any command)."""
+"""Command line: ``python -m vgutils COMMAND`` (``--help`` on any command).
+
+Every failure is one line ``error: ...`` on stderr naming the file (and line or field) or
+the bad value with the valid choices. Exit status: 0 success, 1 a data or results problem
+(missing, malformed or changed file; a run folder in use), 2 a usage problem (bad
+argument value, unknown name, a folder holding another run). ``--debug`` (anywhere on the
+line) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
+from vgutils import checks
+from vgutils.errors import UsageError, VgError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error: ...`` line (exit status 2)."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): (?=\1 )", "", message)  # said once
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
+
+
+def _arg(check, name: str):
+    """An argparse ``type`` from a :mod:`vgutils.checks` function (its message kept)."""
+
+    def convert(text: str):
+        try:
+            return check(text, name) if name else check(text)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = name.lstrip("-") or check.__name__
+    return convert
+
 
 def _report(args) -> int:
-    from vgutils.report import figures_report
+    from vgutils.paths import BUILD, check_profile, figures_dir
+    from vgutils.report import executed_notebooks, figures_report
 
-    print(figures_report(args.folder, args.notebooks))
+    check_profile(args.profile)
+    folder = args.folder or figures_dir(args.profile)
+    notebooks = executed_notebooks(args.build_dir or BUILD, args.profile)
+    print(figures_report(folder, len(notebooks)))
     return 0
 
 
@@ -44,10 +80,18 @@ def _data_pin(args) -> int:
 def _data_verify(args) -> int:
     from vgutils.data.manifest import data_root, verify
 
-    statuses = verify(data_root(args.data_root))
+    statuses = verify(data_root(args.data_root), args.names or None)
     for name, status in statuses:
         print(f"{status:10} {name}" if len(status) <= 10 else f"{name}: {status}")
-    return 1 if any(s.startswith("MISMATCH") for _, s in statuses) else 0
+    bad = sum(s.startswith("MISMATCH") for _, s in statuses)
+    missing = sum(s == "missing" for _, s in statuses)
+    if bad or missing:
+        print(
+            f"error: {bad} file(s) differ from their pinned hash, {missing} missing",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _data_samples(args) -> int:
@@ -79,7 +123,10 @@ def _data_overlay(args) -> int:
 
 def _shard(text: str) -> tuple[int, int]:
     index, _, count = text.partition("/")
-    shard = (int(index), int(count))
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text}: expected I/N, e.g. 0/2") from None
     if not 0 <= shard[0] < shard[1]:
         raise argparse.ArgumentTypeError(f"--shard {text}: expected I/N with 0 <= I < N")
     return shard
@@ -109,6 +156,7 @@ def _extract(args) -> int:
         image_batch=args.image_batch,
         loader_threads=args.loader_threads,
         device=args.device,
+        retry_errors=args.retry_errors,
     )
     rate = summary.computed / summary.seconds if summary.seconds else 0.0
     print(
@@ -128,9 +176,9 @@ def _merge(args) -> int:
         out = folders[0]
         folders = sorted(p for p in folders[0].glob("shard-*-of-*") if p.is_dir())
         if not folders:
-            raise SystemExit(f"{out} has no shard-*-of-* folders to merge")
+            raise UsageError(f"{out} has no shard-*-of-* folders to merge")
     if out is None:
-        raise SystemExit("give --out when merging several folders")
+        raise UsageError("give --out when merging several folders")
     print(merge_runs(folders, out))
     return 0
 
@@ -249,12 +297,18 @@ def _jobs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m vgutils`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m vgutils", description=__doc__)
+    parser = Parser(
+        prog="python -m vgutils",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="tracebacks instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     report = commands.add_parser("report", help="list the figures a run produced")
-    report.add_argument("folder", type=Path, help="figures/<profile>")
-    report.add_argument("--notebooks", type=int, default=0, help="notebooks executed")
+    report.add_argument("folder", type=Path, nargs="?", help="default: figures/<profile>")
+    report.add_argument("--profile", default="default", help="its notebooks are counted")
+    report.add_argument("--build-dir", type=Path, help="default: build/ (executed notebooks)")
     report.set_defaults(run=_report)
 
     data_root = argparse.ArgumentParser(add_help=False)
@@ -275,23 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--strategy", choices=("last", "question", "all"), default="last")
     extract.add_argument("--image-root", type=Path)
     extract.add_argument("--bbox-format", choices=("xyxy", "xywh"))
-    extract.add_argument("--limit", type=int, help="first N samples")
+    extract.add_argument("--limit", type=_arg(checks.positive_int, "--limit"), help="first N")
     extract.add_argument("--shard", type=_shard, help="I/N: this process's slice of images")
-    extract.add_argument("--batch-size", type=int, default=8, help="question suffixes at once")
     extract.add_argument(
-        "--image-batch", type=int, default=1, help="images per prefix forward (GPU: try 8)"
+        "--batch-size",
+        type=_arg(checks.positive_int, "--batch-size"),
+        default=8,
+        help="question suffixes at once",
+    )
+    extract.add_argument(
+        "--image-batch",
+        type=_arg(checks.positive_int, "--image-batch"),
+        default=1,
+        help="images per prefix forward (GPU: try 8)",
     )
     extract.add_argument(
         "--loader-threads",
-        type=int,
+        type=_arg(checks.non_negative_int, "--loader-threads"),
         help="threads preparing the next images during a forward (default: 1 on GPU, 0 on CPU)",
     )
     extract.add_argument("--heads", action="store_true", help="also per-head metrics")
     extract.add_argument("--save-maps", action="store_true", help="keep per-sample maps")
-    extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, balanced")
-    extract.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    extract.add_argument(
+        "--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:1, balanced"
+    )
+    extract.add_argument(
+        "--dtype", type=_dtype, default="auto", help="auto, float32, bfloat16, float16"
+    )
     extract.add_argument("--revision", help="model revision (commit hash)")
     extract.add_argument("--trust-remote-code", action="store_true")
+    extract.add_argument(
+        "--retry-errors", action="store_true", help="compute the skipped samples again"
+    )
     extract.set_defaults(run=_extract)
 
     vqa = commands.add_parser("vqa", help="VQA accuracy, optionally with VGRefine")
@@ -300,15 +369,29 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--out", required=True, type=Path)
     vqa.add_argument("--refine", action="store_true", help="also answer with VGRefine")
     vqa.add_argument("--heads-from", type=Path, help="run folder of `extract --heads`")
-    vqa.add_argument("--top-k", type=int, default=10, help="visually sensitive heads")
-    vqa.add_argument("--layers", type=int, nargs="+", help="knockout layers (default: heads')")
-    vqa.add_argument("--percentile", type=float, default=80.0, help="low-relevance cut")
-    vqa.add_argument("--max-new-tokens", type=int, default=16)
-    vqa.add_argument("--limit", type=int)
+    vqa.add_argument(
+        "--top-k",
+        type=_arg(checks.positive_int, "--top-k"),
+        default=10,
+        help="visually sensitive heads",
+    )
+    vqa.add_argument(
+        "--layers",
+        type=_arg(checks.non_negative_int, "--layers"),
+        nargs="+",
+        help="knockout layers (default: heads')",
+    )
+    vqa.add_argument(
+        "--percentile", type=_arg(checks.percentile, ""), default=80.0, help="low-relevance cut"
+    )
+    vqa.add_argument(
+        "--max-new-tokens", type=_arg(checks.positive_int, "--max-new-tokens"), default=16
+    )
+    vqa.add_argument("--limit", type=_arg(checks.positive_int, "--limit"))
     vqa.add_argument("--image-root", type=Path)
     vqa.add_argument("--bbox-format", choices=("xyxy", "xywh"))
-    vqa.add_argument("--device", default="auto")
-    vqa.add_argument("--dtype", default="auto")
+    vqa.add_argument("--device", type=_device, default="auto")
+    vqa.add_argument("--dtype", type=_dtype, default="auto")
     vqa.set_defaults(run=_vqa)
 
     teach = commands.add_parser("teach", help="the teaching model: train, data, evaluate")
@@ -363,9 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     pin = data_commands.add_parser("pin", parents=[data_root], help="record unpinned hashes")
     pin.add_argument("names", nargs="*", help="registry names to (re)pin; default: unpinned")
     pin.set_defaults(run=_data_pin)
-    data_commands.add_parser(
-        "verify", parents=[data_root], help="check files against their hashes"
-    ).set_defaults(run=_data_verify)
+    verify = data_commands.add_parser(
+        "verify", parents=[data_root], help="check files against their hashes (1: bad/missing)"
+    )
+    verify.add_argument("names", nargs="*", help="registry names or prefixes (default: all)")
+    verify.set_defaults(run=_data_verify)
     data_commands.add_parser(
         "samples", parents=[data_root], help="build the embedded sample sets"
     ).set_defaults(run=_data_samples)
@@ -386,17 +471,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run one command; returns the exit status."""
+    """Parse ``argv`` and run one command; returns the exit status (0 ok, 1 data, 2 usage).
+    Failures are one ``error: ...`` line; ``--debug`` raises them with their traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    from vgutils.data.manifest import DataError
-    from vgutils.results import RunMismatch
-
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed in one line
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.run(args)
-    except (DataError, RunMismatch) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if debug:
+            raise
+        code, message = _one_line(err)
+        print(f"error: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: Exception) -> tuple[int, str]:
+    """The exit status and the one-line message of an exception."""
+    if isinstance(err, VgError):
+        code, text = err.exit_code, str(err)
+    elif isinstance(err, OSError) and err.filename is not None:
+        code, text = 1, f"{err.filename}: {err.strerror or err}"
+    elif isinstance(err, OSError):
+        code, text = 1, str(err)
+    else:  # not foreseen: say so, keep it one line
+        code = 1
+        text = f"{type(err).__name__}: {err} (rerun with --debug for the traceback)"
+    return code, " ".join(text.split())
+
+
+def _device(text: str) -> str:
+    return _arg(checks.device, "")(text)
+
+
+def _dtype(text: str) -> str:
+    return _arg(checks.dtype, "")(text)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 
 from vgutils.data import load_dataset, load_image, resolve_dataset
 from vgutils.jobs import find_job, job_dir, load_jobs_metrics
-from vgutils.results import load_maps, load_metrics
+from vgutils.results import RunMismatch, load_maps, load_metrics
 from vgutils.stats import LOWER_IS_BETTER, best_layers, domain_difference, layer_curves
 
 METRICS = ("attention_ratio", "kl", "js")
@@ -242,7 +244,12 @@ def vqa_accuracy(profile: str, spec: dict) -> pd.DataFrame:
             limit=spec.get("limit"),
         )
         folder = results_dir(profile) / f"vqa__{Job(model, dataset).name}"
-        _, table, _ = run_vqa(options, folder, device=spec.get("device", "auto"), progress=False)
+        device = spec.get("device", "auto")
+        try:
+            _, table, _ = run_vqa(options, folder, device=device, progress=False)
+        except RunMismatch:  # generated results of an older setup: recompute them
+            shutil.rmtree(folder)
+            _, table, _ = run_vqa(options, folder, device=device, progress=False)
         tables.append(table.assign(dataset=dataset))
     return pd.concat(tables, ignore_index=True)
 

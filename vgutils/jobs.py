@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from vgutils.paths import NOTEBOOKS, results_dir
-
-PARAMS_DIR = NOTEBOOKS / "params"
+from vgutils.errors import DataError
+from vgutils.paths import PARAMS_DIR as PARAMS_DIR
+from vgutils.paths import check_profile, results_dir
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,16 @@ class Job:
 
 def load_profile(profile: str) -> dict:
     """The profile's settings (``notebooks/params/<profile>.yaml``)."""
-    path = PARAMS_DIR / f"{profile}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no profile {profile!r} ({path}); known: {known}")
-    return yaml.safe_load(path.read_text())
+    path = check_profile(profile)
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DataError(
+            f"{path}: not a readable YAML profile ({str(err).splitlines()[0]})"
+        ) from err
+    if not isinstance(settings, dict):
+        raise DataError(f"{path}: expected a mapping of settings")
+    return settings
 
 
 def profile_jobs(settings: dict) -> list[Job]:

@@ -26,3 +26,12 @@ def figures_report(folder: Path, n_notebooks: int) -> str:
     lines.append(f"{len(figures)} figure file(s) in {folder}:")
     lines += [f"  {p.name}  ({p.stat().st_size / 1024:.0f} KiB)" for p in figures]
     return "\n".join(lines)
+
+
+def executed_notebooks(build: Path, profile: str) -> list[Path]:
+    """The notebooks papermill finished for ``profile``: ``build/<profile>/notebooks/
+    *.ipynb`` (a failed run's ``*.partial.ipynb`` does not count)."""
+    folder = Path(build) / profile / "notebooks"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.ipynb") if not p.name.endswith(".partial.ipynb"))

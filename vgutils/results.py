@@ -1,37 +1,107 @@
 """Extraction results on disk: written as samples finish, resumable, merged at the end.
 
-A run folder holds ``run.json`` (options, identities, versions, counts), part files
-``parts/{metrics,head_metrics}-NNNNN.parquet`` while running (each written atomically),
-``errors.jsonl`` (skipped samples, appended and fsynced), ``maps/<sample>.npz`` with
-``--save-maps``, and at the end ``metrics.parquet`` / ``head_metrics.parquet``.
+A run folder holds
+
+- ``run.json``: options, identity (model, dataset, images, code), versions, ``status``
+  (``running`` / ``merging`` / ``complete``) and, once complete, ``counts`` with the row
+  count of every final file;
+- ``parts/<kind>-NNNNN.parquet`` while running (one number per group of samples);
+- ``errors.jsonl``: skipped samples (appended and fsynced);
+- ``maps/<sample>.npz`` with ``--save-maps``;
+- ``<kind>.parquet`` (``metrics``, ``head_metrics``; ``answers`` for VQA) once complete;
+- ``.lock``: the advisory lock of the one process writing the folder.
+
+Why the invariants hold under any crash point and any concurrency
+-----------------------------------------------------------------
+
+1. *One writer.* :meth:`RunStore.open` takes an exclusive ``flock`` on ``.lock`` before it
+   reads or writes anything, and writes ``pid host time`` into it. A second process gets a
+   one-line :class:`RunLocked` naming the holder. The kernel drops the lock when its holder
+   dies (even by SIGKILL), so a lock left by a crash is stale by construction: the next
+   writer takes it and reports the dead holder. The lock file is never unlinked (unlinking
+   would let two processes lock two different inodes).
+2. *Every file changes by one atomic step.* Parts, final files, ``run.json`` and the
+   rewritten ``errors.jsonl`` are written to a temporary name, fsynced and renamed over the
+   target (``os.replace``); readers see the old or the new file, never a mix. Only
+   ``errors.jsonl`` is appended to; a torn last line (a crash mid-append) is ignored when
+   read and fenced off with a newline before the next append.
+3. *One source of truth per state.* While ``run.json`` says ``running`` the parts are the
+   results and final files are ignored (a crashed ``finalize`` may have left some; they
+   are deleted on resume). Once it says ``complete`` the final files are the results and
+   any part left is garbage (deleted on open). A part counts only when its main-kind part
+   (written last) exists, so a group half-written by a crash is recomputed, and its
+   number is reused, overwriting the orphan.
+4. *Completion is one atomic rename.* :meth:`RunStore.finalize` writes each final file
+   from the parts alone (never appending to an existing final file), then replaces
+   ``run.json`` with ``status: complete`` -- the commit point -- and only then removes the
+   parts. Killed before the commit, a rerun repeats the same merge from the same parts;
+   killed after it, a rerun sees a complete run. Either way no row is counted twice, which
+   ``tests/test_faults.py`` checks by killing after every write step.
+5. *No stale reuse.* ``open`` compares options and identity (model folder hash or
+   revision, dataset hash, the sha256 of every image used, code hash) on every resume,
+   complete or not, and refuses naming what changed. ``load_metrics`` checks a complete
+   run's row counts against ``run.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import signal
+import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from vgutils.errors import DataError, UsageError
 from vgutils.geometry import TokenLayout
+
+log = logging.getLogger("vgutils.results")
 
 RUN_FILE = "run.json"
 ERRORS_FILE = "errors.jsonl"
+LOCK_FILE = ".lock"
 KINDS = ("metrics", "head_metrics")
+KILL_AT_STEP = "VGUTILS_KILL_AT_STEP"
+"""Fault injection: SIGKILL the process right after write step k of ``finalize``."""
+
+FaultHook = Callable[[int, str], None]
+fault_hook: FaultHook | None = None
+"""In-process fault injection (tests): called after each write step of ``finalize``."""
 
 
-class RunMismatch(RuntimeError):
-    """The folder holds a run with other options; refusing to mix results."""
+class RunMismatch(UsageError):
+    """The folder holds a run made with other options, model, data or code."""
+
+
+class RunLocked(DataError):
+    """Another process is writing the run folder."""
+
+
+class MissingResults(DataError, FileNotFoundError):
+    """The folder holds no results of the kind asked for."""
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -41,12 +111,38 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
+    with open(tmp, "wb") as handle:
+        frame.to_parquet(handle, index=False)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """``pd.read_parquet`` with a one-line :class:`DataError` naming a corrupt file."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise DataError(
+            f"{path}: unreadable parquet file ({type(err).__name__}: {str(err)[:120]}); "
+            "delete it (a part: its samples are recomputed; a final file: delete run.json "
+            "too) and rerun"
+        ) from err
+
+
+def parquet_rows(path: Path) -> int:
+    """Row count from the parquet footer (no data read); DataError if corrupt."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:
+        raise DataError(f"{path}: unreadable parquet file ({str(err)[:120]})") from err
 
 
 def map_file_name(sample_id: str) -> str:
@@ -56,92 +152,359 @@ def map_file_name(sample_id: str) -> str:
     return f"{stem}-{digest}.npz"
 
 
+def read_run_file(folder: Path) -> dict | None:
+    """``run.json`` of ``folder`` (None if absent); DataError naming it if malformed."""
+    path = Path(folder) / RUN_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    try:
+        run = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+            "the run folder is damaged: delete it (or restore run.json) and rerun"
+        ) from err
+    if not isinstance(run, dict) or not {"options", "identity", "status"} <= set(run):
+        raise DataError(f"{path}: not a vgutils run.json (options, identity, status missing)")
+    return run
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "...'"
+
+
+def describe_differences(old: dict, new: dict) -> list[str]:
+    """``key: folder has X, now Y`` for every key of two flat dicts that differs."""
+    return [
+        f"{key}: folder has {_short(old.get(key))}, now {_short(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def images_digest(images: dict[str, str]) -> str:
+    """One sha256 over ``{image name: sha256}`` (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(images):
+        digest.update(f"{name}\0{images[name]}\n".encode())
+    return digest.hexdigest()
+
+
 class RunStore:
-    """One run folder: ``open`` checks the options, then parts are added as work ends."""
+    """One run folder. ``open`` locks it and checks the identity, parts are added as work
+    ends, ``finalize`` commits; ``close`` releases the lock (so does the process's end).
+    Any runner can use it: ``main_kind`` is the kind whose part marks a group done
+    (``metrics`` for extraction, ``answers`` for VQA)."""
 
     def __init__(self, folder: Path, main_kind: str = "metrics"):
         self.folder = Path(folder)
         self.main_kind = main_kind
         self.parts = self.folder / "parts"
         self.maps = self.folder / "maps"
+        self._lock_fd: int | None = None
+        self._steps = 0
+        self.stale_lock: str | None = None  # the dead holder found in .lock, if any
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the lock ---
+    def lock(self) -> None:
+        """Take the folder's advisory lock (idempotent); RunLocked names the holder."""
+        if self._lock_fd is not None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(
+                f"{self.folder}: cannot create the run folder ({err.strerror})"
+            ) from err
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise DataError(f"{self.folder}: the run folder is not writable")
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = (
+                f"pid {holder[0]} on host {holder[1]} since {holder[2]}"
+                if len(holder) >= 3
+                else "another process"
+            )
+            raise RunLocked(
+                f"{self.folder} is being written by {who} (lock {path}); wait for it to "
+                "finish or use another --out"
+            ) from None
+        previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        self.stale_lock = previous or None  # the holder died without releasing
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {now()}\n".encode(), 0)
+        os.fsync(fd)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (an empty ``.lock`` means: released cleanly)."""
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
 
     # --- run.json ---
     def read_run(self) -> dict | None:
-        path = self.folder / RUN_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_run_file(self.folder)
 
     def write_run(self, run: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         _atomic_write_bytes(self.folder / RUN_FILE, json.dumps(run, indent=2).encode())
 
-    def open(self, options: dict, identity: dict, versions: dict) -> dict:
-        """Start or resume: returns run.json's content. Raises ``RunMismatch`` naming the
-        differing options when the folder holds a run made with other ones."""
+    def open(
+        self,
+        options: dict,
+        identity: dict,
+        versions: dict,
+        *,
+        images: dict[str, str] | None = None,
+        retry_errors: bool = False,
+    ) -> dict:
+        """Lock the folder, then start or resume: returns run.json's content. Raises
+        ``RunMismatch`` naming what differs when the folder holds a run made with other
+        options, model, data or code (complete or not). ``images``: ``{name: sha256}``
+        of the images used (recorded, and named when they change). ``retry_errors``:
+        forget the skipped samples so that they are computed again."""
+        self.lock()
         existing = self.read_run()
-        if existing is not None:
-            differing = {
-                key: (existing[section].get(key), new.get(key))
-                for section, new in (("options", options), ("identity", identity))
-                for key in sorted(set(existing[section]) | set(new))
-                if existing[section].get(key) != new.get(key)
-            }
-            if differing:
-                lines = [
-                    f"  {k}: folder has {old!r}, now {new!r}" for k, (old, new) in differing.items()
-                ]
-                raise RunMismatch(
-                    f"{self.folder} holds a run made with other options; use another --out "
-                    "or delete it. Differences:\n" + "\n".join(lines)
+        if existing is None:
+            leftovers = [p.name for p in self._result_files()]
+            if leftovers:
+                raise DataError(
+                    f"{self.folder} holds results ({', '.join(leftovers[:3])}) but no "
+                    f"{RUN_FILE}; use another --out or delete them"
                 )
-            existing["resumed"] = existing.get("resumed", 0) + (existing["status"] != "complete")
-            return existing
-        run = {
-            "options": options,
-            "identity": identity,
-            "versions": versions,
-            "started": now(),
-            "finished": None,
-            "status": "running",
-            "counts": {},
-        }
+            run = {
+                "options": options,
+                "identity": identity,
+                "versions": versions,
+                "main_kind": self.main_kind,
+                "images": images or {},
+                "started": now(),
+                "finished": None,
+                "status": "running",
+                "counts": {},
+            }
+            self.write_run(run)
+            (self.folder / ERRORS_FILE).touch()
+            return run
+        self._check_identity(existing, options, identity, images, retry_errors)
+        existing["identity"] = identity  # equal, or changed only where a retry allows
+        if images is not None:
+            existing["images"] = images
+        if existing["status"] == "complete":
+            self._drop_parts()  # left by a crash after the commit
+            self.check_final_files(existing)
+            if not (retry_errors and self.errors()):
+                return existing
+            self._reopen(existing)
+        elif existing["status"] != "running":
+            raise DataError(
+                f"{self.folder / RUN_FILE}: status {existing['status']!r} (an interrupted "
+                "merge?); rerun that merge or delete the folder"
+            )
+        else:
+            self._drop_orphans()
+        if retry_errors:
+            self.clear_errors()
+        existing["resumed"] = existing.get("resumed", 0) + 1
+        return existing
+
+    def _check_identity(self, existing, options, identity, images, retry_errors) -> None:
+        old_images = existing.get("images") or {}
+        old_identity, new_identity = existing["identity"], identity
+        if images is not None and old_images:  # compared image by image below
+            old_identity = {k: v for k, v in old_identity.items() if k != "images_sha256"}
+            new_identity = {k: v for k, v in new_identity.items() if k != "images_sha256"}
+        lines = describe_differences(existing["options"], options)
+        lines += describe_differences(old_identity, new_identity)
+        if images is not None and old_images and old_images != images:
+            changed = sorted(
+                n for n in set(old_images) | set(images) if old_images.get(n) != images.get(n)
+            )
+            if retry_errors:  # fixing images no result uses is what a retry is for
+                used = self._done_image_names()
+                changed = [n for n in changed if Path(n).name in used]
+            if changed:
+                names = ", ".join(Path(n).name for n in changed[:3])
+                more = ", ..." if len(changed) > 3 else ""
+                lines.append(f"images: {len(changed)} changed, added or removed ({names}{more})")
+        if lines:
+            state = "complete" if existing["status"] == "complete" else "unfinished"
+            raise RunMismatch(
+                f"{self.folder} holds a {state} run made with other options, model, data or "
+                f"code ({'; '.join(lines)}); use another --out or delete it"
+            )
+
+    def _done_image_names(self) -> set[str]:
+        """The ``image`` column of the results so far (file names)."""
+        run = self.read_run()
+        final = self.folder / f"{self.main_kind}.parquet"
+        paths = [final] if run and run["status"] == "complete" else []
+        paths += [] if paths else self.part_paths(self.main_kind)
+        names: set[str] = set()
+        for path in paths:
+            if path.exists() and "image" in pq.ParquetFile(path).schema_arrow.names:
+                names.update(read_parquet(path, ["image"])["image"])
+        return names
+
+    def _result_files(self) -> list[Path]:
+        finals = [p for p in self.folder.glob("*.parquet") if p.is_file()]
+        parts = sorted(self.parts.glob("*.parquet")) if self.parts.is_dir() else []
+        return finals + parts
+
+    def _reopen(self, run: dict) -> None:
+        """A complete run becomes a running one whose single part is the final files
+        (hard links: no copy): links first, then the ``running`` commit, then cleanup."""
+        self.parts.mkdir(parents=True, exist_ok=True)
+        number = self._next_number()
+        finals = sorted(self.folder.glob("*.parquet"), key=lambda p: p.stem == self.main_kind)
+        for final in finals:
+            link = self.parts / f"{final.stem}-{number:05d}.parquet"
+            link.unlink(missing_ok=True)
+            try:
+                os.link(final, link)
+            except OSError:  # no hard links on this file system
+                shutil.copy2(final, link)
+        run.update(status="running", finished=None)
         self.write_run(run)
-        (self.folder / ERRORS_FILE).touch()
-        return run
+        for final in finals:
+            final.unlink()
+
+    # --- parts ---
+    def _numbers(self, kind: str) -> list[int]:
+        if not self.parts.is_dir():
+            return []
+        pattern = re.compile(rf"{re.escape(kind)}-(\d+)\.parquet")
+        return sorted(
+            int(m.group(1)) for p in self.parts.iterdir() if (m := pattern.fullmatch(p.name))
+        )
+
+    def _next_number(self) -> int:
+        numbers = self._numbers(self.main_kind)
+        return numbers[-1] + 1 if numbers else 0
+
+    def part_paths(self, kind: str) -> list[Path]:
+        """The parts of ``kind`` that count: those whose main-kind part exists."""
+        numbers = set(self._numbers(self.main_kind))
+        return [self.parts / f"{kind}-{n:05d}.parquet" for n in sorted(numbers)]
+
+    def _drop_orphans(self) -> None:
+        """Resume of a running run: final files of an uncommitted finalize and parts
+        without their main-kind part (a group half-written by a crash) are deleted."""
+        for final in self.folder.glob("*.parquet"):
+            final.unlink()
+        if not self.parts.is_dir():
+            return
+        counted = set(self._numbers(self.main_kind))
+        for path in self.parts.iterdir():
+            match = re.fullmatch(r"(.+)-(\d+)\.parquet", path.name)
+            if match is None or int(match.group(2)) not in counted:
+                path.unlink()
+
+    def _drop_parts(self) -> None:
+        if self.parts.is_dir():
+            shutil.rmtree(self.parts)
+
+    def add_part(self, frames: dict[str, pd.DataFrame]) -> None:
+        """Write one part per kind; the main kind's part is written last, so a group
+        counts as done only once all its files exist."""
+        if self.main_kind not in frames:
+            raise ValueError(f"a part needs its {self.main_kind!r} frame")
+        self.parts.mkdir(parents=True, exist_ok=True)
+        number = self._next_number()
+        for kind in sorted(frames, key=lambda k: k == self.main_kind):
+            _atomic_parquet(frames[kind], self.parts / f"{kind}-{number:05d}.parquet")
 
     # --- progress ---
     def done_ids(self) -> set[str]:
         """Samples already finished (results written) or skipped (in errors.jsonl)."""
         done: set[str] = set()
-        for path in sorted(self.parts.glob(f"{self.main_kind}-*.parquet")):
-            done.update(pd.read_parquet(path, columns=["sample_id"])["sample_id"])
-        final = self.folder / f"{self.main_kind}.parquet"
-        if final.exists():
-            done.update(pd.read_parquet(final, columns=["sample_id"])["sample_id"])
+        run = self.read_run()
+        if run is not None and run["status"] == "complete":
+            final = self.folder / f"{self.main_kind}.parquet"
+            if final.exists():
+                done.update(read_parquet(final, ["sample_id"])["sample_id"])
+        else:
+            for path in self.part_paths(self.main_kind):
+                done.update(read_parquet(path, ["sample_id"])["sample_id"])
         done.update(e["sample_id"] for e in self.errors())
         return done
 
     def errors(self) -> list[dict]:
+        """The skipped samples. A torn line (a crash mid-append) is reported and ignored
+        (its sample is computed again); any other bad line is a DataError naming it."""
         path = self.folder / ERRORS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from err
+        entries = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict) or "sample_id" not in entry:
+                    raise ValueError("no sample_id")
+            except ValueError as err:
+                if line.startswith('{"sample_id": ') and not line.endswith("}"):
+                    # torn by a crash mid-append (fenced by a newline since): its
+                    # sample is not done and is computed again
+                    log.warning("%s:%d: torn line ignored", path, number)
+                    continue
+                raise DataError(
+                    f"{path}:{number}: not an error record ({err}); fix or delete the line"
+                ) from err
+            entries.append(entry)
+        return entries
 
-    def add_error(self, sample_id: str, source: str, reason: str) -> None:
-        """Append one skipped sample to errors.jsonl, flushed to disk at once."""
+    def add_error(self, sample_id: str, source: str, reason: str, image: str | None = None):
+        """Append one skipped sample to errors.jsonl, flushed to disk at once (after a
+        newline if a crash left a torn last line). ``image``: the image's key in the
+        run's ``images`` (a retry may find it fixed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"sample_id": sample_id, "source": source, "reason": reason}) + "\n"
-        with open(self.folder / ERRORS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        entry = {"sample_id": sample_id, "source": source, "reason": reason}
+        if image is not None:
+            entry["image"] = image
+        line = json.dumps(entry) + "\n"
+        with open(self.folder / ERRORS_FILE, "a+b") as handle:
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode())
             handle.flush()
             os.fsync(handle.fileno())
 
-    def add_part(self, frames: dict[str, pd.DataFrame]) -> None:
-        """Write one part per kind; the main kind's part is written last, so a sample
-        counts as done only once all its files exist."""
-        self.parts.mkdir(parents=True, exist_ok=True)
-        number = len(list(self.parts.glob(f"{self.main_kind}-*.parquet")))
-        for kind in sorted(frames, key=lambda k: k == self.main_kind):
-            _atomic_parquet(frames[kind], self.parts / f"{kind}-{number:05d}.parquet")
+    def clear_errors(self) -> None:
+        """Forget every skipped sample (``--retry-errors``): they are computed again."""
+        _atomic_write_bytes(self.folder / ERRORS_FILE, b"")
 
     def save_maps(self, sample_id: str, arrays: dict[str, np.ndarray], layout: TokenLayout):
         """``maps/<sample>.npz``: the arrays plus the TokenLayout, no pickled objects."""
@@ -159,25 +522,58 @@ class RunStore:
         os.replace(tmp, path)
 
     # --- the end ---
+    def _step(self, what: str) -> None:
+        """One write step of ``finalize`` done: the fault-injection point."""
+        self._steps += 1
+        if fault_hook is not None:
+            fault_hook(self._steps, what)
+        if os.environ.get(KILL_AT_STEP) == str(self._steps):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def finalize(self, run: dict, counts: dict) -> None:
-        """Merge the parts into the final parquet files (sorted), mark the run complete."""
-        kinds = {p.name.rsplit("-", 1)[0] for p in self.parts.glob("*-*.parquet")}
-        for kind in sorted(kinds | {self.main_kind}):
-            paths = sorted(self.parts.glob(f"{kind}-*.parquet"))
-            final = self.folder / f"{kind}.parquet"
-            frames = [pd.read_parquet(p) for p in paths]
-            if final.exists():
-                frames.insert(0, pd.read_parquet(final))
-            if not frames:
+        """Merge the parts into the final files, commit ``status: complete`` in one
+        atomic replace of run.json, then remove the parts (see the module docstring)."""
+        if run["status"] == "complete":
+            return
+        self._steps = 0
+        kinds = {self.main_kind}
+        if self.parts.is_dir():
+            kinds |= {p.name.rsplit("-", 1)[0] for p in self.parts.glob("*-*.parquet")}
+        rows = {}
+        for kind in sorted(kinds):
+            paths = [p for p in self.part_paths(kind) if p.exists()]
+            if not paths:
                 continue
-            merged = sort_results(pd.concat(frames, ignore_index=True))
-            _atomic_parquet(merged, final)
-            for path in paths:
-                path.unlink()
-        if self.parts.exists() and not any(self.parts.iterdir()):
-            self.parts.rmdir()
-        run.update(status="complete", finished=now(), counts=counts)
+            merged = sort_results(pd.concat([read_parquet(p) for p in paths], ignore_index=True))
+            key = [c for c in ("sample_id", "layer", "head") if c in merged.columns]
+            if merged.duplicated(key).any():
+                raise DataError(f"{self.parts}: {kind} parts hold duplicate rows; delete the run")
+            _atomic_parquet(merged, self.folder / f"{kind}.parquet")
+            rows[kind] = len(merged)
+            self._step(f"wrote {kind}.parquet")
+        run.update(status="complete", finished=now(), counts={**counts, "rows": rows})
         self.write_run(run)
+        self._step("committed run.json")
+        if self.parts.is_dir():
+            for path in sorted(self.parts.iterdir()):
+                path.unlink()
+                self._step(f"removed {path.name}")
+            self.parts.rmdir()
+            self._step("removed parts/")
+
+    def check_final_files(self, run: dict) -> None:
+        """A complete run's final files exist, are readable and hold the rows run.json
+        recorded; DataError naming the file otherwise."""
+        for kind, expected in (run.get("counts", {}).get("rows") or {}).items():
+            path = self.folder / f"{kind}.parquet"
+            if not path.exists():
+                raise DataError(f"{path} is missing but {self.folder / RUN_FILE} is complete")
+            actual = parquet_rows(path)
+            if actual != expected:
+                raise DataError(
+                    f"{path}: {actual} rows, but {self.folder / RUN_FILE} records {expected}; "
+                    "the results were changed after the run: delete the folder and rerun"
+                )
 
 
 def sort_results(frame: pd.DataFrame) -> pd.DataFrame:
@@ -187,14 +583,27 @@ def sort_results(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_metrics(folder: str | Path, kind: str = "metrics") -> pd.DataFrame:
     """Per (sample, layer) metrics of a run (``kind="head_metrics"``: per head too).
-    A run still in progress gives what its parts hold so far."""
+    A complete run gives its final file, checked against the row count in run.json; a
+    run still in progress gives what its parts hold so far."""
     folder = Path(folder)
+    run = read_run_file(folder)
     final = folder / f"{kind}.parquet"
-    frames = [pd.read_parquet(final)] if final.exists() else []
-    frames += [pd.read_parquet(p) for p in sorted((folder / "parts").glob(f"{kind}-*.parquet"))]
-    if not frames:
-        raise FileNotFoundError(f"no {kind} in {folder} (has the extraction run?)")
-    return sort_results(pd.concat(frames, ignore_index=True))
+    if run is None or run["status"] == "complete":
+        if not final.exists():
+            raise MissingResults(f"no {kind} in {folder} (has the extraction run?)")
+        frame = read_parquet(final)
+        expected = ((run or {}).get("counts", {}).get("rows") or {}).get(kind)
+        if expected is not None and len(frame) != expected:
+            raise DataError(
+                f"{final}: {len(frame)} rows, but {folder / RUN_FILE} records {expected}; "
+                "the results were changed after the run: delete the folder and rerun"
+            )
+        return frame
+    main = run.get("main_kind") or ("metrics" if kind in KINDS else kind)
+    paths = [p for p in RunStore(folder, main).part_paths(kind) if p.exists()]
+    if not paths:
+        raise MissingResults(f"no {kind} in {folder} yet (the run has no finished part)")
+    return sort_results(pd.concat([read_parquet(p) for p in paths], ignore_index=True))
 
 
 def load_maps(folder: str | Path, sample_id: str) -> dict:
@@ -203,7 +612,7 @@ def load_maps(folder: str | Path, sample_id: str) -> dict:
     ``layout`` (TokenLayout)."""
     path = Path(folder) / "maps" / map_file_name(sample_id)
     if not path.exists():
-        raise FileNotFoundError(f"no maps for sample {sample_id!r} in {folder} (--save-maps?)")
+        raise MissingResults(f"no maps for sample {sample_id!r} in {folder} (--save-maps?)")
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files if not k.startswith("layout_") and k != "sample_id"}
         out["layout"] = TokenLayout(
@@ -214,45 +623,143 @@ def load_maps(folder: str | Path, sample_id: str) -> dict:
     return out
 
 
+def _shard_of(folder: Path, run: dict) -> tuple[int, int]:
+    shard = run["options"].get("shard")
+    if not shard:
+        raise UsageError(f"{folder} is not a shard run (made without --shard); nothing to merge")
+    return int(shard[0]), int(shard[1])
+
+
+def check_shard_set(folders: list[Path]) -> list[dict]:
+    """The run.json of each folder after checking they form one complete shard set: every
+    run complete, same options but the shard, same identity, one shard count, every index
+    exactly once. UsageError (or DataError for a damaged run) otherwise."""
+    if not folders:
+        raise UsageError("no shard folders given")
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        key = folder.resolve()
+        if key in seen:
+            raise UsageError(f"{folder} is given twice")
+        seen[key] = folder
+    runs = []
+    for folder in folders:
+        run = read_run_file(folder)
+        if run is None:
+            raise DataError(f"{folder} holds no run ({RUN_FILE} missing)")
+        if run["status"] != "complete":
+            raise DataError(f"{folder} is not a complete run ({run['status']}); finish it first")
+        RunStore(folder, run.get("main_kind", "metrics")).check_final_files(run)
+        runs.append(run)
+    shards = [_shard_of(f, r) for f, r in zip(folders, runs, strict=True)]
+    counts = sorted({n for _, n in shards})
+    if len(counts) > 1:
+        listed = ", ".join(f"{f} is {i}/{n}" for f, (i, n) in zip(folders, shards, strict=True))
+        raise UsageError(f"shards of different shard counts {counts}: {listed}")
+    count = counts[0]
+    by_index: dict[int, Path] = {}
+    for folder, (index, _) in zip(folders, shards, strict=True):
+        if index in by_index:
+            raise UsageError(f"shard {index}/{count} is given twice: {by_index[index]}, {folder}")
+        by_index[index] = folder
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        names = ", ".join(f"{i}/{count}" for i in missing)
+        raise UsageError(f"incomplete shard set: shard(s) {names} missing; merge all {count}")
+
+    def base(run):
+        return {k: v for k, v in run["options"].items() if k != "shard"}
+
+    def same_identity(run):
+        return {k: v for k, v in run["identity"].items() if k != "images_sha256"}
+
+    for folder, run in zip(folders[1:], runs[1:], strict=True):
+        lines = describe_differences(base(runs[0]), base(run))
+        lines += describe_differences(same_identity(runs[0]), same_identity(run))
+        if lines:
+            raise UsageError(f"{folder} differs from {folders[0]}: {'; '.join(lines)}")
+    return runs
+
+
 def merge_runs(folders: list[Path], out: Path) -> Path:
-    """Combine complete shard runs (same options but the shard) into ``out``."""
-    runs = [RunStore(f).read_run() for f in folders]
-    for folder, run in zip(folders, runs, strict=True):
-        if run is None or run["status"] != "complete":
-            raise RuntimeError(f"{folder} is not a complete run; finish it first")
-    base = {k: v for k, v in runs[0]["options"].items() if k != "shard"}
-    for folder, run in zip(folders, runs, strict=True):
-        other = {k: v for k, v in run["options"].items() if k != "shard"}
-        if other != base or run["identity"] != runs[0]["identity"]:
-            raise RunMismatch(f"{folder} was made with other options than {folders[0]}")
-    out.mkdir(parents=True, exist_ok=True)
-    for kind in KINDS:
-        frames = [
-            pd.read_parquet(f / f"{kind}.parquet")
-            for f in folders
-            if (f / f"{kind}.parquet").exists()
-        ]
-        if frames:
-            _atomic_parquet(
-                sort_results(pd.concat(frames, ignore_index=True)), out / f"{kind}.parquet"
-            )
-    errors = [line for f in folders for line in RunStore(f).errors()]
-    (out / ERRORS_FILE).write_text("".join(json.dumps(e) + "\n" for e in errors))
-    for f in folders:
-        if (f / "maps").exists():
-            (out / "maps").mkdir(exist_ok=True)
-            for path in (f / "maps").glob("*.npz"):
-                shutil.copy2(path, out / "maps" / path.name)
-    counts = {
-        key: sum(r["counts"].get(key, 0) for r in runs)
-        for key in runs[0]["counts"]
-        if isinstance(runs[0]["counts"][key], int)
-    }
-    merged = dict(
-        runs[0],
-        options={**base, "shard": None},
-        counts=counts,
-        merged_from=[str(f) for f in folders],
-    )
-    RunStore(out).write_run(merged)
+    """Combine one complete shard set (see :func:`check_shard_set`) into ``out``, a fresh
+    folder or one holding this very merge (then it is redone, idempotently). run.json
+    says ``merging`` until the final files are written, then ``complete`` (one atomic
+    replace), so a crashed merge is recognised and redone."""
+    folders = [Path(f) for f in folders]
+    runs = check_shard_set(folders)
+    order = sorted(range(len(folders)), key=lambda i: runs[i]["options"]["shard"][0])
+    folders, runs = [folders[i] for i in order], [runs[i] for i in order]
+    main = runs[0].get("main_kind", "metrics")
+    images: dict[str, str] = {}
+    for run in runs:
+        images.update(run.get("images") or {})
+    identity = dict(runs[0]["identity"])
+    if images:
+        identity["images_sha256"] = images_digest(images)
+    options = {**runs[0]["options"], "shard": None}
+    sources = [str(f.resolve()) for f in folders]
+    store = RunStore(out, main)
+    with store:
+        store.lock()
+        existing = store.read_run()
+        if existing is not None:
+            if existing.get("merged_from") != sources or existing["options"] != options:
+                raise UsageError(
+                    f"{out} already holds a run ({existing['status']}, not this merge); "
+                    "merge into a fresh folder"
+                )
+        else:
+            shard_folders = {f.resolve() for f in folders}
+            foreign = [
+                p.name
+                for p in out.iterdir()
+                if p.name != LOCK_FILE
+                and not p.name.startswith(".")
+                and p.resolve() not in shard_folders
+                and not re.fullmatch(r"shard-\d+-of-\d+", p.name)
+            ]
+            if foreign:
+                raise UsageError(
+                    f"{out} is not empty ({', '.join(sorted(foreign)[:3])}); merge into a "
+                    "fresh folder"
+                )
+        run = {
+            **runs[0],
+            "options": options,
+            "identity": identity,
+            "images": images,
+            "status": "merging",
+            "finished": None,
+            "merged_from": sources,
+        }
+        store.write_run(run)
+        rows = {}
+        for kind in sorted({p.stem for f in folders for p in f.glob("*.parquet")}):
+            frames = [read_parquet(f / f"{kind}.parquet") for f in folders]
+            merged = sort_results(pd.concat(frames, ignore_index=True))
+            key = [c for c in ("sample_id", "layer", "head") if c in merged.columns]
+            if merged.duplicated(key).any():
+                raise DataError(f"the shards hold duplicate {kind} rows; rerun the shards")
+            _atomic_parquet(merged, out / f"{kind}.parquet")
+            rows[kind] = len(merged)
+        errors = {e["sample_id"]: e for f in folders for e in RunStore(f).errors()}
+        _atomic_write_bytes(
+            out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors.values()).encode()
+        )
+        for folder in folders:
+            if (folder / "maps").exists():
+                (out / "maps").mkdir(exist_ok=True)
+                for path in (folder / "maps").glob("*.npz"):
+                    shutil.copy2(path, out / "maps" / path.name)
+        first = runs[0]["counts"]
+        counts = {
+            "samples": first.get("samples"),
+            "done": sum(r["counts"].get("done", 0) for r in runs),
+            "skipped": len(errors),
+            "bad_rows": first.get("bad_rows", 0),
+            "rows": rows,
+        }
+        run.update(status="complete", finished=now(), counts=counts)
+        store.write_run(run)
     return out

@@ -22,14 +22,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.images import image_size
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
+from vgutils.errors import DataError
 from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
-from vgutils.results import RunStore
+from vgutils.results import RunStore, images_digest
 from vgutils.scoring import head_scores, layer_maps, layer_scores
 
 KILL_AFTER_PARTS = "VGUTILS_KILL_AFTER_PARTS"
@@ -87,14 +89,27 @@ def folder_hash(folder: Path, full_below: int = 64 * 2**20) -> str:
     return digest.hexdigest()
 
 
-def model_identity(name: str, source_folder: str, vlm) -> dict:
-    folder = Path(source_folder)
-    identity = {"model": name, "family": vlm.family}
+def model_identity(name: str, revision: str | None = None) -> dict:
+    """What identifies the weights, without loading them: the sha256 of a local (or
+    tiny) model folder, else the Hub commit the config resolves to."""
+    from vgutils.models.loading import resolve
+
+    source = resolve(name)
+    folder = Path(source)
     if folder.is_dir():
-        identity["model_folder_sha256"] = folder_hash(folder)
-    else:
-        identity["model_revision"] = getattr(vlm.model.config, "_commit_hash", None)
-    return identity
+        return {"model": name, "model_folder_sha256": folder_hash(folder)}
+    from transformers.utils import cached_file
+
+    # the Hub cache keeps each download under snapshots/<commit>/
+    config = Path(cached_file(source, "config.json", revision=revision))
+    commit = config.parent.name if config.parent.parent.name == "snapshots" else None
+    return {"model": name, "model_revision": commit or revision}
+
+
+def image_hashes(samples: list[Sample]) -> dict[str, str]:
+    """``{image path: sha256}`` of the images ``samples`` use (resolved paths, as the
+    rows give them; the image root is part of the options anyway)."""
+    return {str(path): sha256(path) for path in sorted({s.image_path for s in samples})}
 
 
 def code_fingerprint() -> str:
@@ -162,102 +177,122 @@ def extract(
     device: str = "auto",
     prefix_sharing: bool = True,
     progress: bool = True,
+    retry_errors: bool = False,
 ) -> RunSummary:
-    """Run (or resume) one extraction into ``out`` and return its summary.
+    """Run (or resume) one extraction into ``out`` and return its summary. Every check
+    that needs no model (arguments, data, the run folder's lock and identity) is done
+    before the model loads. ``retry_errors``: compute previously skipped samples again.
 
     Speed settings (the results do not depend on them): ``batch_size`` question suffixes
     run at once; ``image_batch`` images of equal prefix share one prefix forward;
     ``loader_threads`` background threads load and preprocess the next images while the
     model runs (default: :func:`default_loader_threads`)."""
-    if batch_size < 1 or image_batch < 1:
-        raise ValueError(
-            f"batch sizes must be >= 1 (batch_size {batch_size}, image_batch {image_batch})"
-        )
+    checks.positive_int(image_batch, "--image-batch")
     start = time.perf_counter()
+    checks.run_settings(
+        batch_size=batch_size, device_name=device, dtype_name=options.dtype, limit=options.limit
+    )
     out = Path(out)
     shard = options.shard or shard_from_env()
     if shard is not None:
         options = ExtractOptions(**{**asdict(options), "shard": shard})
         out = out / f"shard-{shard[0]}-of-{shard[1]}"
+    from vgutils.models.loading import check_model_name, load_model
+
+    check_model_name(options.model)
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
     samples, problems = read_dataset(dataset)
     bad_rows = [p for p in problems if p.severity == "error"]
+    if not samples:
+        raise DataError(
+            f"{dataset.jsonl}: no usable rows ({len(bad_rows)} bad); "
+            f"see `python -m vgutils validate {options.dataset}`"
+        )
     if options.limit is not None:
         samples = samples[: options.limit]
     groups = group_by_image(samples)
     if shard is not None:
         groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
 
-    from vgutils.models.loading import load_model, resolve
-
-    store = RunStore(out)
-    existing = store.read_run()
-    if existing is not None and existing["status"] == "complete":
-        _check_same(store, options, dataset)
-        counts = existing["counts"]
-        return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
-    vlm = load_model(
-        options.model,
-        device=device,
-        dtype=options.dtype,
-        revision=options.revision,
-        trust_remote_code=options.trust_remote_code,
-    )
-    identity = {
-        **model_identity(options.model, resolve(options.model), vlm),
-        "dataset": dataset.name,
-        "dataset_sha256": sha256(dataset.jsonl),
-        "code_sha256": code_fingerprint(),
-    }
-    run = store.open(_options_record(options, dataset), identity, package_versions())
-    done = store.done_ids()
-    for problem in bad_rows:
-        key = f"row:{problem.file}:{problem.line}"
-        if key not in done:
-            store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
-    todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
-    todo = [g for g in todo if g]
-    context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
-    if dataset.entry is not None and dataset.entry.domain:
-        context["domain"] = dataset.entry.domain
-    kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
-    computed = parts = 0
-    bar = tqdm(
-        total=sum(len(g) for g in todo),
-        unit="q",
-        desc=f"{options.model} {dataset.name}",
-        disable=not progress,
-    )
-    if image_batch > 1:  # images of one size sit together: their prefixes batch
-        todo = sorted(todo, key=lambda g: _image_size_key(g[0][1].image_path))
-    threads = loader_threads if loader_threads is not None else default_loader_threads(vlm)
-    ready = prefetch(todo, lambda g: prepare_group(vlm, g), threads, ahead=2 * image_batch)
-    for batch in image_batches(ready, image_batch if prefix_sharing else 1):
-        maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
-        for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
-            frames, skipped = _score_group(
-                prepared_group, group_maps, generic, options, store, context
+    with RunStore(out) as store:
+        store.lock()  # a read-only or busy --out fails here, before any hashing or loading
+        images = image_hashes([s for g in groups for _, s in g])
+        identity = {
+            **model_identity(options.model, options.revision),
+            "dataset": dataset.name,
+            "dataset_sha256": sha256(dataset.jsonl),
+            "images_sha256": images_digest(images),
+            "code_sha256": code_fingerprint(),
+        }
+        run = store.open(
+            _options_record(options, dataset),
+            identity,
+            package_versions(),
+            images=images,
+            retry_errors=retry_errors,
+        )
+        if run["status"] == "complete":
+            counts = run["counts"]
+            return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
+        done = store.done_ids()  # reads every part: a corrupt one fails before the model
+        for problem in bad_rows:
+            key = f"row:{problem.file}:{problem.line}"
+            if key not in done:
+                store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+        todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
+        todo = [g for g in todo if g]
+        vlm = None
+        if todo:  # a resume that only has to finalize loads no model
+            vlm = load_model(
+                options.model,
+                device=device,
+                dtype=options.dtype,
+                revision=options.revision,
+                trust_remote_code=options.trust_remote_code,
             )
-            if frames:
-                store.add_part(frames)
-                parts += 1
-                if kill_after and parts >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            computed += len(prepared_group.group) - skipped
-            bar.update(len(prepared_group.group))
-    bar.close()
-    errors = store.errors()
-    skipped_total = len(errors)
-    done_total = len(store.done_ids()) - skipped_total
-    counts = {
-        "samples": len(samples),
-        "done": done_total,
-        "skipped": skipped_total,
-        "bad_rows": len(bad_rows),
-    }
-    store.finalize(run, counts)
+        context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
+        if dataset.entry is not None and dataset.entry.domain:
+            context["domain"] = dataset.entry.domain
+        kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
+        computed = parts = 0
+        bar = tqdm(
+            total=sum(len(g) for g in todo),
+            unit="q",
+            desc=f"{options.model} {dataset.name}",
+            disable=not progress,
+        )
+        if image_batch > 1:  # images of one size sit together: their prefixes batch
+            todo = sorted(todo, key=lambda g: _image_size_key(g[0][1].image_path))
+        if loader_threads is not None:
+            threads = loader_threads
+        else:
+            threads = default_loader_threads(vlm) if vlm is not None else 0
+        ready = prefetch(todo, lambda g: prepare_group(vlm, g), threads, ahead=2 * image_batch)
+        for batch in image_batches(ready, image_batch if prefix_sharing else 1):
+            maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
+            for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
+                frames, skipped = _score_group(
+                    prepared_group, group_maps, generic, options, store, context
+                )
+                if frames:
+                    store.add_part(frames)
+                    parts += 1
+                    if kill_after and parts >= kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                computed += len(prepared_group.group) - skipped
+                bar.update(len(prepared_group.group))
+        bar.close()
+        skipped_total = len(store.errors())
+        done_total = len(store.done_ids()) - skipped_total
+        counts = {
+            "samples": len(samples),
+            "done": done_total,
+            "skipped": skipped_total,
+            "bad_rows": len(bad_rows),
+        }
+        store.finalize(run, counts)
     seconds = time.perf_counter() - start
     return RunSummary(out, done_total, skipped_total, seconds, computed)
 
@@ -267,25 +302,6 @@ def _options_record(options: ExtractOptions, dataset) -> dict:
     record["shard"] = list(options.shard) if options.shard else None
     record["image_root"] = str(dataset.image_root)
     return record
-
-
-def _check_same(store: RunStore, options: ExtractOptions, dataset) -> None:
-    run = store.read_run()
-    record = _options_record(options, dataset)
-    differing = {
-        k for k in set(record) | set(run["options"]) if record.get(k) != run["options"].get(k)
-    }
-    if run["identity"].get("dataset_sha256") != sha256(dataset.jsonl):
-        differing.add("dataset content")
-    if run["identity"].get("code_sha256") != code_fingerprint():
-        differing.add("vgutils code")
-    if differing:
-        from vgutils.results import RunMismatch
-
-        raise RunMismatch(
-            f"{store.folder} holds a complete run made with other options, data or code "
-            f"({', '.join(sorted(differing))}); use another --out or delete it"
-        )
 
 
 def group_attention(
@@ -378,7 +394,7 @@ def _score_group(prepared: PreparedGroup, maps, generic, options, store, context
     """Metric frames of one image's questions (written as one part) and how many samples
     were skipped (logged to errors.jsonl)."""
     for sample, reason in prepared.skipped:
-        store.add_error(sample.id, sample.source, reason)
+        store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
     skipped = len(prepared.skipped)
     collected: dict[str, list[pd.DataFrame]] = {}
     for (order, sample), question, raw_heads in zip(
@@ -389,7 +405,7 @@ def _score_group(prepared: PreparedGroup, maps, generic, options, store, context
                 sample, order, raw_heads, generic, question.layout, context, options.heads
             )
         except ValueError as err:  # e.g. the box covers no image token
-            store.add_error(sample.id, sample.source, str(err))
+            store.add_error(sample.id, sample.source, str(err), image=str(sample.image_path))
             skipped += 1
             continue
         for kind, frame in frames.items():

@@ -18,10 +18,18 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
-from vgutils.results import RunStore, load_metrics
-from vgutils.runner import code_fingerprint, group_by_image, package_versions
+from vgutils.errors import UsageError
+from vgutils.results import RunStore, images_digest, load_metrics
+from vgutils.runner import (
+    code_fingerprint,
+    group_by_image,
+    image_hashes,
+    model_identity,
+    package_versions,
+)
 
 CLOSED = {"yes", "no"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -69,12 +77,12 @@ def heads_and_layers(options: VQAOptions, num_layers: int):
     from vgutils.refine import rank_heads
 
     if not options.heads_from:
-        raise ValueError("--refine needs --heads-from: a run made with `extract --heads`")
+        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     heads = rank_heads(load_metrics(options.heads_from, "head_metrics"), top_k=options.top_k)
     layers = options.layers or tuple(sorted({layer for layer, _ in heads}))
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
-        raise ValueError(f"--layers {bad} outside 0..{num_layers - 1}")
+        raise UsageError(f"--layers {bad} outside 0..{num_layers - 1}")
     return heads, list(layers)
 
 
@@ -101,10 +109,19 @@ def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
 def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
     ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
-    from vgutils.models.loading import load_model
+    from vgutils.models.loading import check_model_name, load_model
     from vgutils.refine import answer
 
     started = time.perf_counter()
+    checks.positive_int(options.top_k, "--top-k")
+    checks.percentile(options.percentile)
+    checks.positive_int(options.max_new_tokens, "--max-new-tokens")
+    checks.run_settings(
+        batch_size=1, device_name=device, dtype_name=options.dtype, limit=options.limit
+    )
+    check_model_name(options.model)
+    if options.refine and not options.heads_from:
+        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
@@ -112,8 +129,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     samples = [s for s in samples if s.answer is not None][: options.limit]
     store = RunStore(Path(out), main_kind="answers")
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
-    identity = {"dataset_sha256": sha256(dataset.jsonl), "code_sha256": code_fingerprint()}
-    run = store.open(record, identity, package_versions())
+    images = image_hashes(samples)
+    identity = {
+        **model_identity(options.model),
+        "dataset_sha256": sha256(dataset.jsonl),
+        "images_sha256": images_digest(images),
+        "code_sha256": code_fingerprint(),
+    }
+    run = store.open(record, identity, package_versions(), images=images)
     done = store.done_ids()
     todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
     todo = [g for g in todo if g]
@@ -171,6 +194,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     answers = load_metrics(store.folder, "answers")
     if run["status"] != "complete":
         store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+    store.close()
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
     (store.folder / "accuracy.json").write_text(json.dumps(records, indent=2, default=float))

@@ -14,6 +14,8 @@ Conversions (documented, deterministic):
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +84,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or directory where a file was expected."""
+
+
+def check_regular_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file (symlinks followed); otherwise an ``OSError``
+    naming what it is, raised without opening it (a FIFO would block a reader forever)."""
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a directory"
+            if stat.S_ISDIR(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise NotARegularFile(f"{path} is {kind}, not a regular file; refusing to read it")
+    return path
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image."""
-    path = Path(path)
+    path = check_regular_file(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path)
     with Image.open(path) as image:
@@ -94,7 +121,7 @@ def load_image(path: str | Path) -> Image.Image:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` in pixels, reading only the header where the format allows."""
-    path = Path(path)
+    path = check_regular_file(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         import pydicom
 

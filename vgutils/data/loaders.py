@@ -6,8 +6,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vgutils.data.manifest import DatasetEntry, data_root, fetch, load_manifest
+from vgutils.data.manifest import (
+    UNPINNED,
+    DatasetEntry,
+    data_root,
+    fetch,
+    load_manifest,
+    read_registry,
+)
 from vgutils.data.rows import FormatRule, Problem, Sample, read_rows
+from vgutils.errors import DataError, UsageError, choices_hint
 
 log = logging.getLogger("vgutils.data")
 
@@ -22,6 +30,7 @@ class ResolvedDataset:
     format_rule: FormatRule
     q_type: str | None = None
     entry: DatasetEntry | None = None
+    root: Path | None = None  # the data root of a manifest dataset
 
 
 def resolve_dataset(
@@ -52,15 +61,16 @@ def resolve_dataset(
             format_rule=rule,
             q_type=entry.q_type,
             entry=entry,
+            root=base,
         )
     path = Path(name_or_path)
     if path.suffix != ".jsonl":
-        raise ValueError(
-            f"{name!r} is neither a manifest dataset ({', '.join(sorted(manifest))}) "
-            "nor a .jsonl file"
+        raise UsageError(
+            f"dataset {name!r} is neither a manifest dataset nor a .jsonl file; "
+            + choices_hint(name, manifest)
         )
     if not path.exists():
-        raise FileNotFoundError(f"dataset file not found: {path}")
+        raise DataError(f"{path}: dataset file not found")
     return ResolvedDataset(
         name=path.stem,
         jsonl=path,
@@ -82,8 +92,24 @@ def _build_on_demand(name: str, base: Path) -> None:
 
 
 def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:
-    """All good samples of ``dataset`` and every problem found in its rows."""
-    return read_rows(dataset.jsonl, dataset.image_root, dataset.format_rule, dataset.q_type)
+    """All good samples of ``dataset`` and every problem found in its rows. Images that
+    the registry pins (manifest datasets) must match their sha256."""
+    return read_rows(
+        dataset.jsonl,
+        dataset.image_root,
+        dataset.format_rule,
+        dataset.q_type,
+        pinned=pinned_images(dataset.root) if dataset.root is not None else None,
+    )
+
+
+def pinned_images(root: Path) -> dict[Path, str]:
+    """``{resolved path: sha256}`` of the registry's pinned files under ``root``."""
+    return {
+        (root / name).resolve(): digest
+        for name, (digest, _) in read_registry().items()
+        if digest != UNPINNED
+    }
 
 
 def load_dataset(

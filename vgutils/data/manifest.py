@@ -4,22 +4,21 @@ the hash is not known yet)."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from vgutils.errors import DataError, UsageError
 from vgutils.paths import DATA_MANIFEST, REPO_ROOT
 
 UNPINNED = "unpinned"
 MANIFEST_FILE = DATA_MANIFEST / "manifest.yaml"
 REGISTRY_FILE = DATA_MANIFEST / "registry.txt"
-
-
-class DataError(RuntimeError):
-    """A data file is missing or does not match its pinned hash."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,24 @@ def read_registry(path: Path | None = None) -> dict[str, tuple[str, str | None]]
     """``{relative path: (sha256 or "unpinned", url or None)}``."""
     path = path or REGISTRY_FILE
     registry = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) not in (2, 3):
-            raise ValueError(f"{path}:{number}: expected 'name sha256 [url]', got {line!r}")
+            raise DataError(f"{path}:{number}: expected 'name sha256 [url]', got {line[:80]!r}")
+        if parts[1] != UNPINNED and not re.fullmatch(r"[0-9a-f]{64}", parts[1]):
+            raise DataError(
+                f"{path}:{number}: {parts[1][:80]!r} is neither a sha256 (64 hex digits) "
+                f"nor {UNPINNED!r}"
+            )
+        if parts[0] in registry:
+            raise DataError(f"{path}:{number}: {parts[0]} is listed twice")
         registry[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else None)
     return registry
 
@@ -166,21 +176,43 @@ def pin(root: Path, names: list[str] | None = None) -> list[str]:
     """Record the sha256 of every present, unpinned registry file (or of ``names``);
     returns the names pinned."""
     registry = read_registry()
+    for name in names or []:
+        if name not in registry:
+            raise UsageError(
+                f"data pin: {name!r} is not in {REGISTRY_FILE}; " + _registry_hint(name, registry)
+            )
+        if not (root / name).is_file():
+            raise DataError(f"data pin: {root / name} is missing; nothing was pinned")
     pinned = []
     for name, (digest, url) in registry.items():
         wanted = name in names if names else digest == UNPINNED
         if wanted and (root / name).exists():
             registry[name] = (sha256(root / name), url)
             pinned.append(name)
-    write_registry(registry)
+    if pinned:
+        write_registry(registry)
     return pinned
 
 
-def verify(root: Path) -> list[tuple[str, str]]:
-    """``(name, status)`` for every registry file: ``ok``, ``unpinned``, ``missing`` or
-    the mismatch message."""
+def _registry_hint(name: str, registry: dict) -> str:
+    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"{len(registry)} names are listed there"
+
+
+def verify(root: Path, names: list[str] | None = None) -> list[tuple[str, str]]:
+    """``(name, status)`` for every registry file (or those starting with one of
+    ``names``): ``ok``, ``unpinned``, ``missing`` or the mismatch message."""
+    registry = read_registry()
+    if names:
+        unknown = [n for n in names if not any(k.startswith(n) for k in registry)]
+        if unknown:
+            raise UsageError(
+                f"data verify: no registry file starts with {unknown[0]!r}; "
+                + _registry_hint(unknown[0], registry)
+            )
+        registry = {k: v for k, v in registry.items() if any(k.startswith(n) for n in names)}
     statuses = []
-    for name, (digest, _) in read_registry().items():
+    for name, (digest, _) in registry.items():
         path = root / name
         if not path.exists():
             statuses.append((name, "missing"))

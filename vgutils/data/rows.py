@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vgutils.data.images import image_size
+from vgutils.data.images import NotARegularFile, check_regular_file, image_size
+from vgutils.data.manifest import sha256
+from vgutils.errors import DataError
 from vgutils.geometry import BOX_FORMATS, to_xyxy
 
 Q_TYPES = ("localization", "attribute")
@@ -77,6 +79,10 @@ def _image_path(image: object, image_root: Path) -> Path:
         raise _RowError("image", f"{image!r} escapes the image root {image_root}")
     if not path.exists():
         raise _RowError("image", f"file not found: {path}")
+    try:
+        check_regular_file(path)
+    except NotARegularFile as err:
+        raise _RowError("image", str(err)) from err
     return path
 
 
@@ -137,21 +143,48 @@ def _text(row: dict, key: str, required: bool) -> str | None:
     return value.strip()
 
 
+def read_text_lines(path: Path) -> tuple[list[str], bool]:
+    """The lines of a UTF-8 text file, and whether it started with a byte-order mark
+    (dropped). DataError naming the file (and line) if it is not a regular file or not
+    UTF-8 (e.g. latin-1)."""
+    try:
+        check_regular_file(path)
+        data = Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: file not found") from err
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    bom = data.startswith(b"\xef\xbb\xbf")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}; latin-1?); "
+            "re-encode the file as UTF-8"
+        ) from err
+    return text.splitlines(), bom
+
+
 def read_rows(
     jsonl: Path,
     image_root: Path,
     format_rule: FormatRule,
     default_q_type: str | None = None,
+    pinned: dict[Path, str] | None = None,
 ) -> tuple[list[Sample], list[Problem]]:
     """Every good row of ``jsonl`` as a Sample, and every problem found (bad rows are
     skipped, never fatal). ``format_rule(row)`` gives the box format when the row has no
-    ``bbox_format`` (``None``: unknown, an error)."""
+    ``bbox_format`` (``None``: unknown, an error). ``pinned``: ``{resolved image path:
+    sha256}`` from the registry; a row whose image does not match is an error."""
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
+    checked: dict[Path, str | None] = {}
     name = str(jsonl)
-    with open(jsonl, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    lines, bom = read_text_lines(jsonl)
+    if bom:
+        problems.append(Problem(name, 1, "encoding", "byte-order mark ignored", "warning"))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -169,6 +202,16 @@ def read_rows(
                 raise _RowError("json", f"expected an object, got {type(row).__name__}")
             question = _text(row, "question", required=True)
             image_path = _image_path(row.get("image"), image_root)
+            if pinned and image_path in pinned:
+                if image_path not in checked:
+                    actual = sha256(image_path)
+                    checked[image_path] = None if actual == pinned[image_path] else actual
+                if (actual := checked[image_path]) is not None:
+                    raise _RowError(
+                        "image",
+                        f"{image_path} does not match its pinned sha256 in the registry "
+                        f"(expected {pinned[image_path][:12]}..., got {actual[:12]}...)",
+                    )
             key, raw = _raw_boxes(row)
             fmt = row.get("bbox_format") or format_rule(row)
             if fmt is None:

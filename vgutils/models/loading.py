@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from vgutils.errors import UsageError, choices_hint
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
 from vgutils.models.original import BACKBONES, ensure_converted, original_config
-from vgutils.models.tiny import build_tiny
+from vgutils.models.tiny import TINY_FAMILIES, build_tiny
 from vgutils.models.vlm import VisionLanguageModel
 
 TINY_PREFIX = "tiny:"
@@ -38,11 +39,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VGUTILS_CACHE", Path.home() / ".cache" / "vgutils"))
 
 
+def tiny_names() -> list[str]:
+    """Every ``tiny:<name>`` model: the tiny families and the teaching models."""
+    return [f"{TINY_PREFIX}{n}" for n in (*TINY_FAMILIES, *TEACH_RECIPES)]
+
+
+def check_model_name(name_or_path: str) -> None:
+    """A ``tiny:`` name must be a known one (UsageError listing them all)."""
+    if name_or_path.startswith(TINY_PREFIX) and name_or_path not in tiny_names():
+        raise UsageError(
+            f"--model {name_or_path!r}: no such tiny model; "
+            + choices_hint(name_or_path, tiny_names())
+        )
+
+
 def resolve(name_or_path: str) -> str:
     """A Hub id or folder as given; ``tiny:<family>`` built on first use into the cache."""
     if not name_or_path.startswith(TINY_PREFIX):
         return name_or_path
     family = name_or_path[len(TINY_PREFIX) :]
+    check_model_name(name_or_path)
     folder = cache_dir() / "tiny" / family
     if family in TEACH_RECIPES:  # trained on first use (minutes), retrained when stale
         from vgutils.teach.train import is_current, train_teaching_model
