@@ -147,3 +147,55 @@ def test_mc_accuracy_per_dataset_subset_and_micro_total():
     assert (sub["dataset"], sub["subset"], sub["accuracy"]) == ("X", "s1", 1.0)
     total = table[table["level"] == "total"].iloc[0]
     assert total["n"] == 5 and total["accuracy"] == pytest.approx(0.6)  # micro, not (0.75+0)/2
+
+
+def test_benchmark_is_registered_for_pin_and_verify():
+    from vgutils.data.manifest import load_benchmarks, load_manifest, read_registry
+
+    assert load_manifest()  # the datasets still load beside the benchmarks section
+    registry = read_registry()
+    for entry in load_benchmarks().values():
+        assert entry.file in registry, entry.name
+    assert load_benchmarks()["medical-mc"].file.endswith("medical_multimodel_evaluation_data.json")
+
+
+def test_vqa_benchmark_cli_refine_and_resume(tmp_path):
+    import json
+
+    from vgutils.__main__ import main
+
+    heads = tmp_path / "heads"
+    calibrate = ["extract", "--model", "tiny:llava", "--dataset", "sample-natural"]
+    assert main([*calibrate, "--out", str(heads), "--heads", "--limit", "3"]) == 0
+    args = ["vqa", "--model", "tiny:llava", "--benchmark", str(FIXTURE), "--n-boot", "50"]
+    refine = ["--refine", "--heads-from", str(heads), "--top-k", "3"]
+    out = tmp_path / "mc"
+    assert main([*args, "--out", str(out), *refine]) == 0
+    answers = pd.read_parquet(out / "answers.parquet")
+    assert list(answers["order"]) == [0, 1, 2, 6, 10]
+    for column in ("baseline_letter", "refined_letter", "baseline_correct_reference"):
+        assert column in answers
+    assert answers["baseline_output"].map(len).max() <= 8  # one new token
+    assert answers.loc[answers["gold"].isna(), "baseline_correct"].eq(0).all()  # "?"
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert accuracy["questions"] == 5 and accuracy["multi_image_first_only"] == 1
+    assert accuracy["left_out"]["duplicate test_id"] == 1
+    total = next(row for row in accuracy["table"] if row["level"] == "total")
+    assert total["n"] == 5 and {"baseline", "refined", "baseline_low"} <= set(total)
+    assert len((out / "problems.txt").read_text().splitlines()) == 8
+    assert main([*args, "--out", str(out), *refine]) == 0  # complete: same answers
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "answers.parquet"), answers)
+    assert main([*args, "--out", str(out), "--refine", "--heads-from", str(heads)]) == 2
+
+
+@pytest.mark.slow
+def test_vqa_benchmark_sampling_is_seeded(tmp_path):
+    from vgutils.__main__ import main
+
+    sampled = ["vqa", "--model", "tiny:llava", "--benchmark", str(FIXTURE)]
+    sampled += ["--decoding", "huatuo-sample", "--datasets", "VQA-RAD_test", "--n-boot", "20"]
+    assert main([*sampled, "--out", str(tmp_path / "s1")]) == 0
+    assert main([*sampled, "--out", str(tmp_path / "s2")]) == 0
+    first, second = (pd.read_parquet(tmp_path / s / "answers.parquet") for s in ("s1", "s2"))
+    assert len(first) == 2 and first["decoding"].eq("huatuo-sample").all()
+    assert list(first["baseline_output"]) == list(second["baseline_output"])  # seeded
