@@ -199,3 +199,67 @@ def test_vqa_benchmark_sampling_is_seeded(tmp_path):
     first, second = (pd.read_parquet(tmp_path / s / "answers.parquet") for s in ("s1", "s2"))
     assert len(first) == 2 and first["decoding"].eq("huatuo-sample").all()
     assert list(first["baseline_output"]) == list(second["baseline_output"])  # seeded
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_profile_benchmark_runs_have_their_calibration_heads(profile):
+    from vgutils.jobs import load_profile, profile_jobs
+
+    settings = load_profile(profile)
+    jobs = {(j.model, j.dataset, j.strategy): j for j in profile_jobs(settings)}
+    for run in settings["benchmarks"]["runs"]:
+        if run.get("refine"):
+            assert jobs[(run["model"], run["calibration"], "last")].heads
+
+
+def test_vgrefine_table_puts_published_numbers_beside_ours():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vgutils import mc_report
+
+    answers = pd.DataFrame(
+        {
+            "model": ["m"] * 4,
+            "published_as": ["HuatuoGPT-Vision-7B"] * 4,
+            "dataset": ["VQA-RAD_test", "VQA-RAD_test", "SLAKE_test", "SLAKE_test"],
+            "subset": [None] * 4,
+            "baseline_correct": [1.0, 0.0, 0.0, 0.0],
+            "baseline_correct_reference": [1.0, 0.0, 0.0, 0.0],
+            "refined_correct": [1.0, 1.0, 0.0, 0.0],
+            "refined_correct_reference": [1.0, 1.0, 0.0, 0.0],
+            "baseline_no_letter": [False, True, False, False],
+        }
+    )
+    table = mc_report.vgrefine_table(answers, n_boot=50).set_index("dataset")
+    assert table.loc["VQA-RAD_test", "without %"] == 50.0
+    assert table.loc["VQA-RAD_test", "VGRefine %"] == 100.0
+    assert table.loc["VQA-RAD_test", "published without %"] == 67.4
+    assert table.loc["VQA-RAD_test", "published VGRefine %"] == 71.2
+    assert table.loc["total", "n"] == 4 and pd.isna(table.loc["total", "published without %"])
+    assert table.loc["SLAKE_test", "change (points)"] == 0.0
+    text = mc_report.describe(table.reset_index())
+    assert "VGRefine helps" in text and "no change" in text and "Published: 67.4%" in text
+    mc_report.vgrefine_figure(table.reset_index())
+    assert mc_report.published_table().set_index("model (published)").loc[
+        "LLaVA-Med-7B", "avg"
+    ] == pytest.approx(45.4)
+
+
+def test_teaching_scenes_as_a_benchmark_in_the_real_format(tmp_path):
+    import json
+
+    from vgutils.teach.datasets import build_teach_mc, heldout_scenes
+
+    path = build_teach_mc(tmp_path, count=2)
+    raw = json.loads(path.read_text())
+    assert isinstance(raw, list) and all(r["image"][0].startswith("images/") for r in raw)
+    records, problems = load_mc(path)
+    assert problems == [] and len(records) == len(raw)
+    questions = sum(len(s.questions) for d in ("natural", "medical") for s in heldout_scenes(d, 2))
+    assert len(records) == questions  # every question has a multiple-choice form
+    for record in records:
+        gold = record.options[ord(record.answer) - ord("A")]
+        assert gold == record.answer_text
+        assert record.options in (["yes", "no"], ["red", "green", "blue", "yellow"])
+    assert {r.dataset for r in records} == {"teach-natural", "teach-medical"}

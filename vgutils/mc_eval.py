@@ -41,7 +41,7 @@ from vgutils.results import RunStore, load_metrics
 from vgutils.runner import code_fingerprint, package_versions
 
 DECODINGS: dict[str, dict] = {
-    "greedy-1": {"do_sample": False, "max_new_tokens": 1},
+    "greedy-1": {"do_sample": False, "min_new_tokens": 1, "max_new_tokens": 1},
     "huatuo-sample": {
         "do_sample": True,
         "temperature": 0.2,
