@@ -7,7 +7,11 @@ is decoded with one of :data:`DECODINGS` and read by :func:`vgutils.benchmarks.
 extract_letter` with both fallbacks. With ``refine``, the same prompt is answered again
 under VGRefine: triage with the visually sensitive heads of a calibration extraction
 (``heads_from``: the benchmarks have no boxes) and the knockout of the low-relevance
-patches (:mod:`vgutils.refine`).
+patches (:mod:`vgutils.refine`). With ``greedy-1`` only the last prompt row decides the
+answer, as in the authors' runs; with ``huatuo-sample`` the knockout of
+:func:`vgutils.refine.knockout` also covers the rows of the generated tokens (the authors
+block the prompt rows only). A record with several images is answered with its first
+(``extra_images`` in the answers says how many were left out).
 
 Output folder: ``answers.parquet`` (one row per question), ``accuracy.json`` (the table
 and what was left out), ``problems.txt`` (the records the loader left out), ``run.json``.
@@ -81,7 +85,7 @@ class MCOptions:
 def resolve_benchmark(name_or_path: str, root: str | Path | None = None) -> Path:
     """The json of a manifest benchmark (checked against its pinned hash; ``teach-mc``
     built when absent) or of a path (the json, or the folder holding it)."""
-    from vgutils.data.manifest import data_root, load_benchmarks, verify_file
+    from vgutils.data.manifest import DataError, data_root, load_benchmarks, verify_file
 
     benchmarks = load_benchmarks()
     if name_or_path in benchmarks:
@@ -94,7 +98,7 @@ def resolve_benchmark(name_or_path: str, root: str | Path | None = None) -> Path
         return verify_file(entry.file, base)
     path = benchmark_file(name_or_path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise DataError(
             f"{name_or_path!r} is neither a manifest benchmark ({', '.join(sorted(benchmarks))}) "
             "nor a benchmark json (or its folder)"
         )
