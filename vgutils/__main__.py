@@ -184,6 +184,10 @@ def _merge(args) -> int:
 
 
 def _vqa(args) -> int:
+    if args.benchmark:
+        return _vqa_benchmark(args)
+    if not args.dataset:
+        raise UsageError("vqa needs --dataset (free-text VQA) or --benchmark (multiple choice)")
     from vgutils.vqa import VQAOptions, run_vqa
 
     options = VQAOptions(
@@ -204,6 +208,53 @@ def _vqa(args) -> int:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{args.out}: answers.parquet, accuracy.json ({seconds:.1f} s)")
     return 0
+
+
+# --- vqa --benchmark: the multiple-choice benchmarks (vgutils.mc_eval) ---
+def _vqa_benchmark(args) -> int:
+    from vgutils.mc_eval import MCOptions, run_mc
+
+    options = MCOptions(
+        model=args.model,
+        benchmark=args.benchmark,
+        datasets=tuple(args.datasets) if args.datasets else None,
+        subsets=tuple(args.subsets) if args.subsets else None,
+        decoding=args.decoding,
+        seed=args.seed,
+        refine=args.refine,
+        heads_from=str(args.heads_from) if args.heads_from else None,
+        top_k=args.top_k,
+        layers=tuple(args.layers) if args.layers else None,
+        percentile=args.percentile,
+        limit=args.limit,
+        dtype=args.dtype,
+    )
+    _, table, seconds = run_mc(
+        options, args.out, device=args.device, data_root=args.data_root, n_boot=args.n_boot
+    )
+    shown = [c for c in table.columns if not c.endswith(("_low", "_high", "_correct"))]
+    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{args.out}: answers.parquet, accuracy.json ({seconds:.1f} s)")
+    return 0
+
+
+def _add_benchmark_arguments(vqa: argparse.ArgumentParser) -> None:
+    group = vqa.add_argument_group("multiple-choice benchmarks (instead of --dataset)")
+    group.add_argument(
+        "--benchmark", help="manifest benchmark (medical-mc, teach-mc) or its json / folder"
+    )
+    group.add_argument("--datasets", nargs="+", help="e.g. VQA-RAD_test SLAKE_test")
+    group.add_argument("--subsets", nargs="+", help="keep only these subsets")
+    group.add_argument(
+        "--decoding",
+        choices=("greedy-1", "huatuo-sample"),
+        default="greedy-1",
+        help="greedy-1: greedy, one new token (the authors' VGRefine runs); huatuo-sample: "
+        "HuatuoGPT-Vision's evaluation (T 0.2, repetition penalty 1.2, <= 256 tokens)",
+    )
+    group.add_argument("--seed", type=int, default=42, help="sampling seed (+ record index)")
+    group.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    group.add_argument("--data-root", type=Path, help="default: $VGUTILS_DATA or data/")
 
 
 def _teach_train(args) -> int:
@@ -365,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     vqa = commands.add_parser("vqa", help="VQA accuracy, optionally with VGRefine")
     vqa.add_argument("--model", required=True)
-    vqa.add_argument("--dataset", required=True)
+    vqa.add_argument("--dataset", help="free-text VQA: manifest name or .jsonl")
     vqa.add_argument("--out", required=True, type=Path)
     vqa.add_argument("--refine", action="store_true", help="also answer with VGRefine")
     vqa.add_argument("--heads-from", type=Path, help="run folder of `extract --heads`")
@@ -392,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--bbox-format", choices=("xyxy", "xywh"))
     vqa.add_argument("--device", type=_device, default="auto")
     vqa.add_argument("--dtype", type=_dtype, default="auto")
+    _add_benchmark_arguments(vqa)
     vqa.set_defaults(run=_vqa)
 
     teach = commands.add_parser("teach", help="the teaching model: train, data, evaluate")

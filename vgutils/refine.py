@@ -56,14 +56,19 @@ def triage(
     percentile: float = DEFAULT_PERCENTILE,
     *,
     generic_heads: np.ndarray | None = None,
+    user_text: str | None = None,
 ) -> Triage:
     """Attention triage: average the chosen heads' normalised (question / generic, last
     token) maps and mark the tokens below the ``percentile``-th percentile as low.
     ``generic_heads``: the image's generic-prompt attention ``(layers, heads, N)`` when
-    already computed (several questions about one image share it)."""
+    already computed (several questions about one image share it). ``user_text``: the
+    whole user text instead of ``question`` + answer instruction (e.g. a multiple-choice
+    prompt; :meth:`VisionLanguageModel.prepare_text`)."""
     if not heads:
         raise ValueError("triage needs at least one head")
-    prepared = vlm.prepare(image, question)
+    prepared = (
+        vlm.prepare(image, question) if user_text is None else vlm.prepare_text(image, user_text)
+    )
     if generic_heads is None:
         question_heads, generic_heads = shared_prefix_attention(
             vlm, [prepared, vlm.prepare_generic(image)], "last"
@@ -128,10 +133,13 @@ def answer(
     max_new_tokens: int = 16,
     *,
     generic_heads: np.ndarray | None = None,
+    user_text: str | None = None,
 ) -> RefineResult:
     """Answer ``question`` about ``image`` greedily without and with VGRefine
-    (``generic_heads``: see :func:`triage`)."""
-    found = triage(vlm, image, question, heads, percentile, generic_heads=generic_heads)
+    (``generic_heads``, ``user_text``: see :func:`triage`)."""
+    found = triage(
+        vlm, image, question, heads, percentile, generic_heads=generic_heads, user_text=user_text
+    )
     prepared = found.prepared
     baseline = vlm.generate(prepared, max_new_tokens=max_new_tokens)
     keys = prepared.image_positions[found.low]

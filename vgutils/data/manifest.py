@@ -73,6 +73,35 @@ def load_manifest(path: Path | None = None) -> dict[str, DatasetEntry]:
     return entries
 
 
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """One multiple-choice benchmark of the manifest (``benchmarks:``): ``file`` (the json,
+    relative to the data root; its images are relative to its folder)."""
+
+    name: str
+    file: str
+    datasets: tuple[str, ...] = ()
+    url: str | None = None
+    obtain: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def load_benchmarks(path: Path | None = None) -> dict[str, BenchmarkEntry]:
+    """Benchmarks of the manifest by name (none when it has no ``benchmarks:``)."""
+    raw = yaml.safe_load((path or MANIFEST_FILE).read_text())
+    return {
+        name: BenchmarkEntry(
+            name=name,
+            file=spec["file"],
+            datasets=tuple(spec.get("datasets", ())),
+            url=spec.get("url"),
+            obtain=spec.get("obtain", ""),
+            info={k: spec[k] for k in ("source", "licence", "protocol") if k in spec},
+        )
+        for name, spec in (raw.get("benchmarks") or {}).items()
+    }
+
+
 def manifest_models(path: Path | None = None) -> dict[str, dict]:
     """Models the figures use: name -> ``{hub_id, family, licence}``."""
     return yaml.safe_load((path or MANIFEST_FILE).read_text())["models"]
@@ -145,7 +174,7 @@ def verify_file(name: str, root: Path, registry: dict | None = None) -> Path:
 
 def missing_message(name: str, root: Path) -> str:
     """What to do about a missing data file, from the manifest's ``obtain`` notes."""
-    for entry in load_manifest().values():
+    for entry in [*load_manifest().values(), *load_benchmarks().values()]:
         if entry.file == name:
             return f"{root / name} is missing. {entry.obtain or ''}".strip()
     return f"{root / name} is missing."

@@ -84,6 +84,12 @@ class VisionLanguageModel:
         about ``image`` (PIL, RGB) and locate its image and query tokens."""
         return self._prepare(image, question_prompt_text(question))
 
+    def prepare_text(self, image: Image.Image, user_text: str) -> Prepared:
+        """Like :meth:`prepare` with ``user_text`` as the whole user text (no answer
+        instruction added), e.g. a multiple-choice prompt
+        (:func:`vgutils.benchmarks.mc_prompt_text`)."""
+        return self._prepare(image, user_text)
+
     def prepare_generic(self, image: Image.Image) -> Prepared:
         """The generic prompt (METHOD.md) for the same image, for normalisation."""
         return self._prepare(image, question_prompt_text(GENERIC_QUESTION))

@@ -1,7 +1,13 @@
 """Held-out teaching scenes as datasets: ``teach-natural`` and ``teach-medical`` (jsonl +
 PNG under ``<data root>/teach/``), read through the same loaders as every dataset.
 Only grounded questions (an object with an exact box) are written; the absent-object
-"no" questions stay in :func:`heldout_scenes` for accuracy checks."""
+"no" questions stay in :func:`heldout_scenes` for accuracy checks.
+
+``teach-mc`` (:func:`build_teach_mc`): the same held-out scenes as a multiple-choice
+benchmark file in the real format (``teach-mc/medical_multimodel_evaluation_data.json`` +
+``teach-mc/images/``): every question (absent-object ones included), options from
+:func:`mc_options` (yes / no; the four colours), ``dataset``
+``teach-natural`` / ``teach-medical``, ``subset`` the question type."""
 
 from __future__ import annotations
 
@@ -10,11 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from vgutils.teach.scenes import Scene, make_scene
+from vgutils.teach.scenes import COLOURS, Scene, make_scene
 
 TEACH_DIR = "teach"
+TEACH_MC_DIR = "teach-mc"
 HELDOUT_SCENES = 60
 HELDOUT_SEED = 1000  # training scenes come from another stream (train.py)
+
+
+def mc_options(answer: str) -> list[str] | None:
+    """The options of a question's multiple-choice form (fixed order), from its answer:
+    yes / no questions ``["yes", "no"]``, colour questions the four colours; ``None`` for
+    answers without one (the generic prompt's object count)."""
+    if answer in ("yes", "no"):
+        return ["yes", "no"]
+    if answer in COLOURS:
+        return list(COLOURS)
+    return None
 
 
 def heldout_scenes(domain: str, count: int = HELDOUT_SCENES) -> list[Scene]:
@@ -57,4 +75,40 @@ def build_teach_sets(root: Path, count: int = HELDOUT_SCENES) -> dict[str, Path]
         tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
         tmp.replace(path)
         written[f"teach-{domain}"] = path
+    written["teach-mc"] = build_teach_mc(root, count)
     return written
+
+
+def build_teach_mc(root: Path, count: int = HELDOUT_SCENES) -> Path:
+    """Write the held-out scenes as a multiple-choice benchmark under ``root/teach-mc``;
+    returns the json's path."""
+    from vgutils.benchmarks import BENCHMARK_FILE
+
+    out = Path(root) / TEACH_MC_DIR
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for domain in ("natural", "medical"):
+        for index, scene in enumerate(heldout_scenes(domain, count)):
+            name = f"images/{domain}-{index:03d}.png"
+            scene.image.save(out / name)
+            for q in scene.questions:
+                options = mc_options(q.answer)
+                if options is None:
+                    continue
+                records.append(
+                    {
+                        "question": q.question,
+                        "options": options,
+                        "answer": q.answer,
+                        "image": [name],
+                        "dataset": f"teach-{domain}",
+                        "subset": q.q_type,
+                        "question_type": "closed",
+                        "test_id": len(records) + 1,
+                    }
+                )
+    path = out / BENCHMARK_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)
+    return path

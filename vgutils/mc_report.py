@@ -1,0 +1,243 @@
+"""The VGRefine table: benchmark runs of a profile (``benchmarks:`` in
+``notebooks/params/<profile>.yaml``), accuracy without / with VGRefine and the paper's
+published numbers beside them (notebook 07)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+PUBLISHED = {
+    # the paper's VGRefine table (METHOD.md), accuracy in %
+    "HuatuoGPT-Vision-7B": {
+        "baseline": {
+            "VQA-RAD_test": 67.4,
+            "SLAKE_test": 76.5,
+            "PathVQA_test": 60.7,
+            "PMC-VQA_test": 53.9,
+        },
+        "vgrefine": {
+            "VQA-RAD_test": 71.2,
+            "SLAKE_test": 76.9,
+            "PathVQA_test": 67.6,
+            "PMC-VQA_test": 56.2,
+        },
+    },
+    "LLaVA-v1.6-7B": {
+        "baseline": {
+            "VQA-RAD_test": 52.6,
+            "SLAKE_test": 57.9,
+            "PathVQA_test": 47.9,
+            "PMC-VQA_test": 35.5,
+        },
+    },
+    "LLaVA-Med-7B": {
+        "baseline": {
+            "VQA-RAD_test": 51.4,
+            "SLAKE_test": 48.6,
+            "PathVQA_test": 56.8,
+            "PMC-VQA_test": 24.7,
+        },
+    },
+}
+"""Published accuracy (%) of the paper's VGRefine table: per model, ``baseline`` and (for
+HuatuoGPT-Vision-7B) ``vgrefine``, per benchmark dataset."""
+
+
+def run_folder_name(model: str, benchmark: str, decoding: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")
+    return f"mc__{slug}__{benchmark}__{decoding}"
+
+
+def benchmark_runs(
+    profile: str, spec: dict, progress: bool = False, n_boot: int = 2000
+) -> pd.DataFrame:
+    """Run (or reuse: runs are resumable and a complete one is only read) every run of
+    the profile's ``benchmarks`` block; returns the per-question answers of all runs with
+    ``model`` and ``published_as`` columns. Each run: ``model``, ``refine``,
+    ``calibration`` (the profile's extraction job whose ``head_metrics`` rank the heads),
+    ``published_as`` (a key of :data:`PUBLISHED`, or none), and optionally its own
+    ``top_k``, ``layers``, ``percentile``."""
+    from vgutils.jobs import find_job, job_dir
+    from vgutils.mc_eval import MCOptions, run_mc
+    from vgutils.paths import results_dir
+    from vgutils.results import RunMismatch
+
+    frames = []
+    for run in spec["runs"]:
+        refine = bool(run.get("refine", False))
+        layers = run.get("layers", spec.get("layers"))  # a run's own settings win
+        heads_from = None
+        if refine:
+            heads_from = str(job_dir(profile, find_job(profile, run["model"], run["calibration"])))
+        options = MCOptions(
+            model=run["model"],
+            benchmark=spec["benchmark"],
+            datasets=tuple(spec["datasets"]) if spec.get("datasets") else None,
+            decoding=spec.get("decoding", "greedy-1"),
+            seed=spec.get("seed", 42),
+            refine=refine,
+            heads_from=heads_from,
+            top_k=run.get("top_k", spec.get("top_k", 10)),
+            layers=tuple(layers) if layers else None,
+            percentile=run.get("percentile", spec.get("percentile", 80)),
+            limit=spec.get("limit"),
+        )
+        folder = results_dir(profile) / run_folder_name(
+            run["model"], spec["benchmark"], options.decoding
+        )
+        arguments = dict(device=spec.get("device", "auto"), n_boot=n_boot, progress=progress)
+        try:
+            answers, _, _ = run_mc(options, folder, **arguments)
+        except RunMismatch:  # generated results of an older setup: recompute
+            import shutil
+
+            shutil.rmtree(folder)
+            answers, _, _ = run_mc(options, folder, **arguments)
+        frames.append(answers.assign(published_as=run.get("published_as")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def vgrefine_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """Per model and benchmark dataset (and the micro total over the model's datasets):
+    ``n``, accuracy (%) without / with VGRefine and their 95% bootstrap intervals (intended
+    fallback), the accuracy with the reference scorer's fallback, how many outputs held no
+    letter, and the paper's published numbers in ``published_*`` columns."""
+    from vgutils.mc_eval import mc_table
+
+    rows = []
+    for model, frame in answers.groupby("model", sort=False):
+        table = mc_table(frame, n_boot=n_boot)
+        table = table[table["level"] != "subset"]
+        published = frame["published_as"].iloc[0]
+        numbers = PUBLISHED.get(published, {}) if isinstance(published, str) else {}
+        for record in table.to_dict("records"):
+            subset = (
+                frame
+                if record["level"] == "total"
+                else frame[frame["dataset"] == record["dataset"]]
+            )
+            row = {"model": model, "dataset": record["dataset"], "n": record["n"]}
+            for which, label in (("baseline", "without"), ("refined", "VGRefine")):
+                if which in record:
+                    row[f"{label} %"] = 100 * record[which]
+                    row[f"{label} 95% CI"] = (
+                        f"{100 * record[f'{which}_low']:.1f}-{100 * record[f'{which}_high']:.1f}"
+                    )
+            if "refined" in record:
+                row["change (points)"] = 100 * (record["refined"] - record["baseline"])
+            row["without, reference fallback %"] = 100 * record["baseline_reference"]
+            row["no letter (without)"] = int(subset["baseline_no_letter"].sum())
+            row["published without %"] = numbers.get("baseline", {}).get(record["dataset"], np.nan)
+            row["published VGRefine %"] = numbers.get("vgrefine", {}).get(record["dataset"], np.nan)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_table(table: pd.DataFrame, profile: str, name: str = "fig08_vqa_benchmarks") -> Path:
+    """Write ``figures/<profile>/<name>.csv``; returns its path."""
+    from vgutils.paths import figures_dir
+
+    folder = figures_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def published_table() -> pd.DataFrame:
+    """The paper's VGRefine table as published (%), one row per model and setting."""
+    rows = []
+    for model, settings in PUBLISHED.items():
+        for setting, values in settings.items():
+            label = "with VGRefine" if setting == "vgrefine" else "without"
+            rows.append({"model (published)": model, "setting": label, **values})
+    frame = pd.DataFrame(rows)
+    datasets = [c for c in frame.columns if c.endswith("_test")]
+    frame["avg"] = frame[datasets].mean(axis=1).round(1)
+    return frame
+
+
+def vgrefine_figure(table: pd.DataFrame, caption: str | None = None):
+    """Accuracy per benchmark dataset (x) and model: without (light) and with VGRefine
+    (dark) bars with 95% intervals; published numbers as black markers."""
+    from vgutils.plots import COLUMN_WIDTH_IN
+
+    models = list(dict.fromkeys(table["model"]))
+    datasets = list(dict.fromkeys(table["dataset"]))
+    colours = plt.get_cmap("tab10").colors
+    fig, ax = plt.subplots(
+        figsize=(max(COLUMN_WIDTH_IN * 2, 1.4 * len(datasets) * len(models)), 2.8)
+    )
+    width = 0.8 / (2 * len(models))
+    for m, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("dataset")
+        for k, (column, alpha) in enumerate((("without %", 0.45), ("VGRefine %", 1.0))):
+            if column not in rows:
+                continue
+            ci = column.replace(" %", " 95% CI")
+            for d, dataset in enumerate(datasets):
+                if dataset not in rows.index or pd.isna(rows.loc[dataset, column]):
+                    continue
+                x = d - 0.4 + width * (2 * m + k + 0.5)
+                value = rows.loc[dataset, column]
+                low, high = (float(v) for v in rows.loc[dataset, ci].split("-"))
+                label = f"{model}, {column.replace(' %', '')}" if d == 0 else None
+                ax.bar(x, value, width, color=colours[m % 10], alpha=alpha, label=label)
+                ax.errorbar(
+                    x, value, [[value - low], [high - value]], color="black", lw=0.8, capsize=2
+                )
+                published = ("published without %", "published VGRefine %")[k]
+                if not pd.isna(rows.loc[dataset, published]):
+                    marker = "oD"[k]
+                    ax.plot(x, rows.loc[dataset, published], marker, mfc="white", mec="black", ms=5)
+    ax.plot([], [], "o", mfc="white", mec="black", label="published (paper), without")
+    ax.plot([], [], "D", mfc="white", mec="black", label="published (paper), VGRefine")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=6, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title("Multiple-choice accuracy without / with VGRefine (95% bootstrap CIs)")
+    if caption:
+        fig.text(0.01, -0.02, caption, fontsize=6, va="top")
+    return fig
+
+
+def describe(table: pd.DataFrame) -> str:
+    """In words: per model and dataset, the accuracy without and with VGRefine, whether
+    VGRefine helped (the change against the intervals), and the published numbers."""
+    lines = []
+    for row in table.to_dict("records"):
+        text = f"- **{row['model']}**, {row['dataset']} (n = {row['n']}): "
+        text += f"{row['without %']:.1f}% without"
+        if "VGRefine %" in row and not pd.isna(row.get("VGRefine %")):
+            change = row["change (points)"]
+            verdict = (
+                "no change"
+                if abs(change) < 0.05
+                else ("VGRefine helps" if change > 0 else "VGRefine hurts")
+            )
+            text += f", {row['VGRefine %']:.1f}% with VGRefine ({change:+.1f} points: {verdict}"
+            text += (
+                "; the 95% intervals overlap" if _overlap(row) else "; the intervals do not overlap"
+            )
+            text += ")"
+        text += f"; {row['no letter (without)']} outputs held no letter"
+        reference = row["without, reference fallback %"]
+        text += f" (scored by the fallback; the reference scorer gives {reference:.1f}%)"
+        if not pd.isna(row["published without %"]):
+            text += f". Published: {row['published without %']:.1f}%"
+            if not pd.isna(row["published VGRefine %"]):
+                text += f" → {row['published VGRefine %']:.1f}% with VGRefine"
+        lines.append(text + ".")
+    return "\n".join(lines)
+
+
+def _overlap(row: dict) -> bool:
+    a_low, a_high = (float(v) for v in row["without 95% CI"].split("-"))
+    b_low, b_high = (float(v) for v in row["VGRefine 95% CI"].split("-"))
+    return a_low <= b_high and b_low <= a_high
