@@ -7,6 +7,7 @@ best (lowest-KL) layer is outlined / marked in orange, as in the paper.
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
     for path in paths:
         fig.savefig(path)
     return paths
+
+
+def show(fig: plt.Figure, dpi: int = 110) -> None:
+    """Show ``fig`` once, as a PNG output, and close it: in papermill (Agg backend, where
+    ``fig`` alone prints ``<Figure ...>``) and in JupyterLab (inline backend, which would
+    otherwise draw an unclosed figure a second time). Every notebook shows its figures
+    with this, after :func:`save_figure` (the PDF / PNG files stay the files of record)."""
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="png"))
 
 
 def token_heatmap(values: np.ndarray, layout: TokenLayout, max_side: int = 224) -> np.ndarray:
