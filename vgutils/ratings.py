@@ -394,15 +394,15 @@ class RatingApp:
             return
         sample = self.samples[self.index]
         earlier = self.given.get(sample.id, {})
-        for axis, choice in self.choices.items():
-            choice.value = earlier.get(axis)
-        self.note.value = earlier.get("note", "")
         self.image.value = _boxed_png(sample, self.IMAGE_SIDE)
         again = " <i>(rated before: your earlier rating is shown)</i>" if earlier else ""
         self.question.value = (
             f"<b>{self.index + 1}. {sample.q_type.capitalize()} question</b> ({sample.id})"
             f"{again}:<br>{sample.question}"
         )
+        for axis, choice in self.choices.items():
+            choice.value = earlier.get(axis)
+        self.note.value = earlier.get("note", "")
 
     def _on_keys(self, change) -> None:
         text = change["new"]
