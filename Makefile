@@ -71,7 +71,7 @@ build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 
 lab: $(RESULTS_STAMP) ## open JupyterLab on notebooks/ (PROFILE's results computed first; Run All works)
 	$(if $(filter-out default,$(PROFILE)),VGUTILS_PROFILE=$(PROFILE)) \
-		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks
+		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(SAMPLES) ## reference pipeline vs our runner: questions/s, memory (DEVICE=cpu|cuda)
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
