@@ -414,13 +414,13 @@ def table1_figure(tables: dict[str, pd.DataFrame], caption: str | None = None):
     """Table 1 as stacked horizontal bars (percent of ratings 3 / 4 / 5) per question type
     and axis; one panel per table (e.g. ``{"published": ..., "computed": ...}``). Rows in a
     fixed order (question type, then clinical / semantic / visual), each segment of at
-    least 6% labelled with its percentage, the legend under the panels."""
+    least 8% labelled with its percentage, the legend under the panels."""
     from vgutils.ratings import AXIS_NAMES, Q_TYPES
 
     order = [(t, c) for t in Q_TYPES for c in TABLE1_ORDER]
     labels = [f"{t} · {AXIS_NAMES[c]}" for t, c in order]
     fig, axes = plt.subplots(
-        1, len(tables), squeeze=False, sharey=True, figsize=(3.4 * len(tables) + 0.6, 2.9)
+        1, len(tables), squeeze=False, sharey=True, figsize=(2.2 + 2.8 * len(tables), 2.9)
     )
     positions = np.arange(len(order))
     for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
@@ -437,11 +437,11 @@ def table1_figure(tables: dict[str, pd.DataFrame], caption: str | None = None):
                 height=0.75,
             )
             for y, (start, width) in enumerate(zip(left, values, strict=True)):
-                if width >= 6:
+                if width >= 8:
                     ax.text(
                         start + width / 2,
                         y,
-                        f"{width:.0f}%" if width >= 10 else f"{width:.1f}",
+                        f"{width:.0f}%",
                         ha="center",
                         va="center",
                         fontsize=6,
@@ -462,7 +462,7 @@ def table1_figure(tables: dict[str, pd.DataFrame], caption: str | None = None):
         ncol=3,
         frameon=False,
         bbox_to_anchor=(0.5, -0.01),
-        title="share of kept ratings equal to 3 / 4 / 5; segments of 6% or more labelled",
+        title="share of kept ratings equal to 3 / 4 / 5; segments of 8% or more labelled",
         title_fontsize=6,
     )
     if caption:
