@@ -16,7 +16,7 @@ RESULTS_STAMP := results/$(PROFILE)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-ui lint format data figures lab bench clean
+.PHONY: help setup test test-ui lint format data figures lab bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -73,7 +73,11 @@ lab: $(RESULTS_STAMP) ## open JupyterLab on notebooks/ (PROFILE's results comput
 	$(if $(filter-out default,$(PROFILE)),VGUTILS_PROFILE=$(PROFILE)) \
 		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-bench: $(STAMP) $(SAMPLES) ## reference pipeline vs our runner: questions/s, memory (DEVICE=cpu|cuda)
+bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner q/s (DEVICE=cpu|cuda)
+	$(PY) benchmarks/bench_runner.py --device $(DEVICE) --quick
+	$(PY) benchmarks/forward_capture.py --device $(DEVICE) --skip-tiny --repeats 2
+
+bench-full: $(STAMP) $(SAMPLES) ## the long benchmark: more questions, memory scaling, every family
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
 	$(PY) benchmarks/forward_capture.py --device $(DEVICE)
 
