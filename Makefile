@@ -16,7 +16,7 @@ RESULTS_STAMP := results/$(PROFILE)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format data figures bench bench-full clean
+.PHONY: help setup test test-ui lint format data figures lab bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -27,7 +27,7 @@ setup: $(STAMP) ## create .venv and install vgutils with its pinned dependencies
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,ui]"
 	touch $@
 
 lint: $(STAMP) ## ruff lint and format check
@@ -41,6 +41,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 test: $(STAMP) lint ## set up if needed, lint, run the tests and the notebooks (smoke profile)
 	$(PY) -m pytest
 
+test-ui: $(STAMP) ## browser test of the rating widget (JupyterLab + headless Debian chromium; not in make test)
+	$(PY) -m pytest -m ui tests/test_ui.py
+
 data: $(SAMPLES) ## build the embedded sample sets offline into data/samples, check hashes
 
 $(SAMPLES): vgutils/data/samples.py $(STAMP)
@@ -48,6 +51,7 @@ $(SAMPLES): vgutils/data/samples.py $(STAMP)
 	$(PY) -m vgutils data verify --data-root $(DATA_ROOT) samples/
 
 figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper)
+	@$(PY) -m vgutils.notebook check build/$(PROFILE)/notebooks
 	@$(PY) -m vgutils report --profile $(PROFILE)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
@@ -59,11 +63,15 @@ $(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP
 build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 	@mkdir -p $(@D)
 	@echo "papermill $< -> $@"
-	@MPLBACKEND=Agg $(PY) -m papermill $< $@.partial.ipynb -p profile $(PROFILE) \
-		--cwd notebooks --log-level WARNING --no-progress-bar \
+	@MPLBACKEND=Agg VGUTILS_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.partial.ipynb \
+		-p profile $(PROFILE) --cwd notebooks --log-level WARNING --no-progress-bar \
 		&& mv $@.partial.ipynb $@ \
 		|| { echo "FAILED: notebook $< (profile $(PROFILE)); the failing cell and its" \
 			"traceback are above and in $@.partial.ipynb"; exit 1; }
+
+lab: $(RESULTS_STAMP) ## open JupyterLab on notebooks/ (PROFILE's results computed first; Run All works)
+	$(if $(filter-out default,$(PROFILE)),VGUTILS_PROFILE=$(PROFILE)) \
+		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner q/s (DEVICE=cpu|cuda)
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE) --quick

@@ -12,12 +12,15 @@ _saved: dict[str, str | None] = {}
 def pytest_configure(config):
     root = tempfile.mkdtemp(prefix="vgutils-tests-")
     config._vgutils_root = root
-    for name in (*_VARIABLES, "VGUTILS_OFFLINE", "MPLBACKEND"):
+    for name in (*_VARIABLES, "VGUTILS_OFFLINE", "VGUTILS_PROFILE", "MPLBACKEND"):
         _saved[name] = os.environ.get(name)
     for name in _VARIABLES:
         os.environ[name] = os.path.join(root, name.split("_")[1].lower())
     os.environ["VGUTILS_OFFLINE"] = "1"
     os.environ["MPLBACKEND"] = "Agg"
+    # the notebooks' parameters cell says "default" (what a reader gets with Run All);
+    # nbval runs them on the smoke profile (vgutils.notebook.setup reads this variable)
+    os.environ["VGUTILS_PROFILE"] = "smoke"
 
 
 def pytest_unconfigure(config):

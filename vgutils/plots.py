@@ -7,6 +7,7 @@ best (lowest-KL) layer is outlined / marked in orange, as in the paper.
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
     return paths
 
 
+def show(fig: plt.Figure, dpi: int = 110) -> None:
+    """Show ``fig`` once, as a PNG output, and close it: in papermill (Agg backend, where
+    ``fig`` alone prints ``<Figure ...>``) and in JupyterLab (inline backend, which would
+    otherwise draw an unclosed figure a second time). Every notebook shows its figures
+    with this, after :func:`save_figure` (the PDF / PNG files stay the files of record)."""
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="png"))
+
+
 def token_heatmap(values: np.ndarray, layout: TokenLayout, max_side: int = 224) -> np.ndarray:
     """Per-token ``values`` (N,) painted on the original image's frame: ``(h, w)`` float,
     each pixel the mean over the tokens covering it (tiles and thumbnail overlap), NaN
@@ -88,14 +102,14 @@ def _draw_boxes(ax, boxes: np.ndarray, colour: str = "white") -> None:
         )
 
 
-def _finish_image_grid(fig, axes, caption: str | None):
-    """Image panels without ticks, the caption on top, tight layout."""
+def _finish_image_grid(fig, axes, caption: str | None, rect=None):
+    """Image panels without ticks, the caption on top, tight layout (within ``rect``)."""
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if caption:
         fig.suptitle(caption, fontsize=8, y=1.0)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     return fig
 
 
@@ -105,27 +119,61 @@ def pick_layers(num_layers: int, best: int, count: int = 5) -> list[int]:
     return sorted({*spaced.tolist(), int(best)})
 
 
+MAP_SCALE_LABEL = "attention share x N (1 = uniform)"
+
+
+def map_share(values: np.ndarray) -> np.ndarray:
+    """A layer map as the share of attention each token gets, times the token count
+    ``N``: 1 = a uniform map's share, so maps of different models and images compare."""
+    values = np.asarray(values, dtype=float)
+    total = values.sum()
+    return values * (len(values) / total) if total > 0 else np.zeros_like(values)
+
+
+def shared_map_limits(maps: list[np.ndarray], percentile: float = 99.0) -> tuple[float, float]:
+    """One colour scale for every panel of a figure: 0 to the ``percentile`` of all the
+    shown tokens' values (never below 2, i.e. twice the uniform share)."""
+    values = np.concatenate([np.ravel(m) for m in maps]) if maps else np.ones(1)
+    return 0.0, max(2.0, float(np.nanpercentile(values, percentile)))
+
+
 def layer_maps_figure(rows: list[dict], count: int = 5, caption: str | None = None):
     """Qualitative layer maps (Fig 1 / 3b). Each row dict: ``title``, ``image`` (PIL),
     ``maps`` ``(layers, N)`` normalised maps, ``layout``, ``boxes`` ``(k, 4)``, ``kl``
     ``(layers,)``. Column 0: the image with its ground-truth box(es); then the chosen
-    layers' maps over the image; the lowest-KL layer is outlined in orange."""
-    columns = 1 + max(len(pick_layers(len(r["kl"]), int(np.argmin(r["kl"])), count)) for r in rows)
+    layers' maps over the image; the lowest-KL layer is outlined in orange. Every panel
+    shows :func:`map_share` on ONE colour scale (:func:`shared_map_limits`, stated in the
+    colour bar), so a flat map (a random model) looks flat."""
+    chosen = [pick_layers(len(r["kl"]), int(np.argmin(r["kl"])), count) for r in rows]
+    shares = [
+        [map_share(r["maps"][layer]) for layer in layers]
+        for r, layers in zip(rows, chosen, strict=True)
+    ]
+    vmin, vmax = shared_map_limits([m for row in shares for m in row])
+    columns = 1 + max(len(layers) for layers in chosen)
     fig, axes = plt.subplots(
-        len(rows), columns, squeeze=False, figsize=(1.25 * columns, 1.35 * len(rows) + 0.3)
+        len(rows), columns, squeeze=False, figsize=(1.25 * columns + 0.5, 1.35 * len(rows) + 0.6)
     )
-    for axes_row, row in zip(axes, rows, strict=True):
+    mappable = None
+    for axes_row, row, layers, row_shares in zip(axes, rows, chosen, shares, strict=True):
         image = np.asarray(row["image"])
         best = int(np.argmin(row["kl"]))
         extent = (0, row["layout"].image_size[0], row["layout"].image_size[1], 0)
         axes_row[0].imshow(image, extent=extent)
         _draw_boxes(axes_row[0], row["boxes"], BEST_LAYER_COLOUR)
         axes_row[0].set_title(textwrap.fill(row["title"], 26), fontsize=6)
-        layers = pick_layers(len(row["kl"]), best, count)
-        for ax, layer in zip(axes_row[1:], layers, strict=False):
-            heat = token_heatmap(row["maps"][layer], row["layout"])
+        for ax, layer, share in zip(axes_row[1:], layers, row_shares, strict=False):
+            heat = token_heatmap(share, row["layout"])
             ax.imshow(image, extent=extent)
-            ax.imshow(heat, extent=extent, cmap="magma", alpha=0.6, interpolation="nearest")
+            mappable = ax.imshow(
+                heat,
+                extent=extent,
+                cmap="magma",
+                alpha=0.6,
+                interpolation="nearest",
+                vmin=vmin,
+                vmax=vmax,
+            )
             _draw_boxes(ax, row["boxes"])
             ax.set_title(f"layer {layer}" + (" (min KL)" if layer == best else ""), fontsize=7)
             if layer == best:
@@ -136,7 +184,18 @@ def layer_maps_figure(rows: list[dict], count: int = 5, caption: str | None = No
                 ax.set_gid("best-layer")
         for ax in axes_row[1 + len(layers) :]:
             ax.set_visible(False)
-    return _finish_image_grid(fig, axes, caption)
+    fig = _finish_image_grid(fig, axes, caption, rect=(0, 0.07, 1, 1))
+    if mappable is not None:
+        bar_ax = fig.add_axes((0.3, 0.025, 0.4, 0.015))
+        bar = fig.colorbar(mappable, cax=bar_ax, orientation="horizontal", extend="max")
+        bar.solids.set_alpha(0.6)
+        bar.set_label(
+            f"{MAP_SCALE_LABEL}; one scale for all panels (0 to the 99th percentile); "
+            "box = ground truth; orange = lowest-KL layer",
+            fontsize=6,
+        )
+        bar.ax.tick_params(labelsize=6)
+    return fig
 
 
 def _style_metric_axis(ax, metric: str) -> None:
@@ -149,20 +208,64 @@ def _style_metric_axis(ax, metric: str) -> None:
     sns.despine(ax=ax)
 
 
-def _finish(fig, axes, columns: int, caption: str | None):
-    """One legend under the panels (from the first panel), the caption, tight layout."""
+# the smallest y-range a metric panel shows: noise around chance must look like noise
+MIN_SPAN = {"attention_ratio": 1.0, "kl": 0.5, "js": 0.1}
+BAND_LABEL = "shaded: 95% bootstrap interval of the mean"
+BEST_KL_LABEL = "lowest mean KL layer (per domain)"
+
+
+def ensure_span(ax, metric: str) -> None:
+    """Widen the y-range of ``ax`` to at least :data:`MIN_SPAN` (around its centre, never
+    below 0: every metric is >= 0); the ratio's range always includes 1 = chance."""
+    low, high = ax.get_ylim()
+    if metric == "attention_ratio":
+        low, high = min(low, 1.0), max(high, 1.0)
+    span = MIN_SPAN.get(metric, 0.0)
+    if high - low < span:
+        centre = (low + high) / 2
+        low, high = centre - span / 2, centre + span / 2
+    if low < 0:
+        low, high = 0.0, high - low
+    ax.set_ylim(low, high)
+
+
+def _legend_extras(best_kl: bool) -> tuple[list, list]:
+    handles = [mpl.patches.Patch(facecolor="grey", alpha=0.25, linewidth=0)]
+    labels = [BAND_LABEL]
+    if best_kl:
+        handles.append(
+            mpl.lines.Line2D(
+                [],
+                [],
+                marker="o",
+                markersize=6,
+                markerfacecolor="none",
+                markeredgecolor=BEST_LAYER_COLOUR,
+                markeredgewidth=1.6,
+                linestyle="none",
+            )
+        )
+        labels.append(BEST_KL_LABEL)
+    return handles, labels
+
+
+def _finish(fig, axes, columns: int, caption: str | None, best_kl: bool = False):
+    """One legend under the panels (from the first panel, plus the band and the min-KL
+    marker), the caption, tight layout."""
     handles, labels = axes[0, 0].get_legend_handles_labels()
+    extra_handles, extra_labels = _legend_extras(best_kl)
     fig.legend(
-        handles,
-        labels,
+        handles + extra_handles,
+        labels + extra_labels,
         loc="lower center",
-        ncol=columns,
+        ncol=min(columns, 3),
         frameon=False,
-        bbox_to_anchor=(0.5, -0.02),
+        bbox_to_anchor=(0.5, -0.01),
     )
     if caption:
         fig.suptitle(caption, fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    rows = int(np.ceil((len(handles) + len(extra_handles)) / min(columns, 3)))
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 1))
     return fig
 
 
@@ -178,7 +281,9 @@ def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
     """Per-layer curves (Fig 2 / 3a): rows = models, columns = metrics; colour = domain
     (medical / natural), line style = question type; bands = 95% bootstrap intervals.
     ``curves``: columns model, metric, domain, q_type, layer, mean, low, high. The layer
-    with the lowest mean KL (over all samples of each domain) is marked in orange."""
+    with the lowest mean KL (over all samples of each domain) is marked in orange. Each
+    metric's column shares one y-scale across models (the control beside the trained
+    model), at least :data:`MIN_SPAN` wide."""
     models = list(dict.fromkeys(curves["model"]))
     metrics = [m for m in METRIC_LABELS if m in set(curves["metric"])]
     fig, axes = plt.subplots(
@@ -186,7 +291,8 @@ def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
         len(metrics),
         squeeze=False,
         sharex="row",
-        figsize=(2.3 * len(metrics), 1.9 * len(models) + 0.4),
+        sharey="col",
+        figsize=(2.3 * len(metrics), 1.9 * len(models) + 0.7),
     )
     for axes_row, model in zip(axes, models, strict=True):
         for ax, metric in zip(axes_row, metrics, strict=True):
@@ -203,7 +309,9 @@ def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
                 _mark_best_kl(ax, frame)
             ax.set_title(f"{model}", fontsize=7, loc="left")
             _style_metric_axis(ax, metric)
-    return _finish(fig, axes, 4, caption)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        ensure_span(ax, metric)  # shared by the column
+    return _finish(fig, axes, 4, caption, best_kl="kl" in metrics)
 
 
 def _mark_best_kl(ax, frame: pd.DataFrame) -> None:
@@ -225,11 +333,16 @@ def _mark_best_kl(ax, frame: pd.DataFrame) -> None:
 
 def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
     """Token strategies (Fig 5): rows = (model, domain), columns = metrics, one line per
-    strategy (``last`` / ``question`` / ``all``) with 95% bootstrap bands."""
+    strategy (``last`` / ``question`` / ``all``) with 95% bootstrap bands. Each metric's
+    column shares one y-scale across rows, at least :data:`MIN_SPAN` wide."""
     keys = list(dict.fromkeys(zip(curves["model"], curves["domain"], strict=True)))
     metrics = [m for m in METRIC_LABELS if m in set(curves["metric"])]
     fig, axes = plt.subplots(
-        len(keys), len(metrics), squeeze=False, figsize=(2.3 * len(metrics), 1.8 * len(keys) + 0.4)
+        len(keys),
+        len(metrics),
+        squeeze=False,
+        sharey="col",
+        figsize=(2.3 * len(metrics), 1.8 * len(keys) + 0.6),
     )
     for axes_row, (model, domain) in zip(axes, keys, strict=True):
         for ax, metric in zip(axes_row, metrics, strict=True):
@@ -247,6 +360,8 @@ def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
                 color=DOMAIN_COLOURS.get(domain, "black"),
             )
             _style_metric_axis(ax, metric)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        ensure_span(ax, metric)  # shared by the column
     return _finish(fig, axes, 3, caption)
 
 
@@ -292,34 +407,67 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
 RATING_COLOURS = {3: "#E69F00", 4: "#56B4E9", 5: "#009E73"}
 
 
+TABLE1_ORDER = ("clinical_relevance", "semantic_grounding", "visual_grounding")
+
+
 def table1_figure(tables: dict[str, pd.DataFrame], caption: str | None = None):
     """Table 1 as stacked horizontal bars (percent of ratings 3 / 4 / 5) per question type
-    and axis; one panel per table (e.g. ``{"published": ..., "computed": ...}``)."""
-    from vgutils.ratings import AXIS_NAMES
+    and axis; one panel per table (e.g. ``{"published": ..., "computed": ...}``). Rows in a
+    fixed order (question type, then clinical / semantic / visual), each segment of at
+    least 8% labelled with its percentage, the legend under the panels."""
+    from vgutils.ratings import AXIS_NAMES, Q_TYPES
 
+    order = [(t, c) for t in Q_TYPES for c in TABLE1_ORDER]
+    labels = [f"{t} · {AXIS_NAMES[c]}" for t, c in order]
     fig, axes = plt.subplots(
-        1, len(tables), squeeze=False, sharey=True, figsize=(3.3 * len(tables), 2.4)
+        1, len(tables), squeeze=False, sharey=True, figsize=(2.2 + 2.8 * len(tables), 2.9)
     )
+    positions = np.arange(len(order))
     for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
-        labels = [
-            f"{t} · {AXIS_NAMES[c]}" for t, c in zip(table["type"], table["category"], strict=True)
-        ]
-        left = np.zeros(len(table))
+        indexed = table.set_index(["type", "category"]).reindex(order)
+        left = np.zeros(len(order))
         for rating in (3, 4, 5):
-            values = table[f"rating_{rating}"].to_numpy()
+            values = indexed[f"rating_{rating}"].fillna(0).to_numpy(dtype=float)
             ax.barh(
-                labels, values, left=left, color=RATING_COLOURS[rating], label=f"rating {rating}"
+                positions,
+                values,
+                left=left,
+                color=RATING_COLOURS[rating],
+                label=f"rating {rating}",
+                height=0.75,
             )
+            for y, (start, width) in enumerate(zip(left, values, strict=True)):
+                if width >= 8:
+                    ax.text(
+                        start + width / 2,
+                        y,
+                        f"{width:.0f}%",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="black",
+                    )
             left += values
+        ax.set_yticks(positions, labels)
         ax.set_xlim(0, 100)
-        ax.set_xlabel("ratings (%)")
+        ax.set_xlabel("share of kept ratings (%)")
         ax.set_title(name, fontsize=8)
-        ax.invert_yaxis()
         sns.despine(ax=ax)
-    axes[0, -1].legend(loc="lower right", frameon=True, fontsize=6)
+    axes[0, 0].invert_yaxis()  # shared: first row on top
+    handles, legend_labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        legend_labels,
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.01),
+        title="share of kept ratings equal to 3 / 4 / 5; segments of 8% or more labelled",
+        title_fontsize=6,
+    )
     if caption:
         fig.suptitle(caption, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -389,7 +537,9 @@ def teaching_overview_figure(
     bars.set_xticks(positions + 0.19, table.index)
     bars.set_ylim(0, 1)
     bars.set_ylabel("held-out accuracy")
-    bars.legend(frameon=False, fontsize=6)
+    bars.legend(  # above the bars, never over one
+        frameon=False, fontsize=6, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0)
+    )
     for ax in (curve, bars):
         sns.despine(ax=ax)
     if caption:

@@ -2,17 +2,21 @@
 curation filter, Table 1's distribution, and a rating interface that never loses a
 rating.
 
-Ratings file (CSV), one row per (sample, rater): ``sample_id, q_type, rater,
+Ratings file (CSV), an append-only log of ratings: ``sample_id, q_type, rater,
 clinical_relevance, visual_grounding, semantic_grounding, timestamp, note``; the three
 axes are integers 1-5 (rubrics in :data:`RUBRICS`); ``q_type`` is ``attribute`` or
-``localization``.
+``localization``. A rater who rates a sample again appends a new row; the last row per
+(sample, rater) is the rating (:func:`load_ratings`, :func:`curate`, :func:`distribution`
+count each pair once).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,20 +71,54 @@ RUBRICS = {
 }
 
 
-def _problems(frame: pd.DataFrame, source: str, allow_duplicates: bool) -> list[str]:
+class RatingsWarning(UserWarning):
+    """A line of a ratings file that was ignored (torn by a crash, or a repeated header)."""
+
+
+def _records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
+    """The file's data records with their line numbers, and the ignored lines. A record
+    with the wrong number of fields, or a last line without its newline, is a line torn by
+    a crash (the appender fences it with a newline): reported by line number, ignored."""
+    text = path.read_text(encoding="utf-8")
+    reader = csv.reader(io.StringIO(text))
+    records, lines, ignored = [], [], []
+    header = None
+    previous_end = 0
+    total_lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    for record in reader:
+        line = previous_end + 1
+        previous_end = reader.line_num
+        if not record:
+            continue
+        if header is None:
+            header = record
+            continue
+        last = previous_end == total_lines and not text.endswith("\n")
+        if record == header:
+            ignored.append(f"{path}:{line}: repeated header ignored")
+        elif len(record) != len(header) or last:
+            why = "no newline at the end of the file" if last else f"{len(record)} fields"
+            ignored.append(f"{path}:{line}: torn line ignored ({why}): {','.join(record)[:60]!r}")
+        else:
+            records.append(record)
+            lines.append(line)
+    if header is None:
+        header = []
+    return [header, *records], lines, ignored
+
+
+def _problems(frame: pd.DataFrame, lines: list[int], source: str) -> list[str]:
     problems = []
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         return [f"{source}: missing column(s) {missing}; expected {list(COLUMNS)}"]
-    seen: dict[tuple, int] = {}
-    for index, row in frame.iterrows():
-        line = index + 2  # header is line 1
+    for line, row in zip(lines, frame.to_dict("records"), strict=True):
         where = f"{source}:{line}"
-        if not str(row["sample_id"]).strip() or pd.isna(row["sample_id"]):
+        if not str(row["sample_id"]).strip():
             problems.append(f"{where}: sample_id: empty")
         if row["q_type"] not in Q_TYPES:
             problems.append(f"{where}: q_type: {row['q_type']!r} is not one of {Q_TYPES}")
-        if pd.isna(row["rater"]) or not str(row["rater"]).strip():
+        if not str(row["rater"]).strip():
             problems.append(f"{where}: rater: empty")
         for axis in AXES:
             value = row[axis]
@@ -90,39 +128,43 @@ def _problems(frame: pd.DataFrame, source: str, allow_duplicates: bool) -> list[
                 number = np.nan
             if not (np.isfinite(number) and number == int(number) and 1 <= number <= 5):
                 problems.append(f"{where}: {axis}: {value!r} is not an integer 1-5")
-        key = (row["sample_id"], row["rater"])
-        if key in seen and not allow_duplicates:
-            problems.append(f"{where}: sample_id/rater: duplicate of line {seen[key]} {key}")
-        seen.setdefault(key, line)
     return problems
 
 
-def load_ratings(path: str | Path, allow_duplicates: bool = False) -> pd.DataFrame:
-    """Read and validate a ratings CSV; ``ValueError`` listing every bad row."""
+def latest(ratings: pd.DataFrame) -> pd.DataFrame:
+    """The last rating per (sample, rater): the file is an append-only log, and a rater who
+    rates a sample again replaces the earlier rating."""
+    return ratings.drop_duplicates(["sample_id", "rater"], keep="last").reset_index(drop=True)
+
+
+def load_ratings(path: str | Path, history: bool = False) -> pd.DataFrame:
+    """Read and validate a ratings CSV; ``ValueError`` listing every bad row. Lines torn by
+    a crash (and repeated headers) are ignored with a :class:`RatingsWarning` naming their
+    line. Returns the last rating per (sample, rater), or with ``history=True`` every row
+    in file order (column ``line``: where it is in the file)."""
     path = Path(path)
-    frame = pd.read_csv(
-        path,
-        dtype={"sample_id": str, "rater": str, "note": str},
-        keep_default_na=False,
-        na_values={
-            "clinical_relevance": [""],
-            "visual_grounding": [""],
-            "semantic_grounding": [""],
-        },
-    )
-    problems = _problems(frame, str(path), allow_duplicates)
+    records, lines, ignored = _records(path)
+    for message in ignored:
+        warnings.warn(message, RatingsWarning, stacklevel=2)
+    header, rows = records[0], records[1:]
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}:1: repeated column names in the header {header}")
+    frame = pd.DataFrame(rows, columns=header, dtype=str)
+    problems = _problems(frame, lines, str(path))
     if problems:
         raise ValueError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(problems))
     for axis in AXES:
-        frame[axis] = frame[axis].astype(int)
-    return frame
+        frame[axis] = frame[axis].astype(float).astype(int)
+    frame = frame[list(COLUMNS)].assign(line=lines)
+    return frame if history else latest(frame).drop(columns="line")
 
 
 def curate(ratings: pd.DataFrame, rule: str = "all") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split the ratings into kept and discarded samples (all of a sample's rows go
     together). ``rule="all"`` (default): keep a sample only if every rater gave every axis
     >= 3 (the paper: any rating below 3 discards). ``rule="mean"``: keep if each axis's
-    mean over raters is >= 3."""
+    mean over raters is >= 3. Each (sample, rater) counts once: its last rating."""
+    ratings = latest(ratings)
     if rule == "all":
         keep = ratings.groupby("sample_id")[list(AXES)].min().min(axis=1) >= KEEP_THRESHOLD
     elif rule == "mean":
@@ -136,8 +178,9 @@ def curate(ratings: pd.DataFrame, rule: str = "all") -> tuple[pd.DataFrame, pd.D
 
 def distribution(kept: pd.DataFrame) -> pd.DataFrame:
     """Table 1's layout: per question type and axis, the percent of ratings equal to 3, 4
-    and 5 (every rater's rating counts; rows sum to 100). Columns: ``type, category,
-    rating_3, rating_4, rating_5``."""
+    and 5 (every rater's last rating counts once; rows sum to 100). Columns: ``type,
+    category, rating_3, rating_4, rating_5``."""
+    kept = latest(kept)
     below = kept[list(AXES)].lt(KEEP_THRESHOLD).any(axis=None)
     if below:
         raise ValueError("distribution() takes kept ratings: found a rating below 3; curate first")
@@ -185,30 +228,50 @@ def synthetic_ratings(n_per_type: int, seed: int = 0, rater: str = "synthetic") 
 
 
 def append_rating(path: Path, row: dict) -> None:
-    """Append one rating as a single write of a complete line (O_APPEND), then fsync: a
-    crash never leaves a half row and never loses a submitted one."""
+    """Append one rating as a single write of a complete line, then fsync, under an
+    exclusive ``flock`` on the file: concurrent raters never write the header twice nor
+    interleave. A last line left without its newline by a crash is fenced (a newline is
+    written first), never glued onto; :func:`load_ratings` reports and ignores it."""
     path = Path(path)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-    new = not path.exists() or path.stat().st_size == 0
-    if new:
-        writer.writeheader()
     writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = buffer.getvalue().encode("utf-8")
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, buffer.getvalue().encode("utf-8"))
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # released by close
+        size = os.fstat(descriptor).st_size
+        if size == 0:
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(COLUMNS)
+            line = header.getvalue().encode("utf-8") + line
+        elif os.pread(descriptor, 1, size - 1) != b"\n":
+            line = b"\n" + line  # fence a torn last line
+        os.write(descriptor, line)
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
 
 
+KEY_HELP = (
+    "Keys (in the key box): three digits 1-5 = the three axes in order, Enter = submit, "
+    "n = next, p = previous."
+)
+
+
 class RatingApp:
-    """An ipywidgets rating card: the image with its box, the question, the three rubrics
-    with their definitions, 1-5 choices, a note, previous / next, progress. Submitting
-    appends the rating to ``ratings_csv`` at once; reopening resumes at this rater's first
-    unrated sample. A malformed existing file is reported, never overwritten.
+    """An ipywidgets rating card for a clinician: the image with its box on the left (at
+    most 460 px, so that it sits beside the controls at 1366x768), on the right the
+    question, the three axes with 1-5 choices, a note, previous / submit / next, a key box
+    for the keyboard, the "saved" confirmation and progress; the rubrics below. Submitting
+    appends the rating to ``ratings_csv`` at once (fsynced); going back shows the rater's
+    earlier rating, and rating again appends the new one (the last one counts).
+    Reopening resumes at this rater's first unrated sample. A malformed existing file is
+    reported, never overwritten.
 
     ``samples``: :class:`vgutils.data.Sample` list (``q_type`` required)."""
+
+    IMAGE_SIDE = 460
 
     def __init__(self, samples: list, ratings_csv: str | Path, rater: str):
         import ipywidgets as widgets
@@ -218,27 +281,50 @@ class RatingApp:
         self.samples = samples
         self.path = Path(ratings_csv)
         self.rater = rater.strip()
-        existing = load_ratings(self.path, allow_duplicates=True) if self._has_rows() else None
-        self.rated = (
-            set()
-            if existing is None
-            else set(existing.loc[existing["rater"] == self.rater, "sample_id"])
-        )
+        existing = load_ratings(self.path) if self._has_rows() else None
+        self.given: dict[str, dict] = {}
+        if existing is not None:
+            for row in existing[existing["rater"] == self.rater].to_dict("records"):
+                self.given[row["sample_id"]] = {a: int(row[a]) for a in (*AXES,)} | {
+                    "note": row["note"]
+                }
         self.index = self.first_unrated()
         self.choices = {
             axis: widgets.ToggleButtons(
                 options=[1, 2, 3, 4, 5],
                 value=None,
                 description=AXIS_NAMES[axis],
-                style={"description_width": "190px"},
+                tooltips=[f"{r}: {RUBRICS[axis][r]}" for r in range(1, 6)],
+                style={"description_width": "190px", "button_width": "42px"},
+                layout=widgets.Layout(width="auto"),
             )
             for axis in AXES
         }
+        for axis, choice in self.choices.items():
+            choice.add_class(f"vg-axis-{axis}")
         self.note = widgets.Text(description="note", placeholder="optional")
-        self.image = widgets.Image(format="png")
-        self.question = widgets.HTML()
+        self.image = widgets.Image(
+            format="png",
+            layout=widgets.Layout(
+                max_width=f"{self.IMAGE_SIDE}px", max_height=f"{self.IMAGE_SIDE}px"
+            ),
+        )
+        self.question = widgets.HTML(layout=widgets.Layout(max_width="560px"))
         self.progress = widgets.IntProgress(min=0, max=len(samples))
         self.status = widgets.HTML()
+        self.saved = widgets.HTML()
+        self.saved.add_class("vg-saved")
+        self.keys = widgets.Text(
+            description="keys",
+            placeholder="e.g. 543 then Enter",
+            continuous_update=True,
+            layout=widgets.Layout(width="260px"),
+        )
+        self.keys.add_class("vg-keys")
+        self.keys.observe(self._on_keys, "value")
+        with warnings.catch_warnings():  # the one way to see Enter in a Text widget
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.keys.on_submit(lambda _: self._submit_from_keys())
         self.submit_button = widgets.Button(description="Submit", button_style="success")
         self.previous_button = widgets.Button(description="Previous")
         self.next_button = widgets.Button(description="Next")
@@ -252,18 +338,33 @@ class RatingApp:
             for a in AXES
         )
         rubrics = widgets.Accordion(children=[widgets.HTML(rubric_html)], titles=("Rubrics",))
-        self.widget = widgets.VBox(
+        controls = widgets.VBox(
             [
                 widgets.HBox([self.progress, self.status]),
-                self.image,
                 self.question,
                 *self.choices.values(),
                 self.note,
                 widgets.HBox([self.previous_button, self.submit_button, self.next_button]),
+                self.saved,
+                self.keys,
+                widgets.HTML(f"<small>{KEY_HELP}</small>"),
+            ],
+            layout=widgets.Layout(padding="0 0 0 12px"),
+        )
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(
+                    [self.image, controls], layout=widgets.Layout(align_items="flex-start")
+                ),
                 rubrics,
             ]
         )
+        self.widget.add_class("vg-rating-app")
         self.show()
+
+    @property
+    def rated(self) -> set[str]:
+        return set(self.given)
 
     def _has_rows(self) -> bool:
         return self.path.exists() and self.path.stat().st_size > 0
@@ -271,52 +372,85 @@ class RatingApp:
     def first_unrated(self) -> int:
         """Index of this rater's first unrated sample (``len(samples)`` when all done)."""
         for index, sample in enumerate(self.samples):
-            if sample.id not in self.rated:
+            if sample.id not in self.given:
                 return index
         return len(self.samples)
 
     def go(self, index: int) -> None:
         self.index = min(max(index, 0), len(self.samples))
+        self.saved.value = ""
         self.show()
 
     def show(self) -> None:
-        """Display the current sample (or the end message)."""
-        self.progress.value = len(self.rated)
-        self.status.value = f"{len(self.rated)} / {len(self.samples)} rated by {self.rater}"
-        for choice in self.choices.values():
-            choice.value = None
-        self.note.value = ""
+        """Display the current sample with this rater's earlier rating, if any (or the end
+        message)."""
+        self.progress.value = len(self.given)
+        self.status.value = f"{len(self.given)} / {len(self.samples)} rated by {self.rater}"
         if self.index >= len(self.samples):
+            for choice in self.choices.values():
+                choice.value = None
+            self.note.value = ""
             self.question.value = "<b>All samples rated. Thank you.</b>"
             return
         sample = self.samples[self.index]
-        self.image.value = _boxed_png(sample)
+        earlier = self.given.get(sample.id, {})
+        self.image.value = _boxed_png(sample, self.IMAGE_SIDE)
+        again = " <i>(rated before: your earlier rating is shown)</i>" if earlier else ""
         self.question.value = (
-            f"<b>{sample.q_type.capitalize()} question</b> ({sample.id}): {sample.question}"
+            f"<b>{self.index + 1}. {sample.q_type.capitalize()} question</b> ({sample.id})"
+            f"{again}:<br>{sample.question}"
         )
+        for axis, choice in self.choices.items():
+            choice.value = earlier.get(axis)
+        self.note.value = earlier.get("note", "")
+
+    def _on_keys(self, change) -> None:
+        text = change["new"]
+        if not text:
+            return
+        if text[-1] in "nNpP":
+            self.keys.value = ""
+            self.go(self.index + (1 if text[-1] in "nN" else -1))
+            return
+        digits = [int(c) for c in text if c in "12345"]
+        for axis, digit in zip(AXES, digits, strict=False):
+            self.choices[axis].value = digit
+
+    def _submit_from_keys(self) -> None:
+        if self.submit():
+            self.keys.value = ""
 
     def submit(self) -> bool:
-        """Append the current rating (all three axes chosen) and move on; False if not."""
+        """Append the current rating (all three axes chosen) and move on to the next
+        unrated sample; False (and a message) if an axis is missing."""
         if self.index >= len(self.samples):
             return False
         missing = [AXIS_NAMES[a] for a, c in self.choices.items() if c.value is None]
         if missing:
-            self.status.value = f"<span style='color:#D55E00'>choose {', '.join(missing)}</span>"
+            self.saved.value = (
+                f"<span style='color:#D55E00'>not saved: choose {', '.join(missing)}</span>"
+            )
             return False
         sample = self.samples[self.index]
+        values = {axis: choice.value for axis, choice in self.choices.items()}
         append_rating(
             self.path,
             {
                 "sample_id": sample.id,
                 "q_type": sample.q_type,
                 "rater": self.rater,
-                **{axis: choice.value for axis, choice in self.choices.items()},
+                **values,
                 "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
                 "note": self.note.value,
             },
         )
-        self.rated.add(sample.id)
+        self.given[sample.id] = values | {"note": self.note.value}
         self.go(self.first_unrated())
+        shown = " / ".join(str(v) for v in values.values())
+        self.saved.value = (
+            f"<span style='color:#009E73'>&#10003; saved {sample.id}: {shown} "
+            f"to {self.path.name}</span>"
+        )
         return True
 
 
