@@ -14,6 +14,10 @@ Recipe (fixed steps, so a seed gives the same model up to float noise):
    questions). Without it the answers that need question and image together (which
    object's colour, is *this* shape there) stay at chance: each alone carries no
    signal about the answer, so gradient descent finds only the image summary.
+   A share ``mc_share`` of the turns asks the question in multiple-choice form
+   (:func:`vgutils.benchmarks.mc_prompt_text`, options from
+   :func:`vgutils.teach.datasets.mc_options`) and is answered with the option's letter, so
+   the model can be scored under the benchmarks' protocol too.
 The result is saved with ``save_pretrained`` and loads through ``load_model`` like any
 checkpoint; ``training_log.csv`` beside it records the curve.
 """
@@ -34,7 +38,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vgutils.benchmarks import LETTERS, mc_prompt_text
 from vgutils.models.vlm import ANSWER_INSTRUCTION, GENERIC_QUESTION
+from vgutils.teach.datasets import mc_options
 from vgutils.teach.scenes import (
     COLOURS,
     ORGANS,
@@ -71,6 +77,7 @@ class Recipe:
     patch_loss_weight: float = 0.5
     object_patch_weight: float = 5.0
     text_init_std: float = 0.05
+    mc_share: float = 0.25
     seed: int = 0
 
 
@@ -88,7 +95,14 @@ def build_processor():
         for question in [*question_texts(), GENERIC_QUESTION]
         for answer in answer_texts()
     ]
-    tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS, vocab_size=600, corpus=corpus)
+    corpus += [  # the multiple-choice form: letters as answers
+        f"USER: {head}{mc_prompt_text(question, options)} ASSISTANT: {letter}"
+        for head in ("<image>\n", "")
+        for question in question_texts()
+        for options in (["yes", "no"], list(COLOURS))
+        for letter in LETTERS[: len(options)]
+    ]
+    tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS, vocab_size=700, corpus=corpus)
     return llava_processor(tokenizer, SIZE, PATCH)
 
 
@@ -134,9 +148,12 @@ def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return kinds.ravel(), colours.ravel()
 
 
-def _turn_ids(tokenizer, question: str, first: bool) -> list[int]:
+def _turn_ids(tokenizer, question: str, first: bool, options: list[str] | None = None):
+    """Token ids of one user turn: the question prompt, or with ``options`` its
+    multiple-choice form."""
     head = "USER: <image>\n" if first else "USER: "
-    return tokenizer(f"{head}{question} {ANSWER_INSTRUCTION} ASSISTANT:")["input_ids"]
+    text = mc_prompt_text(question, options) if options else f"{question} {ANSWER_INSTRUCTION}"
+    return tokenizer(f"{head}{text} ASSISTANT:")["input_ids"]
 
 
 def question_targets(question: str) -> tuple[int, int]:
@@ -149,11 +166,14 @@ def question_targets(question: str) -> tuple[int, int]:
     return kind, colour
 
 
-def encode_scene(tokenizer, scene: Scene, rng: np.random.Generator, turns: int):
+def encode_scene(
+    tokenizer, scene: Scene, rng: np.random.Generator, turns: int, mc_share: float = 0.0
+):
     """One multi-turn training sequence: ``(input_ids, labels, queries)`` with the image
     token expanded to the 49 patch tokens, loss only on answers (+ end of sequence), and
     per turn ``(position of its last prompt token, kind index, colour index)`` for the
-    question head."""
+    question head. A share ``mc_share`` of the turns that have a multiple-choice form
+    use it (answer: the option's letter)."""
     # round-robin over the scene's objects, so one sequence asks about different objects
     # of the same image (only looking at the right one answers both), plus absent ones
     by_object: dict[str, list] = {}
@@ -172,7 +192,12 @@ def encode_scene(tokenizer, scene: Scene, rng: np.random.Generator, turns: int):
     ids, labels, queries = [], [], []
     image_id = tokenizer.image_token_id
     for index, (question, answer) in enumerate(chosen):
-        prompt = _turn_ids(tokenizer, question, first=index == 0)
+        options = mc_options(answer) if question != GENERIC_QUESTION else None
+        if options and mc_share > 0 and rng.random() < mc_share:
+            answer = LETTERS[options.index(answer)]
+        else:
+            options = None
+        prompt = _turn_ids(tokenizer, question, first=index == 0, options=options)
         if index == 0:
             at = prompt.index(image_id)
             prompt = prompt[:at] + [image_id] * (GRID * GRID) + prompt[at + 1 :]
@@ -229,7 +254,9 @@ def _scene_pool(recipe: Recipe, processor):
 
 def _batch(tokenizer, pool, rng, recipe: Recipe):
     picks = rng.integers(len(pool), size=recipe.batch_size)
-    encoded = [encode_scene(tokenizer, pool[i][0], rng, recipe.turns) for i in picks]
+    encoded = [
+        encode_scene(tokenizer, pool[i][0], rng, recipe.turns, recipe.mc_share) for i in picks
+    ]
     width = max(len(ids) for ids, _, _ in encoded)
     input_ids = torch.full((len(picks), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(picks), width), -100, dtype=torch.long)
@@ -278,6 +305,7 @@ def training_fingerprint(recipe: Recipe) -> str:
     digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
     for path in (root / "scenes.py", root / "train.py", root.parent / "models" / "tiny.py"):
         digest.update(path.read_bytes())
+    digest.update(mc_prompt_text("Q?", ["x", "y"]).encode())  # the multiple-choice prompt
     return digest.hexdigest()
 
 
