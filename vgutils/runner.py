@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,30 @@ class ExtractOptions:
     dtype: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
+    protocol: str = "corrected"  # vgutils.protocols: "authors" | "corrected"
+    box_mapping: str | None = None  # "processor" | "scaled"; None: the protocol's
+    processor_kwargs: dict | None = None  # e.g. {"max_pixels": 50176}; None: the protocol's
+
+
+def resolve_options(options: ExtractOptions) -> ExtractOptions:
+    """``options`` with the protocol's value for every setting left ``None``: the box
+    mapping, and the processor kwargs for the model's family, merged under the explicit
+    ``processor_kwargs`` (an explicit key wins). What ``run.json``
+    records, so a resume with another protocol or setting refuses naming the key."""
+    from vgutils.protocols import get_protocol, model_family
+
+    protocol = get_protocol(options.protocol)
+    changes = {"protocol": protocol.name}
+    if options.box_mapping is None:
+        changes["box_mapping"] = protocol.box_mapping
+    family = (
+        model_family(options.model, options.revision, options.trust_remote_code)
+        if protocol.processor_kwargs
+        else None
+    )
+    preset = protocol.processor_kwargs_for(family) if family else {}
+    changes["processor_kwargs"] = {**preset, **(options.processor_kwargs or {})}
+    return replace(options, **changes)
 
 
 @dataclass(frozen=True)
@@ -162,6 +186,7 @@ def extract(
     """Run (or resume) one extraction into ``out`` and return its summary."""
     start = time.perf_counter()
     out = Path(out)
+    options = resolve_options(options)
     shard = options.shard or shard_from_env()
     if shard is not None:
         options = ExtractOptions(**{**asdict(options), "shard": shard})
@@ -191,6 +216,7 @@ def extract(
         dtype=options.dtype,
         revision=options.revision,
         trust_remote_code=options.trust_remote_code,
+        processor_kwargs=options.processor_kwargs,
     )
     identity = {
         **model_identity(options.model, resolve(options.model), vlm),
@@ -206,7 +232,12 @@ def extract(
             store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
     todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
     todo = [g for g in todo if g]
-    context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
+    context = {
+        "model": options.model,
+        "dataset": dataset.name,
+        "strategy": options.strategy,
+        "protocol": options.protocol,
+    }
     if dataset.entry is not None and dataset.entry.domain:
         context["domain"] = dataset.entry.domain
     kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
@@ -301,7 +332,7 @@ def _process_group(vlm, group, options, store, context, batch_size, prefix_shari
     prompts, kept = [], []
     for order, sample in group:
         try:
-            prompts.append(vlm.prepare(image, sample.question))
+            prompts.append(vlm.prepare(image, sample.question, options.box_mapping))
             kept.append((order, sample))
         except Exception as err:
             skip(sample, f"prompt preparation failed: {err}")
