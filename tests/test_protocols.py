@@ -97,6 +97,13 @@ def test_scaled_mapping_equals_the_authors_by_hand(size, padded_llava):
     assert differ > 10  # the processor-true set differs on non-square images
 
 
+def test_boxes_are_clamped_to_the_image_before_the_overlap(padded_llava):
+    layout = padded_llava.prepare(noise(120, 60), "x").layout  # pad rows above and below
+    inside = gt_mask(layout, [[0, 0, 120, 60]])
+    np.testing.assert_array_equal(gt_mask(layout, [[-50, -50, 170, 110]]), inside)
+    assert not inside[:8].any()  # the first token row sees only padding
+
+
 def test_scaled_equals_processor_for_a_square_image_and_for_qwen(padded_llava):
     square = noise(90, 90)
     a = padded_llava.prepare(square, "x", box_mapping="scaled").layout

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -136,6 +137,19 @@ def heads_and_layers(options: VQAOptions, num_layers: int, verbose: bool = True)
     return heads, list(layers)
 
 
+def _knocked_truth(sample, result) -> dict:
+    """``gt_tokens``: image tokens inside the sample's boxes (processor geometry), and
+    ``gt_knocked``: how many of them the triage knocked out (NaN without boxes). Knocking
+    out the evidence is one way VGRefine can lower accuracy."""
+    from vgutils.metrics import gt_mask
+
+    try:
+        mask = gt_mask(result.triage.prepared.layout, sample.boxes)
+    except (ValueError, TypeError):
+        return {"gt_tokens": np.nan, "gt_knocked": np.nan}
+    return {"gt_tokens": int(mask.sum()), "gt_knocked": int((mask & result.triage.low).sum())}
+
+
 def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per question kind (closed / open) for the baseline and, if present,
     VGRefine: exact match, and token recall for open questions."""
@@ -225,6 +239,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     baseline=result.baseline_answer,
                     refined=result.answer,
                     masked_tokens=int(result.triage.low.sum()),
+                    **_knocked_truth(sample, result),
                 )
             else:
                 prepared = vlm.prepare(image, sample.question)
