@@ -12,12 +12,13 @@ _saved: dict[str, str | None] = {}
 def pytest_configure(config):
     root = tempfile.mkdtemp(prefix="vgutils-tests-")
     config._vgutils_root = root
-    for name in (*_VARIABLES, "VGUTILS_OFFLINE", "MPLBACKEND"):
+    for name in (*_VARIABLES, "VGUTILS_OFFLINE", "MPLBACKEND", "VGUTILS_NOTEBOOK_PROFILE"):
         _saved[name] = os.environ.get(name)
     for name in _VARIABLES:
         os.environ[name] = os.path.join(root, name.split("_")[1].lower())
     os.environ["VGUTILS_OFFLINE"] = "1"
     os.environ["MPLBACKEND"] = "Agg"
+    os.environ["VGUTILS_NOTEBOOK_PROFILE"] = "smoke"  # notebooks whose parameter is default
 
 
 def pytest_unconfigure(config):

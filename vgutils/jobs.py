@@ -70,6 +70,7 @@ def load_profile(profile: str) -> dict:
     settings = yaml.safe_load(path.read_text())
     protocol = f"protocol: {settings.get('protocol', 'corrected')}"
     caption = settings.get("caption")
+    settings["caption_plain"] = caption
     settings["caption"] = f"{caption} · {protocol}" if caption else protocol
     return settings
 
