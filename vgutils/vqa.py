@@ -221,6 +221,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                 "model": options.model,
                 "dataset": dataset.name,
                 "protocol": options.protocol,
+                "knockout_layers": " ".join(map(str, layers)),
             }
             if options.refine:
                 result = answer(
