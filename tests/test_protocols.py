@@ -256,3 +256,28 @@ def test_run_json_records_the_protocol_and_resume_refuses_another(tmp_path, caps
         extract(ExtractOptions(**{**options.__dict__, "box_mapping": "processor"}), out)
     with pytest.raises(RunMismatch, match="processor_kwargs"):
         extract(ExtractOptions(**{**options.__dict__, "processor_kwargs": {"max_pixels": 1}}), out)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_profiles_have_the_jobs_notebook_06_needs(profile):
+    from vgutils.jobs import find_job, load_profile
+
+    settings = load_profile(profile)
+    spec = settings["sensitivity"]
+    box = spec["box_mapping"]
+    for mapping in ("processor", "scaled"):
+        job = find_job(
+            profile,
+            box["model"],
+            box["dataset"],
+            protocol="corrected",
+            box_mapping=mapping,
+            processor=box["processor"],
+        )
+        assert job.box_mapping == mapping
+    resolution = spec["resolution"]
+    for dataset in resolution["datasets"]:
+        for kwargs in (resolution["native"], resolution["cap"]):
+            find_job(profile, resolution["model"], dataset, protocol="corrected", processor=kwargs)
+    assert set(settings["refine"]["protocols"]) == {"authors", "corrected"}
+    assert "protocol: corrected" in settings["caption"]
