@@ -97,6 +97,10 @@ def load_model(
     processor = AutoProcessor.from_pretrained(source, **options, **(processor_kwargs or {}))
     if (processor_kwargs or {}).get("do_pad"):
         processor = _pad_to_square(processor, config.model_type)
+    tokenizer = getattr(processor, "tokenizer", None)
+    for key in ("min_pixels", "max_pixels"):  # already in the image processor's size; kept
+        if tokenizer is not None:  # here they would be passed again on every call (warning)
+            tokenizer.init_kwargs.pop(key, None)
     return wrap_model(model, processor, source=name_or_path)
 
 
