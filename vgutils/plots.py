@@ -465,7 +465,7 @@ def protocol_sensitivity_figure(
         f.plot(part["side"], part["seconds"], marker="o", color=colour, label=setting)
         for side, tokens, grid in part[["side", "tokens", "grid"]].itertuples(index=False):
             c.annotate(grid, (side, tokens), fontsize=5, xytext=(2, 3), textcoords="offset points")
-    for ax, label in ((c, "image tokens"), (f, "seconds per forward (CPU)")):
+    for ax, label in ((c, "image tokens"), (f, "seconds per forward")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sorted(set(sizes["side"])))

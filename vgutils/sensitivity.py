@@ -84,13 +84,36 @@ def _compare_jobs(
     return metrics, table, effects
 
 
-def _gt_change_share(vlm, samples, mapping_a: str, mapping_b: str) -> float:
+def _layouts(model: str, processor_kwargs: dict | None):
+    """``layout(image, box_mapping)``: the token layout of ``model``'s processor (no
+    weights loaded: a 7B checkpoint needs only its config and processor here)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from vgutils.geometry import scaled_layout
+    from vgutils.models.families import family_for
+    from vgutils.models.loading import _pad_to_square, resolve
+
+    source = resolve(model)
+    config = AutoConfig.from_pretrained(source)
+    processor = AutoProcessor.from_pretrained(source, **(processor_kwargs or {}))
+    if (processor_kwargs or {}).get("do_pad"):
+        processor = _pad_to_square(processor, config.model_type)
+    adapter = family_for(config.model_type)
+
+    def layout(image, box_mapping: str):
+        inputs = processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        found = adapter.layout(processor, image.size, inputs)
+        return scaled_layout(found, adapter.name) if box_mapping == "scaled" else found
+
+    return layout
+
+
+def _gt_change_share(layout, samples, mapping_a: str, mapping_b: str) -> float:
     """Share of samples whose ground-truth token set differs between two box mappings."""
     changed = []
     for sample in samples:
         image = load_image(sample.image_path)
-        a = vlm.prepare(image, sample.question, box_mapping=mapping_a).layout
-        b = vlm.prepare(image, sample.question, box_mapping=mapping_b).layout
+        a, b = layout(image, mapping_a), layout(image, mapping_b)
         try:
             changed.append(not np.array_equal(gt_mask(a, sample.boxes), gt_mask(b, sample.boxes)))
         except ValueError:
@@ -103,8 +126,6 @@ def box_mapping_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
     Returns ``curves`` (per-layer mean ratio / KL with CIs per setting), ``effects``
     (rows of the closing table) and ``gt_changed`` (share of samples whose ground-truth
     tokens change)."""
-    from vgutils.models import load_model
-
     model, dataset, processor = spec["model"], spec["dataset"], spec.get("processor")
     jobs = {
         mapping: find_job(
@@ -113,9 +134,8 @@ def box_mapping_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
         for mapping in ("processor", "scaled")
     }
     _, table, effects = _compare_jobs(profile, jobs["processor"], jobs["scaled"], n_boot)
-    vlm = load_model(model, device="cpu", processor_kwargs=processor)
     samples = load_dataset(dataset)[: spec.get("limit")]
-    share = _gt_change_share(vlm, samples, "processor", "scaled")
+    share = _gt_change_share(_layouts(model, processor), samples, "processor", "scaled")
     for row in effects:
         row.update(setting="box -> token grid", model=model, dataset=dataset)
     effects.append(
@@ -177,7 +197,7 @@ def resolution_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
         )
     sizes = []
     for setting, kwargs in ((CORRECTED, native), (AUTHORS, cap)):
-        vlm = load_model(model, device="cpu", processor_kwargs=kwargs)
+        vlm = load_model(model, device=spec.get("device", "auto"), processor_kwargs=kwargs)
         rng = np.random.default_rng(0)
         for side in spec.get("sides", [224, 448, 896]):
             from PIL import Image
@@ -228,7 +248,7 @@ def refine_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
             options = refine_options(profile, spec, dataset, protocol)
             if change:
                 options = replace(options, **change)
-            frame = _cached_vqa(profile, options, dataset, name, change)
+            frame = _cached_vqa(profile, options, dataset, name, change, spec.get("device", "auto"))
             answers[(name, dataset)] = frame
     rows, effects = [], []
     for (name, dataset), frame in answers.items():
@@ -264,7 +284,9 @@ def refine_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
     return {"accuracy": pd.DataFrame(rows), "effects": effects}
 
 
-def _cached_vqa(profile: str, options, dataset: str, name: str, change: dict) -> pd.DataFrame:
+def _cached_vqa(
+    profile: str, options, dataset: str, name: str, change: dict, device: str
+) -> pd.DataFrame:
     """The VQA answers of one variant; a plain protocol shares the folder of notebook 03's
     run (``vqa__<job>``) when its options are the same, else has its own."""
     from vgutils.results import RunMismatch
@@ -274,10 +296,10 @@ def _cached_vqa(profile: str, options, dataset: str, name: str, change: dict) ->
     own = results_dir(profile) / f"vqa__{job}__sensitivity-{name.replace(' ', '-')}"
     if not change:
         try:
-            return run_vqa(options, results_dir(profile) / f"vqa__{job}", "cpu", False)[0]
+            return run_vqa(options, results_dir(profile) / f"vqa__{job}", device, False)[0]
         except RunMismatch:
             pass
-    return run_vqa(options, own, device="cpu", progress=False)[0]
+    return run_vqa(options, own, device=device, progress=False)[0]
 
 
 def effect_table(*results: dict) -> pd.DataFrame:
