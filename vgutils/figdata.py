@@ -262,6 +262,22 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
     return rows
 
 
+def fresh_vqa(options, folder, device: str = "auto"):
+    """``run_vqa`` into a generated results folder; a folder left by other options or an
+    older version of the code is recomputed (as ``jobs.ensure_results`` does)."""
+    import shutil
+
+    from vgutils.results import RunMismatch
+    from vgutils.vqa import run_vqa
+
+    try:
+        return run_vqa(options, folder, device=device, progress=False)
+    except RunMismatch as err:
+        print(f"{folder.name}: recomputing ({str(err).splitlines()[0]})")
+        shutil.rmtree(folder)
+        return run_vqa(options, folder, device=device, progress=False)
+
+
 def _answer_changes(answers: pd.DataFrame) -> dict:
     """How VGRefine changed the answers of one question kind: share changed, right ->
     wrong and wrong -> right counts (exact match), mean share of ground-truth tokens the
@@ -283,16 +299,14 @@ def vqa_accuracy(profile: str, spec: dict, protocol: str | None = None) -> pd.Da
     ground-truth tokens the triage knocked out."""
     from vgutils.jobs import Job
     from vgutils.paths import results_dir
-    from vgutils.vqa import accuracy_table, heads_and_layers, run_vqa
+    from vgutils.vqa import accuracy_table, heads_and_layers
 
     tables = []
     for dataset in spec["vqa_datasets"]:
         options = refine_options(profile, spec, dataset, protocol)
         name = Job(options.model, dataset, protocol=options.protocol).name
         folder = results_dir(profile) / f"vqa__{name}"
-        answers, table, _ = run_vqa(
-            options, folder, device=spec.get("device", "auto"), progress=False
-        )
+        answers, table, _ = fresh_vqa(options, folder, spec.get("device", "auto"))
         _, layers = heads_and_layers(options, 10**6, verbose=False)
         table = accuracy_table(answers).assign(
             dataset=dataset,

@@ -289,6 +289,7 @@ def _cached_vqa(
 ) -> pd.DataFrame:
     """The VQA answers of one variant; a plain protocol shares the folder of notebook 03's
     run (``vqa__<job>``) when its options are the same, else has its own."""
+    from vgutils.figdata import fresh_vqa
     from vgutils.results import RunMismatch
     from vgutils.vqa import run_vqa
 
@@ -299,7 +300,7 @@ def _cached_vqa(
             return run_vqa(options, results_dir(profile) / f"vqa__{job}", device, False)[0]
         except RunMismatch:
             pass
-    return run_vqa(options, own, device=device, progress=False)[0]
+    return fresh_vqa(options, own, device)[0]
 
 
 def effect_table(*results: dict) -> pd.DataFrame:
