@@ -16,7 +16,7 @@ RESULTS_STAMP := results/$(PROFILE)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format data figures bench clean
+.PHONY: help setup test lint format data figures bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -65,7 +65,11 @@ build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 		|| { echo "FAILED: notebook $< (profile $(PROFILE)); the failing cell and its" \
 			"traceback are above and in $@.partial.ipynb"; exit 1; }
 
-bench: $(STAMP) $(SAMPLES) ## reference pipeline vs our runner: questions/s, memory (DEVICE=cpu|cuda)
+bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner q/s (DEVICE=cpu|cuda)
+	$(PY) benchmarks/bench_runner.py --device $(DEVICE) --quick
+	$(PY) benchmarks/forward_capture.py --device $(DEVICE) --skip-tiny --repeats 2
+
+bench-full: $(STAMP) $(SAMPLES) ## the long benchmark: more questions, memory scaling, every family
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
 	$(PY) benchmarks/forward_capture.py --device $(DEVICE)
 

@@ -1,8 +1,10 @@
 """Questions per second: the reference pipeline against our runner, same model, same
 samples, same process; then capture memory against sequence length.
 
-    make bench                      # CPU
-    make bench DEVICE=cuda          # GPU: full 32-layer LLaVA-1.5-7B shape in bf16
+    make bench                      # quick (--quick): about 2 minutes on 2 CPU cores
+    make bench-full                 # all parts, more questions
+    make bench DEVICE=cuda          # GPU: full 32-layer LLaVA-1.5-7B shape in bf16, plus
+                                    # the image-batch sweep (1, 2, 4, 8, 16 images a forward)
 
 Part 1 runs both paths on the first ``--samples`` questions of ``sample-natural`` with
 (a) the tiny LLaVA and (b) a random LLaVA-1.5-7B-shaped model (hidden 4096, 32 heads,
@@ -27,7 +29,7 @@ from vgutils.data import load_dataset, load_image
 from vgutils.metrics import gt_mask
 from vgutils.models import load_model
 from vgutils.models.shaped import llava_1_5_7b, qwen2_5_vl_7b
-from vgutils.runner import group_attention, group_by_image
+from vgutils.runner import batch_attention, group_by_image, image_batches, prepare_group
 from vgutils.scoring import layer_scores
 
 
@@ -41,15 +43,20 @@ def reference_run(vlm, samples) -> list[dict]:
     return scores
 
 
-def our_run(vlm, samples, batch_size: int) -> list[dict]:
-    scores = []
-    for group in group_by_image(samples):
-        image = load_image(group[0][1].image_path)
-        prompts = [vlm.prepare(image, s.question) for _, s in group]
-        maps, generic = group_attention(vlm, image, prompts, "last", batch_size)
-        for (_, sample), prepared, raw in zip(group, prompts, maps, strict=True):
-            scores.append(layer_scores(raw, generic, gt_mask(prepared.layout, sample.boxes)))
-    return scores
+def our_run(vlm, samples, batch_size: int, image_batch: int = 1) -> list[dict]:
+    """The runner's path: images prepared once each, ``image_batch`` image prefixes per
+    forward, ``batch_size`` question suffixes at once; metrics in the samples' order."""
+    scores = {}
+    prepared = (prepare_group(vlm, group) for group in group_by_image(samples))
+    for batch in image_batches(prepared, image_batch):
+        maps = batch_attention(vlm, batch, "last", batch_size, prefix_sharing=True)
+        for group, (group_maps, generic) in zip(batch, maps, strict=True):
+            for (order, sample), question, raw in zip(
+                group.kept, group.prompts, group_maps, strict=True
+            ):
+                mask = gt_mask(question.layout, sample.boxes)
+                scores[order] = layer_scores(raw, generic, mask)
+    return [scores[order] for order in sorted(scores)]
 
 
 def largest_difference(reference: list[dict], ours: list[dict], rtol: float) -> tuple[float, bool]:
@@ -63,13 +70,13 @@ def largest_difference(reference: list[dict], ours: list[dict], rtol: float) -> 
     return worst, within
 
 
-def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
+def compare(name, vlm, samples, device, batch_size, rtol, image_batch: int = 1) -> dict:
     reference_run(vlm, samples[:1])  # warm-up
     our_run(vlm, samples[:1], batch_size)
     timed = {}
     for label, fn in (
         ("reference", lambda: reference_run(vlm, samples)),
-        ("ours", lambda: our_run(vlm, samples, batch_size)),
+        ("ours", lambda: our_run(vlm, samples, batch_size, image_batch)),
     ):
         result = {}
         measurement = measure(lambda fn=fn, result=result: result.update(out=fn()), device, 1)
@@ -87,6 +94,22 @@ def compare(name, vlm, samples, device, batch_size, rtol) -> dict:
         "max_diff": worst,
         "within": within,
     }
+
+
+def image_batch_sweep(vlm, samples, device, batch_size, sizes) -> list[dict]:
+    """Our runner at several images per prefix forward: questions/s and peak memory."""
+    our_run(vlm, samples[:2], batch_size)  # warm-up
+    rows = []
+    for size in sizes:
+        measurement = measure(lambda s=size: our_run(vlm, samples, batch_size, s), device, 1)
+        rows.append(
+            {
+                "image_batch": size,
+                "qps": len(samples) / measurement.seconds,
+                "peak_mib": measurement.peak_mib,
+            }
+        )
+    return rows
 
 
 def memory_scaling(device, dtype, sides) -> list[dict]:
@@ -132,16 +155,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samples", type=int, default=8, help="questions of sample-natural")
+    parser.add_argument("--quick", action="store_true", help="6 questions, no memory part")
+    parser.add_argument("--samples", type=int, default=None, help="default: 8, 6 with --quick")
     parser.add_argument("--layers", type=int, default=None, help="default: 2 (cpu), 32 (cuda)")
     parser.add_argument(
         "--vision-layers", type=int, default=None, help="default: 2 (cpu), 24 (cuda)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
+        "--image-batches",
+        default=None,
+        help="image-batch sweep, e.g. 1,2,4,8,16 (default: that on cuda, none on cpu)",
+    )
+    parser.add_argument(
         "--memory-sides",
-        default="448,672,896,1120",
-        help="image sides (px) for the memory part; empty to skip",
+        default=None,
+        help="image sides (px) for the memory part (default 448,672,896,1120; none with --quick)",
     )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -149,7 +178,11 @@ def main() -> None:
     vision_layers = args.vision_layers or (24 if cuda else 2)
     dtype = torch.bfloat16 if cuda else torch.float32
     rtol = 2e-2 if cuda else 1e-4
-    samples = load_dataset("sample-natural")[: args.samples]
+    samples = load_dataset("sample-natural")[: args.samples or (6 if args.quick else 8)]
+    memory_sides = args.memory_sides
+    if memory_sides is None:
+        memory_sides = "" if args.quick else "448,672,896,1120"
+    sweep = args.image_batches if args.image_batches is not None else ("1,2,4,8,16" if cuda else "")
     started = time.perf_counter()
     rows = [
         compare(
@@ -162,16 +195,10 @@ def main() -> None:
         )
     ]
     big = llava_1_5_7b(layers, vision_layers, dtype=dtype, device=args.device)
-    rows.append(
-        compare(
-            f"llava-1.5-7b shape, {layers}+{vision_layers} layers",
-            big,
-            samples,
-            args.device,
-            args.batch_size,
-            rtol,
-        )
-    )
+    big_name = f"llava-1.5-7b shape, {layers}+{vision_layers} layers"
+    rows.append(compare(big_name, big, samples, args.device, args.batch_size, rtol))
+    sizes = [int(s) for s in sweep.split(",") if s]
+    swept = image_batch_sweep(big, samples, args.device, args.batch_size, sizes) if sizes else []
     del big
     print(
         f"\nPart 1: {len(samples)} questions on {len({s.image_path for s in samples})} images, "
@@ -187,7 +214,15 @@ def main() -> None:
             f"{r['our_qps'] / r['ref_qps']:7.2f}x {r['ref_mib']:8.0f} {r['our_mib']:8.0f} "
             f"{r['max_diff']:9.1e}{'' if r['within'] else '  OUTSIDE TOLERANCE'}"
         )
-    sides = [int(s) for s in args.memory_sides.split(",") if s]
+    if swept:
+        print(f"\nImage-batch sweep, {big_name}: images per prefix forward")
+        print(f"{'images':>6} {'q/s':>8} {'vs 1':>6} {'peak MiB':>9}")
+        for r in swept:
+            print(
+                f"{r['image_batch']:6d} {r['qps']:8.3f} {r['qps'] / swept[0]['qps']:5.2f}x "
+                f"{r['peak_mib']:9.0f}"
+            )
+    sides = [int(s) for s in memory_sides.split(",") if s]
     if sides:
         print(
             "\nPart 2: one forward, Qwen2.5-VL-7B shape (2 language + 2 vision layers), "

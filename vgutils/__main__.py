@@ -137,7 +137,14 @@ def _extract(args) -> int:
         box_mapping=args.box_mapping,
         processor_kwargs=_processor_kwargs(args),
     )
-    summary = extract(options, args.out, batch_size=args.batch_size, device=args.device)
+    summary = extract(
+        options,
+        args.out,
+        batch_size=args.batch_size,
+        image_batch=args.image_batch,
+        loader_threads=args.loader_threads,
+        device=args.device,
+    )
     rate = summary.computed / summary.seconds if summary.seconds else 0.0
     print(
         f"{summary.out}: {summary.done} done, {summary.skipped} skipped, "
@@ -247,6 +254,43 @@ def _teach_evaluate(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from vgutils.models.original import ConversionError, convert, hub_snapshot
+
+    source = args.source
+    try:
+        folder = source if Path(source).is_dir() else hub_snapshot(source, args.revision)
+        out = convert(
+            folder,
+            args.out,
+            vision_tower=args.vision_tower,
+            source_name=str(source),
+            shard_bytes=int(args.shard_gb * 2**30),
+        )
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{out}: converted (load it with load_model or --model {out})")
+    return 0
+
+
+CONVERT_HELP = """Convert an original-format LLaVA checkpoint into a transformers
+LlavaForConditionalGeneration folder.
+
+Original format: config.json with model_type llava_qwen2 (HuatuoGPT-Vision-7B,
+FreedomIntelligence/HuatuoGPT-Vision-7B) or llava_mistral (LLaVA-Med v1.5,
+microsoft/llava-med-v1.5-mistral-7b), keys model.layers.N.*, model.mm_projector.0/2.*,
+model.vision_tower.vision_tower.vision_model.*, lm_head.weight. The output has
+safetensors shards written while the source shards are read (no GPU, no second copy of
+the model in memory), a LlavaConfig (CLIP vision + Qwen2 / Mistral text, vision layer -2
+without CLS, exact-GELU projector), the model's own preprocessing (pad to square with
+the CLIP-mean colour, then CLIP resize and centre crop; load it with backend="pil"), a
+tokenizer with one added <image> token, a chat template rendering the model's own prompt,
+and vgutils_conversion.json (source, revision, sha256 of the source files, converter
+version). A dropped, renamed or wrongly shaped key stops the conversion with the key's
+name. load_model does the same automatically, once, into its cache."""
+
+
 def _jobs(args) -> int:
     from vgutils.jobs import ensure_results
 
@@ -285,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--limit", type=int, help="first N samples")
     extract.add_argument("--shard", type=_shard, help="I/N: this process's slice of images")
     extract.add_argument("--batch-size", type=int, default=8, help="question suffixes at once")
+    extract.add_argument(
+        "--image-batch", type=int, default=1, help="images per prefix forward (GPU: try 8)"
+    )
+    extract.add_argument(
+        "--loader-threads",
+        type=int,
+        help="threads preparing the next images during a forward (default: 1 on GPU, 0 on CPU)",
+    )
     extract.add_argument("--heads", action="store_true", help="also per-head metrics")
     extract.add_argument("--save-maps", action="store_true", help="keep per-sample maps")
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, balanced")
@@ -353,6 +405,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--scenes", type=int, default=60, help="held-out scenes per domain")
     evaluate.set_defaults(run=_teach_evaluate)
+
+    convert = commands.add_parser(
+        "convert",
+        help="original-format LLaVA (HuatuoGPT-Vision-7B, LLaVA-Med) -> transformers",
+        description=CONVERT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", help="checkpoint folder or Hub id (SRC)")
+    convert.add_argument("out", type=Path, help="new output folder (OUT)")
+    convert.add_argument(
+        "--vision-tower",
+        metavar="DIR",
+        help="CLIP folder to take the vision tower (weights, config, preprocessing) from; "
+        "default: the config's mm_vision_tower, with the weights from the checkpoint for "
+        "llava_qwen2 and from that folder for llava_mistral, as the authors' code does",
+    )
+    convert.add_argument("--revision", help="Hub revision (commit) of SRC")
+    convert.add_argument("--shard-gb", type=float, default=2.0, help="output shard size")
+    convert.set_defaults(run=_convert)
 
     jobs = commands.add_parser("jobs", help="run a profile's extraction jobs (cached)")
     jobs.add_argument("profile", help="smoke, default, paper (notebooks/params/*.yaml)")

@@ -137,6 +137,7 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
         run = dict(
             device=settings.get("device", "auto"),
             batch_size=settings.get("batch_size", 8),
+            image_batch=settings.get("image_batch", 1),
             progress=progress,
         )
         try:

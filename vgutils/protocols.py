@@ -84,13 +84,16 @@ def model_family(model: str, revision: str | None = None, trust_remote_code: boo
     """The family adapter name of ``model`` (from its config only; no weights loaded)."""
     from transformers import AutoConfig
 
-    from vgutils.models.families import family_for
+    from vgutils.models.families import family_of
     from vgutils.models.loading import resolve
 
     config = AutoConfig.from_pretrained(
         resolve(model), revision=revision, trust_remote_code=trust_remote_code
     )
-    return family_for(config.model_type).name
+    try:
+        return family_of(config).name
+    except ValueError:  # e.g. an original-format checkpoint before its conversion
+        return getattr(config, "model_type", "unknown")
 
 
 def parse_processor_kwarg(text: str) -> tuple[str, object]:

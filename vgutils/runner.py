@@ -23,10 +23,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vgutils.data import load_image, read_dataset, resolve_dataset
+from vgutils.data.images import image_size
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
+from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
-from vgutils.models.prefix import shared_prefix_attention
+from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
 from vgutils.results import RunStore
 from vgutils.scoring import head_scores, layer_maps, layer_scores
 
@@ -179,11 +181,22 @@ def extract(
     out: str | Path,
     *,
     batch_size: int = 8,
+    image_batch: int = 1,
+    loader_threads: int | None = None,
     device: str = "auto",
     prefix_sharing: bool = True,
     progress: bool = True,
 ) -> RunSummary:
-    """Run (or resume) one extraction into ``out`` and return its summary."""
+    """Run (or resume) one extraction into ``out`` and return its summary.
+
+    Speed settings (the results do not depend on them): ``batch_size`` question suffixes
+    run at once; ``image_batch`` images of equal prefix share one prefix forward;
+    ``loader_threads`` background threads load and preprocess the next images while the
+    model runs (default: :func:`default_loader_threads`)."""
+    if batch_size < 1 or image_batch < 1:
+        raise ValueError(
+            f"batch sizes must be >= 1 (batch_size {batch_size}, image_batch {image_batch})"
+        )
     start = time.perf_counter()
     out = Path(out)
     options = resolve_options(options)
@@ -248,17 +261,25 @@ def extract(
         desc=f"{options.model} {dataset.name}",
         disable=not progress,
     )
-    for group in todo:
-        frames, skipped = _process_group(
-            vlm, group, options, store, context, batch_size, prefix_sharing
-        )
-        if frames:
-            store.add_part(frames)
-            parts += 1
-            if kill_after and parts >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        computed += len(group) - skipped
-        bar.update(len(group))
+    if image_batch > 1:  # images of one size sit together: their prefixes batch
+        todo = sorted(todo, key=lambda g: _image_size_key(g[0][1].image_path))
+    threads = loader_threads if loader_threads is not None else default_loader_threads(vlm)
+    ready = prefetch(
+        todo, lambda g: prepare_group(vlm, g, options.box_mapping), threads, ahead=2 * image_batch
+    )
+    for batch in image_batches(ready, image_batch if prefix_sharing else 1):
+        maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
+        for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
+            frames, skipped = _score_group(
+                prepared_group, group_maps, generic, options, store, context
+            )
+            if frames:
+                store.add_part(frames)
+                parts += 1
+                if kill_after and parts >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            computed += len(prepared_group.group) - skipped
+            bar.update(len(prepared_group.group))
     bar.close()
     errors = store.errors()
     skipped_total = len(errors)
@@ -313,42 +334,97 @@ def group_attention(
     return maps[:-1], maps[-1]
 
 
-def _process_group(vlm, group, options, store, context, batch_size, prefix_sharing):
-    """Compute every question of one image; returns the frames to write and how many
-    samples were skipped (logged to errors.jsonl)."""
-    skipped = 0
+def default_loader_threads(vlm) -> int:
+    """Background loader threads when not given: 1 on a GPU (preprocessing overlaps the
+    forward), 0 on the CPU (the forward already uses every core; measured slower)."""
+    return 1 if vlm.device.type == "cuda" else 0
 
-    def skip(sample: Sample, reason: str) -> None:
-        nonlocal skipped
-        store.add_error(sample.id, sample.source, reason)
-        skipped += 1
 
+@dataclass
+class PreparedGroup:
+    """One image's questions, prepared (off the critical path when a loader runs):
+    ``kept`` (order, sample) pairs with their ``prompts``, the ``generic`` prompt, and
+    the ``skipped`` (sample, reason) pairs to log."""
+
+    group: list
+    kept: list
+    prompts: list
+    generic: object | None
+    skipped: list
+
+
+def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
+    """Load the image and prepare every prompt about it (the image is processed once);
+    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`."""
     try:
         image = load_image(group[0][1].image_path)
     except Exception as err:  # an unreadable image skips its questions, never the run
-        for _, sample in group:
-            skip(sample, f"image unreadable: {err}")
-        return {}, skipped
-    prompts, kept = [], []
+        return PreparedGroup(
+            group, [], [], None, [(s, f"image unreadable: {err}") for _, s in group]
+        )
+    kept, prompts, skipped = [], [], []
     for order, sample in group:
         try:
-            prompts.append(vlm.prepare(image, sample.question, options.box_mapping))
+            prompts.append(vlm.prepare(image, sample.question, box_mapping))
             kept.append((order, sample))
         except Exception as err:
-            skip(sample, f"prompt preparation failed: {err}")
-    if not kept:
-        return {}, skipped
-    maps, generic = group_attention(
-        vlm, image, prompts, options.strategy, batch_size, prefix_sharing
-    )
+            skipped.append((sample, f"prompt preparation failed: {err}"))
+    generic = vlm.prepare_generic(image) if kept else None
+    return PreparedGroup(group, kept, prompts, generic, skipped)
+
+
+def _image_size_key(path: Path) -> tuple[int, int]:
+    try:
+        return image_size(path)
+    except Exception:  # unreadable: sorted first, skipped when loaded
+        return (0, 0)
+
+
+def image_batches(ready, size: int):
+    """Consecutive prepared groups, ``size`` at most per batch; a group without prompts
+    travels alone (it only logs its skips)."""
+    batch = []
+    for prepared in ready:
+        batch.append(prepared)
+        if len(batch) >= size or not prepared.kept:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def batch_attention(vlm, batch, strategy, batch_size, prefix_sharing):
+    """Per prepared group: (maps of its questions, map of its generic prompt), each
+    ``(layers, heads, N)``; groups without prompts get ``([], None)``."""
+    live = [[*g.prompts, g.generic] for g in batch if g.kept]
+    if prefix_sharing:
+        computed = iter(batched_prefix_attention(vlm, live, strategy, batch_size))
+    else:
+        computed = iter([[vlm.attention(p, strategy) for p in group] for group in live])
+    out = []
+    for prepared in batch:
+        maps = next(computed) if prepared.kept else [None]
+        out.append((maps[:-1], maps[-1]))
+    return out
+
+
+def _score_group(prepared: PreparedGroup, maps, generic, options, store, context):
+    """Metric frames of one image's questions (written as one part) and how many samples
+    were skipped (logged to errors.jsonl)."""
+    for sample, reason in prepared.skipped:
+        store.add_error(sample.id, sample.source, reason)
+    skipped = len(prepared.skipped)
     collected: dict[str, list[pd.DataFrame]] = {}
-    for (order, sample), prepared, raw_heads in zip(kept, prompts, maps, strict=True):
+    for (order, sample), question, raw_heads in zip(
+        prepared.kept, prepared.prompts, maps, strict=True
+    ):
         try:
             frames, _ = _sample_frames(
-                sample, order, raw_heads, generic, prepared.layout, context, options.heads
+                sample, order, raw_heads, generic, question.layout, context, options.heads
             )
         except ValueError as err:  # e.g. the box covers no image token
-            skip(sample, str(err))
+            store.add_error(sample.id, sample.source, str(err))
+            skipped += 1
             continue
         for kind, frame in frames.items():
             collected.setdefault(kind, []).append(frame)
@@ -357,5 +433,5 @@ def _process_group(vlm, group, options, store, context, batch_size, prefix_shari
             if options.heads:
                 arrays.update(raw_heads=raw_heads, generic_heads=generic)
             arrays["boxes"] = sample.boxes
-            store.save_maps(sample.id, arrays, prepared.layout)
+            store.save_maps(sample.id, arrays, question.layout)
     return {k: pd.concat(v, ignore_index=True) for k, v in collected.items()}, skipped

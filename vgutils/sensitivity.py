@@ -90,7 +90,7 @@ def _layouts(model: str, processor_kwargs: dict | None):
     from transformers import AutoConfig, AutoProcessor
 
     from vgutils.geometry import scaled_layout
-    from vgutils.models.families import family_for
+    from vgutils.models.families import family_of
     from vgutils.models.loading import _pad_to_square, resolve
 
     source = resolve(model)
@@ -98,7 +98,7 @@ def _layouts(model: str, processor_kwargs: dict | None):
     processor = AutoProcessor.from_pretrained(source, **(processor_kwargs or {}))
     if (processor_kwargs or {}).get("do_pad"):
         processor = _pad_to_square(processor, config.model_type)
-    adapter = family_for(config.model_type)
+    adapter = family_of(config)
 
     def layout(image, box_mapping: str):
         inputs = processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")

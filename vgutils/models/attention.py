@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "vgutils"
@@ -111,6 +111,20 @@ def _apply_knockout(
     return _full_mask(attention_mask, query, key) & ~blocked
 
 
+def _chunk_mask(
+    attention_mask: torch.Tensor | None, chunk: torch.Tensor, offset: int, kv: int
+) -> torch.Tensor:
+    """May-attend mask of the query rows ``chunk`` (relative), ``(B|1, 1|H, c, kv)``
+    bool; causal when there is no mask (built for these rows only)."""
+    if attention_mask is None:
+        k_pos = torch.arange(kv, device=chunk.device)
+        return (k_pos[None, :] <= (chunk + offset)[:, None])[None, None]
+    rows = attention_mask[..., chunk, :]
+    if rows.dtype == torch.bool:
+        return rows
+    return rows > torch.finfo(rows.dtype).min / 2
+
+
 def _row_weights(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -126,24 +140,29 @@ def _row_weights(
     float32, for query rows at absolute ``rows`` (r,) on the query's device, whose
     smallest and largest are ``span`` (known on the host, so checking them needs no sync).
     Scores are computed in float32, ``ROW_CHUNK`` rows at a time, so memory stays
-    ``O(B * H * ROW_CHUNK * kv)``."""
+    ``O(B * H * ROW_CHUNK * kv)``. Grouped-query heads are matched to their key head by
+    a reshape (no ``repeat_kv`` copy of the keys)."""
     offset = _query_offset(query, key)
     if rows.numel() == 0 or span[0] < offset or span[1] >= offset + query.shape[2]:
         raise RuntimeError(
             f"capture rows {span[0]}..{span[1]} are not in this forward's query window "
             f"[{offset}, {offset + query.shape[2]})"
         )
+    batch, heads, _, dim = query.shape
+    kv_heads, kv = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
     rel = rows - offset
-    keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1)).float()
-    full = _full_mask(mask, query, key)
+    keys = key.float().transpose(-1, -2)  # (B, H_kv, d, kv)
     total = None
     for start in range(0, rel.numel(), ROW_CHUNK):
         chunk = rel[start : start + ROW_CHUNK]
-        scores = torch.matmul(query[:, :, chunk, :].float(), keys.transpose(-1, -2)) * scaling
-        scores = scores.masked_fill(~full[..., chunk, :], float("-inf"))
+        # query heads h = g_kv * groups + j share key head g_kv (transformers' repeat_kv)
+        q = query[:, :, chunk, :].float().reshape(batch, kv_heads, groups * len(chunk), dim)
+        scores = (torch.matmul(q, keys) * scaling).reshape(batch, heads, len(chunk), kv)
+        scores = scores.masked_fill(~_chunk_mask(mask, chunk, offset, kv), float("-inf"))
         probs = torch.softmax(scores, dim=-1)[..., columns]  # (B, H, c, N)
         part = torch.einsum(
-            "bhcn,bc->bhn", probs, weights[:, start : start + ROW_CHUNK].expand(probs.shape[0], -1)
+            "bhcn,bc->bhn", probs, weights[:, start : start + ROW_CHUNK].expand(batch, -1)
         )
         total = part if total is None else total + part
     return total

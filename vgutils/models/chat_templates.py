@@ -60,3 +60,39 @@ GEMMA3 = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+
+HUATUOGPT_VISION = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<|user|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% if message['role'] != 'system' %}"
+    "{% if message['content'] is string %}{{ message['content'] + '\n' }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] + '\n' }}{% endif %}"
+    "{% endfor %}{% endif %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+"""HuatuoGPT-Vision (LLaVA-Qwen2 release): the prompt its code builds by hand, no system
+prompt: ``<|user|>\\n<image>\\n{text}\\n<|assistant|>\\n`` (``<|user|>`` is plain text)."""
+
+LLAVA_MED_MISTRAL = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if not loop.first %}{{ ' ' }}{% endif %}{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+"""LLaVA-Med v1.5 ``mistral_instruct`` (LLaMA-2 style, empty system prompt):
+``[INST] <image>\\n{text} [/INST]``; the tokenizer adds the one BOS."""

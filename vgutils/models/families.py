@@ -55,6 +55,13 @@ def family_for(model_type: str) -> FamilyAdapter:
     return _FAMILIES[model_type]
 
 
+def family_of(config) -> FamilyAdapter:
+    """The adapter of a model ``config``: its ``vgutils_family`` marker (set by the
+    original-format converter, whose output has ``model_type`` ``llava``) or its
+    ``model_type``."""
+    return family_for(getattr(config, "vgutils_family", None) or config.model_type)
+
+
 def _size_pair(size) -> tuple[int | None, int | None, int | None]:
     """(height, width, shortest_edge) from a processor size (dict or SizeDict)."""
 
@@ -207,5 +214,32 @@ class Gemma3Family:
         return TokenLayout.from_grid(side, side, image_size)
 
 
-for _adapter in (LlavaFamily(), Qwen2_5VLFamily(), InternVLFamily(), Gemma3Family()):
+@dataclass(frozen=True)
+class OriginalLlavaFamily(LlavaFamily):
+    """Original-format LLaVA checkpoints converted by :mod:`vgutils.models.original`
+    (``model_type`` ``llava``, marked ``vgutils_family``): HuatuoGPT-Vision-7B
+    (``llava_qwen2``) and LLaVA-Med v1.5 (``llava_mistral``). Their processor pads to
+    square with the CLIP-mean colour before the CLIP resize / crop, so the grid covers the
+    padded square (576 tokens at 336 px, patch 14); the prompt is the chat template's."""
+
+    name: str = "llava_qwen2"
+    model_types: tuple[str, ...] = ("llava_qwen2",)
+
+    def layout(self, processor, image_size, inputs) -> TokenLayout:
+        if not getattr(processor.image_processor, "do_pad", False):
+            raise ValueError(
+                f"{self.name}: the model's own preprocessing pads to square, but this "
+                "processor does not (do_pad=False)"
+            )
+        return super().layout(processor, image_size, inputs)
+
+
+for _adapter in (
+    LlavaFamily(),
+    Qwen2_5VLFamily(),
+    InternVLFamily(),
+    Gemma3Family(),
+    OriginalLlavaFamily(),
+    OriginalLlavaFamily(name="llava_mistral", model_types=("llava_mistral",)),
+):
     register_family(_adapter)

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from vgutils.models.attention import ATTENTION_NAME
-from vgutils.models.families import family_for
+from vgutils.models.families import family_of
+from vgutils.models.original import BACKBONES, ensure_converted, original_config
 from vgutils.models.tiny import build_tiny
 from vgutils.models.vlm import VisionLanguageModel
 
@@ -75,7 +76,10 @@ def load_model(
     processor_kwargs: dict | None = None,
 ) -> VisionLanguageModel:
     """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
-    config. ``device``: ``auto`` (cuda if present, ``cuda:$LOCAL_RANK`` under torchrun),
+    config. Original-format LLaVA checkpoints (``llava_qwen2``: HuatuoGPT-Vision-7B,
+    ``llava_mistral``: LLaVA-Med v1.5) are converted once into
+    ``cache_dir()/converted`` (:mod:`vgutils.models.original`) and loaded from there.
+    ``device``: ``auto`` (cuda if present, ``cuda:$LOCAL_RANK`` under torchrun),
     ``cpu``, ``cuda``, ``cuda:1`` or
     ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
     (bf16 on GPU, fp32 on CPU) or a torch dtype name. Remote code needs a pinned
@@ -86,16 +90,21 @@ def load_model(
     if trust_remote_code and not revision:
         raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
     source = resolve(name_or_path)
+    processor_kwargs = dict(processor_kwargs or {})
+    if original_config(source, revision) is not None:  # original-format LLaVA: convert once
+        source, revision = str(ensure_converted(source, cache_dir(), revision)), None
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(source, **options)
-    family_for(config.model_type)  # fail early, before loading weights, on an unknown family
+    if getattr(config, "vgutils_family", None) in BACKBONES:  # a converted checkpoint
+        processor_kwargs.setdefault("backend", "pil")  # the original code's exact pixels
+    family_of(config)  # fail early, before loading weights, on an unknown family
     device, torch_dtype = _device_and_dtype(device, dtype)
     device_map = "auto" if device == "balanced" else device
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
     )
-    processor = AutoProcessor.from_pretrained(source, **options, **(processor_kwargs or {}))
-    if (processor_kwargs or {}).get("do_pad"):
+    processor = AutoProcessor.from_pretrained(source, **options, **processor_kwargs)
+    if processor_kwargs.get("do_pad"):
         processor = _pad_to_square(processor, config.model_type)
     tokenizer = getattr(processor, "tokenizer", None)
     for key in ("min_pixels", "max_pixels"):  # already in the image processor's size; kept
@@ -133,5 +142,5 @@ def wrap_model(model, processor, source: str) -> VisionLanguageModel:
     """Switch ``model``'s language layers to the capture attention and wrap it (eval mode)."""
     model.eval()
     model.set_attn_implementation({"text_config": ATTENTION_NAME})
-    adapter = family_for(model.config.model_type)
+    adapter = family_of(model.config)
     return VisionLanguageModel(model, processor, adapter, source=source)

@@ -17,8 +17,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from vgutils.models import chat_templates
+from vgutils.models.tiny_original import ORIGINAL_FAMILIES, build_original
 
-TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_5_vl", "internvl", "gemma3")
+TINY_FAMILIES: tuple[str, ...] = (
+    "llava",
+    "qwen2_5_vl",
+    "internvl",
+    "gemma3",
+    "llava_qwen2",
+    "llava_mistral",
+)
+"""Every tiny build; ``llava_qwen2`` / ``llava_mistral`` are original-format LLaVA
+checkpoints (:mod:`vgutils.models.tiny_original`) that ``load_model`` converts."""
 
 _CORPUS = [
     "Is there a kidney in the image? Does this image show a colon? Is there a lesion in the liver?",
@@ -312,11 +322,14 @@ _BUILDERS: dict[str, Callable] = {
 
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build the tiny model of ``family`` into ``out_dir`` (weights, config, processor,
-    tokenizer, chat template) and return the folder. Deterministic for a ``seed``."""
-    if family not in _BUILDERS:
+    tokenizer, chat template; original-format checkpoints for ``llava_qwen2`` and
+    ``llava_mistral``) and return the folder. Deterministic for a ``seed``."""
+    if family not in _BUILDERS and family not in ORIGINAL_FAMILIES:
         raise ValueError(f"no tiny build for family {family!r}; known: {TINY_FAMILIES}")
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
+    if family in ORIGINAL_FAMILIES:
+        return build_original(family, out_dir)
     model, processor = _BUILDERS[family]()
     model.generation_config.do_sample = False
     out_dir.mkdir(parents=True, exist_ok=True)

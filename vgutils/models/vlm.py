@@ -11,6 +11,7 @@ from PIL import Image
 from vgutils.geometry import BOX_MAPPINGS, TokenLayout, scaled_layout
 from vgutils.models.attention import capture
 from vgutils.models.families import FamilyAdapter
+from vgutils.models.preprocess import install_image_cache
 
 ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
 GENERIC_QUESTION = "Write a general description of the image."
@@ -20,6 +21,18 @@ STRATEGIES: tuple[str, ...] = ("last", "question", "all")
 def question_prompt_text(question: str) -> str:
     """The user text of a question prompt (METHOD.md): question + answer instruction."""
     return f"{question.strip()} {ANSWER_INSTRUCTION}"
+
+
+def to_device(inputs, device: torch.device):
+    """``inputs`` (a BatchFeature) on ``device``; on CUDA through pinned memory with
+    non-blocking copies, so a background loader's copies overlap the GPU's work."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return inputs.to(device)
+    for key, value in inputs.items():
+        if torch.is_tensor(value):
+            inputs[key] = value.pin_memory().to(device, non_blocking=True)
+    return inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +72,8 @@ class VisionLanguageModel:
         self.num_layers = int(text_config.num_hidden_layers)
         self.num_heads = int(text_config.num_attention_heads)
         self.image_token_id = int(adapter.image_token_id(model))
+        # an image's prompts share one run of the image processor (see preprocess.py)
+        self.image_cache = install_image_cache(processor)
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +123,7 @@ class VisionLanguageModel:
             "all": np.arange(length),
         }
         return Prepared(
-            inputs=inputs.to(self.device),
+            inputs=to_device(inputs, self.device),
             image_positions=image_positions,
             query_positions=query_positions,
             layout=layout,
