@@ -28,13 +28,13 @@ def test_16bit_grayscale_scaled_min_max(tmp_path):
     np.testing.assert_array_equal(rgb[..., 0], [[0, 64], [128, 255]])
 
 
-def test_rgba_composited_over_black_and_palette(tmp_path):
+def test_rgba_composited_onto_white_and_palette(tmp_path):
     rgba = np.zeros((1, 2, 4), dtype=np.uint8)
     rgba[0, 0] = [200, 100, 50, 255]
     rgba[0, 1] = [200, 100, 50, 0]
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     np.testing.assert_array_equal(
-        np.asarray(load_image(tmp_path / "a.png"))[0], [[200, 100, 50], [0, 0, 0]]
+        np.asarray(load_image(tmp_path / "a.png"))[0], [[200, 100, 50], [255, 255, 255]]
     )
     Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "p.png")
     assert load_image(tmp_path / "p.png").mode == "RGB"
@@ -151,10 +151,12 @@ def test_manifest_rules_slake_xywh_and_row_override(tmp_path, image_root, monkey
     root = tmp_path / "root"
     (root / "vgmed").mkdir(parents=True)
     shutil.copytree(image_root, root / "vgmed" / "images")
+    shutil.copytree(image_root, root / "vgmed" / "images" / "sub")
     rows = [
         {"image": "ok.png", "question": "Q?", "bbox": [10, 10, 20, 20]},
         {"image": "Slake_1.png", "question": "Q?", "bbox": [10, 10, 20, 20]},
         {"image": "ok.png", "question": "Q?", "bbox": [10, 10, 20, 20], "bbox_format": "xywh"},
+        {"image": "sub/Slake_1.png", "question": "Q?", "bbox": [10, 10, 20, 20]},
         {"image": "ok.png", "question": "Q?", "original_bboxes": [[1, 2, 3, 4], [5, 6, 7, 8]]},
     ]
     (root / "vgmed" / "VGMED_localization.jsonl").write_text(
@@ -165,7 +167,9 @@ def test_manifest_rules_slake_xywh_and_row_override(tmp_path, image_root, monkey
     np.testing.assert_array_equal(samples[0].boxes, [[10, 10, 20, 20]])
     np.testing.assert_array_equal(samples[1].boxes, [[10, 10, 30, 30]])
     np.testing.assert_array_equal(samples[2].boxes, [[10, 10, 30, 30]])
-    np.testing.assert_array_equal(samples[3].boxes, [[1, 2, 3, 4], [5, 6, 7, 8]])
+    # the rule tests the row's image string (relative path), not its base name
+    np.testing.assert_array_equal(samples[3].boxes, [[10, 10, 20, 20]])
+    np.testing.assert_array_equal(samples[4].boxes, [[1, 2, 3, 4], [5, 6, 7, 8]])
     assert {s.q_type for s in samples} == {"localization"}
     # the argument overrides the manifest rule, the row's own format overrides both
     forced = load_dataset("vgmed-localization", bbox_format="xywh")

@@ -67,7 +67,7 @@ def test_knockout_holds_for_generated_tokens(family, vlms):
     rows = text_rows_after_image(prepared)
     keys = prepared.image_positions[1::2]
     length = prepared.inputs["input_ids"].shape[1]
-    with torch.no_grad(), knockout(vlm, [0, 2], rows, keys):
+    with torch.no_grad(), knockout(vlm, [0, 2], rows, keys, include_generated=True):
         generated = vlm.model.generate(**prepared.inputs, max_new_tokens=3, do_sample=False)
         # the same greedy tokens without the cache: the edit acts on every generated row
         sequence = prepared.inputs["input_ids"]

@@ -132,6 +132,38 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
+def _processor_kwargs(args) -> dict | None:
+    """``--max-pixels`` / ``--min-pixels`` / ``--processor-kwarg KEY=VALUE`` as one dict
+    (None when none is given: the protocol decides)."""
+    from vgutils.protocols import parse_processor_kwarg
+
+    kwargs = dict(parse_processor_kwarg(text) for text in args.processor_kwarg or [])
+    for key in ("max_pixels", "min_pixels"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    return kwargs or None
+
+
+def _protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every protocol setting of the images has (extract and vqa)."""
+    from vgutils.protocols import PROTOCOLS
+
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="corrected",
+        help="preset of the settings (METHOD.md): authors | corrected (default)",
+    )
+    parser.add_argument("--max-pixels", type=int, help="processor max_pixels (Qwen family)")
+    parser.add_argument("--min-pixels", type=int, help="processor min_pixels (Qwen family)")
+    parser.add_argument(
+        "--processor-kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="processor setting, e.g. do_pad=true (repeatable; value read as YAML)",
+    )
+
+
 def _extract(args) -> int:
     from vgutils.runner import ExtractOptions, extract
 
@@ -148,6 +180,9 @@ def _extract(args) -> int:
         dtype=args.dtype,
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
+        protocol=args.protocol,
+        box_mapping=args.box_mapping,
+        processor_kwargs=_processor_kwargs(args),
     )
     summary = extract(
         options,
@@ -183,6 +218,18 @@ def _merge(args) -> int:
     return 0
 
 
+def _layers(values: list[str] | None):
+    """``--layers``: numbers, or one word ``best`` / ``heads``; None: the protocol's."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0] in ("best", "heads"):
+        return values[0]
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise UsageError(f"--layers {' '.join(values)}: expected numbers, best or heads") from None
+
+
 def _vqa(args) -> int:
     if args.benchmark:
         return _vqa_benchmark(args)
@@ -196,13 +243,17 @@ def _vqa(args) -> int:
         refine=args.refine,
         heads_from=str(args.heads_from) if args.heads_from else None,
         top_k=args.top_k,
-        layers=tuple(args.layers) if args.layers else None,
+        layers=_layers(args.layers),
         percentile=args.percentile,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         image_root=str(args.image_root) if args.image_root else None,
         bbox_format=args.bbox_format,
         dtype=args.dtype,
+        protocol=args.protocol,
+        denominator=args.denominator,
+        include_generated=args.include_generated,
+        processor_kwargs=_processor_kwargs(args),
     )
     _, table, seconds = run_vqa(options, args.out, device=args.device)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -223,8 +274,11 @@ def _vqa_benchmark(args) -> int:
         seed=args.seed,
         refine=args.refine,
         heads_from=str(args.heads_from) if args.heads_from else None,
+        protocol=args.protocol or "corrected",
         top_k=args.top_k,
-        layers=tuple(args.layers) if args.layers else None,
+        layers=_layers(args.layers),
+        denominator=args.denominator,
+        include_generated=args.include_generated,
         percentile=args.percentile,
         limit=args.limit,
         dtype=args.dtype,
@@ -412,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument(
         "--retry-errors", action="store_true", help="compute the skipped samples again"
     )
+    _protocol_arguments(extract)
+    extract.add_argument(
+        "--box-mapping",
+        choices=("processor", "scaled"),
+        help="boxes onto the token grid: processor geometry, or the authors' scaling "
+        "(default: the protocol's)",
+    )
     extract.set_defaults(run=_extract)
 
     vqa = commands.add_parser("vqa", help="VQA accuracy, optionally with VGRefine")
@@ -423,21 +484,36 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument(
         "--top-k",
         type=_arg(checks.positive_int, "--top-k"),
-        default=10,
+        default=20,
         help="visually sensitive heads",
     )
     vqa.add_argument(
         "--layers",
-        type=_arg(checks.non_negative_int, "--layers"),
         nargs="+",
-        help="knockout layers (default: heads')",
+        help="knockout layers: numbers, 'best' (the single most visually sensitive layer: "
+        "the one holding the most top heads, ties to the best mean metric; printed) or "
+        "'heads' (every layer holding a top head). Default: the protocol's",
     )
     vqa.add_argument(
         "--percentile", type=_arg(checks.percentile, ""), default=80.0, help="low-relevance cut"
     )
     vqa.add_argument(
-        "--max-new-tokens", type=_arg(checks.positive_int, "--max-new-tokens"), default=16
+        "--max-new-tokens",
+        type=_arg(checks.positive_int, "--max-new-tokens"),
+        help="default: the protocol's (1 | 16)",
     )
+    vqa.add_argument(
+        "--denominator",
+        choices=("layer", "head"),
+        help="triage: each top head over its layer's mean generic map (authors) or its "
+        "own (default: the protocol's)",
+    )
+    vqa.add_argument(
+        "--include-generated",
+        action=argparse.BooleanOptionalAction,
+        help="knockout also blocks the generated tokens (default: the protocol's)",
+    )
+    _protocol_arguments(vqa)
     vqa.add_argument("--limit", type=_arg(checks.positive_int, "--limit"))
     vqa.add_argument("--image-root", type=Path)
     vqa.add_argument("--bbox-format", choices=("xyxy", "xywh"))

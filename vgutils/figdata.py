@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from vgutils.data import load_dataset, load_image, resolve_dataset
-from vgutils.jobs import find_job, job_dir, load_jobs_metrics
-from vgutils.results import RunMismatch, load_maps, load_metrics
+from vgutils.jobs import find_job, job_dir, load_jobs_metrics, load_profile
+from vgutils.results import load_maps, load_metrics
 from vgutils.stats import LOWER_IS_BETTER, best_layers, domain_difference, layer_curves
 
 METRICS = ("attention_ratio", "kl", "js")
@@ -203,21 +203,60 @@ def describe_strategies(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def refine_cases(profile: str, spec: dict) -> list[dict]:
-    """Rows for :func:`vgutils.plots.failure_cases_figure`: VGRefine on ``spec["cases"]``
-    ({dataset: [sample ids] or a count}) with heads ranked on ``spec["calibration"]``."""
-    from vgutils.models import load_model
-    from vgutils.refine import answer, rank_heads
+def refine_options(profile: str, spec: dict, dataset: str, protocol: str | None = None):
+    """The resolved :class:`vgutils.vqa.VQAOptions` of the profile's VGRefine under
+    ``protocol`` (default: the profile's): the protocol's settings, with the ones ``spec``
+    sets (``top_k``, ``layers``, ``max_new_tokens``, ``percentile``, ``denominator``,
+    ``include_generated``) overriding them. Heads come from the calibration job of the same
+    protocol, else of the profile's protocol."""
+    from vgutils.vqa import VQAOptions, resolve_vqa_options
 
+    protocol = protocol or load_profile(profile).get("protocol", "corrected")
     model = spec["model"]
-    heads = rank_heads(
-        load_metrics(
-            job_dir(profile, find_job(profile, model, spec["calibration"])), "head_metrics"
-        ),
-        top_k=spec.get("top_k", 10),
+    try:
+        calibration = find_job(profile, model, spec["calibration"], protocol=protocol)
+    except KeyError:
+        calibration = find_job(profile, model, spec["calibration"])
+    layers = spec.get("layers")
+    return resolve_vqa_options(
+        VQAOptions(
+            model=model,
+            dataset=dataset,
+            refine=True,
+            heads_from=str(job_dir(profile, calibration)),
+            top_k=spec.get("top_k"),
+            layers=tuple(layers) if isinstance(layers, list) else layers,
+            percentile=spec.get("percentile", 80),
+            max_new_tokens=spec.get("max_new_tokens"),
+            limit=spec.get("limit"),
+            protocol=protocol,
+            denominator=spec.get("denominator"),
+            include_generated=spec.get("include_generated"),
+        )
     )
-    vlm = load_model(model, device=spec.get("device", "auto"))
-    layers = spec.get("layers") or sorted({layer for layer, _ in heads})
+
+
+def refine_protocols(profile: str, spec: dict) -> list[str]:
+    """The protocols the profile's VGRefine figure shows (``spec["protocols"]``, default:
+    the profile's protocol)."""
+    return list(spec.get("protocols") or [load_profile(profile).get("protocol", "corrected")])
+
+
+def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[dict]:
+    """Rows for :func:`vgutils.plots.failure_cases_figure`: VGRefine under ``protocol`` on
+    ``spec["cases"]`` ({dataset: [sample ids] or a count}) with heads ranked on
+    ``spec["calibration"]`` (settings: :func:`refine_options`)."""
+    from vgutils.models import load_model
+    from vgutils.refine import answer
+    from vgutils.vqa import heads_and_layers
+
+    options = refine_options(profile, spec, spec["calibration"], protocol)
+    vlm = load_model(
+        options.model,
+        device=spec.get("device", "auto"),
+        processor_kwargs=options.processor_kwargs,
+    )
+    heads, layers = heads_and_layers(options, vlm.num_layers, verbose=False)
     rows = []
     for dataset, chosen in spec["cases"].items():
         samples = load_dataset(dataset)
@@ -236,13 +275,17 @@ def refine_cases(profile: str, spec: dict) -> list[dict]:
                 sample.question,
                 heads,
                 layers,
-                spec.get("percentile", 80),
-                spec.get("max_new_tokens", 8),
+                options.percentile,
+                options.max_new_tokens,
+                denominator=options.denominator,
+                include_generated=options.include_generated,
             )
             rows.append(
                 {
                     "title": f"{dataset}: {sample.question}",
                     "sample_id": sample.id,
+                    "protocol": options.protocol,
+                    "knockout_layers": list(layers),
                     "domain": domain,
                     "image": image,
                     "layout": result.triage.prepared.layout,
@@ -258,53 +301,108 @@ def refine_cases(profile: str, spec: dict) -> list[dict]:
     return rows
 
 
-def vqa_accuracy(profile: str, spec: dict) -> pd.DataFrame:
-    """Baseline and VGRefine accuracy on ``spec["vqa_datasets"]`` (runs cached in
-    ``results/<profile>/vqa__...``)."""
+def fresh_vqa(options, folder, device: str = "auto"):
+    """``run_vqa`` into a generated results folder; a folder left by other options or an
+    older version of the code is recomputed (as ``jobs.ensure_results`` does)."""
+
+    from vgutils.results import RunMismatch
+    from vgutils.vqa import run_vqa
+
+    try:
+        return run_vqa(options, folder, device=device, progress=False)
+    except RunMismatch as err:
+        print(f"{folder.name}: recomputing ({str(err).splitlines()[0]})")
+        shutil.rmtree(folder)
+        return run_vqa(options, folder, device=device, progress=False)
+
+
+def _answer_changes(answers: pd.DataFrame) -> dict:
+    """How VGRefine changed the answers of one question kind: share changed, right ->
+    wrong and wrong -> right counts (exact match), mean share of ground-truth tokens the
+    triage knocked out."""
+    right, refined = answers["baseline_exact"] == 1, answers["refined_exact"] == 1
+    knocked = answers["gt_knocked"] / answers["gt_tokens"] if "gt_knocked" in answers else None
+    return {
+        "changed": float((answers["baseline"] != answers["refined"]).mean()),
+        "right_to_wrong": int((right & ~refined).sum()),
+        "wrong_to_right": int((~right & refined).sum()),
+        "gt_knocked_share": float(knocked.mean()) if knocked is not None else np.nan,
+    }
+
+
+def vqa_accuracy(profile: str, spec: dict, protocol: str | None = None) -> pd.DataFrame:
+    """Baseline and VGRefine accuracy on ``spec["vqa_datasets"]`` under ``protocol``
+    (runs cached in ``results/<profile>/vqa__...``; the folder name says the protocol when
+    it is not ``corrected``), with ``protocol``, the knockout layers and how many
+    ground-truth tokens the triage knocked out."""
     from vgutils.jobs import Job
     from vgutils.paths import results_dir
-    from vgutils.vqa import VQAOptions, run_vqa
+    from vgutils.vqa import accuracy_table, heads_and_layers
 
-    model = spec["model"]
-    calibration = job_dir(profile, find_job(profile, model, spec["calibration"]))
     tables = []
     for dataset in spec["vqa_datasets"]:
-        options = VQAOptions(
-            model=model,
+        options = refine_options(profile, spec, dataset, protocol)
+        name = Job(options.model, dataset, protocol=options.protocol).name
+        folder = results_dir(profile) / f"vqa__{name}"
+        answers, table, _ = fresh_vqa(options, folder, spec.get("device", "auto"))
+        _, layers = heads_and_layers(options, 10**6, verbose=False)
+        table = accuracy_table(answers).assign(
             dataset=dataset,
-            refine=True,
-            heads_from=str(calibration),
-            top_k=spec.get("top_k", 10),
-            layers=tuple(spec["layers"]) if spec.get("layers") else None,
-            percentile=spec.get("percentile", 80),
-            max_new_tokens=spec.get("max_new_tokens", 8),
-            limit=spec.get("limit"),
+            protocol=options.protocol,
+            knockout_layers=" ".join(map(str, layers)),
+            percentile=options.percentile,
         )
-        folder = results_dir(profile) / f"vqa__{Job(model, dataset).name}"
-        device = spec.get("device", "auto")
-        try:
-            _, table, _ = run_vqa(options, folder, device=device, progress=False)
-        except RunMismatch:  # generated results of an older setup: recompute them
-            shutil.rmtree(folder)
-            _, table, _ = run_vqa(options, folder, device=device, progress=False)
-        tables.append(table.assign(dataset=dataset))
+        changes = [_answer_changes(frame) for _, frame in answers.groupby("closed")]
+        table = pd.concat([table, pd.DataFrame(changes)], axis=1)
+        tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
 def describe_refine(rows: list[dict], accuracy: pd.DataFrame) -> str:
-    """Which cases changed answer under VGRefine, and the accuracy change."""
+    """Which cases changed answer under VGRefine (per protocol), and the accuracy change
+    per protocol, dataset and question kind, saying in words when VGRefine lowers
+    accuracy and what the numbers show about why (answers flipped, evidence knocked out)."""
     lines = []
     for row in rows:
         changed = "changed" if row["baseline"] != row["refined"] else "unchanged"
         lines.append(
-            f"- `{row['sample_id']}` (truth *{row['truth']}*): baseline *{row['baseline']}*, "
-            f"VGRefine *{row['refined']}* ({changed}; {int(row['low'].sum())} of "
-            f"{len(row['low'])} image tokens knocked out)."
+            f"- [{row.get('protocol', '')}] `{row['sample_id']}` (truth *{row['truth']}*): "
+            f"baseline *{row['baseline']}*, VGRefine *{row['refined']}* ({changed}; "
+            f"{int(row['low'].sum())} of {len(row['low'])} image tokens knocked out in "
+            f"layer(s) {', '.join(map(str, row.get('knockout_layers', [])))})."
         )
     for record in accuracy.to_dict("records"):
-        lines.append(
-            f"- {record['dataset']}, {record['questions']} (n = {record['n']}): exact-match "
-            f"accuracy {record['baseline_exact']:.3f} without, {record['refined_exact']:.3f} "
-            "with VGRefine."
+        before, after = record["baseline_exact"], record["refined_exact"]
+        delta = after - before
+        verdict = (
+            "VGRefine **lowers** accuracy"
+            if delta < 0
+            else "VGRefine raises accuracy"
+            if delta > 0
+            else "VGRefine leaves accuracy unchanged"
         )
+        line = (
+            f"- **{record.get('protocol', '')}**, {record['dataset']}, {record['questions']} "
+            f"(n = {record['n']}; knockout layer(s) {record.get('knockout_layers', '?')}): "
+            f"exact match {before:.3f} without, {after:.3f} with VGRefine ({delta:+.3f}): "
+            f"{verdict}."
+        )
+        if "changed" in record and pd.notna(record["changed"]):
+            line += (
+                f" {record['changed']:.0%} of the answers change: "
+                f"{record['right_to_wrong']} right -> wrong, "
+                f"{record['wrong_to_right']} wrong -> right."
+            )
+        share = record.get("gt_knocked_share")
+        if share is not None and pd.notna(share):
+            line += (
+                f" The triage knocks out {share:.0%} of the ground-truth tokens on average "
+                f"(the cut removes about {record.get('percentile', 80):.0f}% of all tokens)"
+                + (
+                    ", so part of the evidence the answer needs is cut away."
+                    if delta < 0 and share > 0
+                    else "."
+                )
+            )
+        lines.append(line)
     return "\n".join(lines)

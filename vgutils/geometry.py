@@ -154,6 +154,31 @@ class TokenLayout:
         )
 
 
+BOX_MAPPINGS: tuple[str, ...] = ("processor", "scaled")
+"""How boxes meet the token grid (METHOD.md, "box -> token grid"): ``processor`` = the
+processor's real geometry (pad, crop, tiles); ``scaled`` = the authors' mapping."""
+
+
+def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayout:
+    """The authors' box mapping (METHOD.md): the model's token grid spread uniformly over
+    the WHOLE original image, ignoring any pad-to-square or centre crop. With "any
+    positive overlap" (:func:`vgutils.metrics.gt_mask`) token ``(r, c)`` of a
+    ``rows x cols`` grid is inside box ``[x0, y0, x1, y1]`` (clamped to the image) exactly
+    when ``floor(x0 * cols / W) <= c < ceil(x1 * cols / W)`` and the same for rows: the
+    authors' scaling of the box onto the stretched grid. Equal to ``layout`` for
+    families that only resize (Qwen2.5-VL, Gemma 3). Undefined, ``ValueError`` naming
+    ``family``, for a layout with several grids (tiled InternVL)."""
+    if len(layout.grids) != 1 or layout.grids[0][0] != 0:
+        raise ValueError(
+            f"box_mapping='scaled' is undefined for family {family!r}: its image gives "
+            f"{len(layout.grids)} token grids (tiles), not one grid to stretch over the image"
+        )
+    _, rows, cols = layout.grids[0]
+    if rows * cols != layout.n_tokens:
+        raise ValueError(f"box_mapping='scaled' is undefined for family {family!r}")
+    return TokenLayout.from_grid(rows, cols, layout.image_size)
+
+
 def grid_boxes(rows: int, cols: int, region_xyxy: tuple[float, float, float, float]) -> np.ndarray:
     """xyxy boxes ``(rows*cols, 4)``, row-major, tiling ``region_xyxy`` evenly."""
     if rows <= 0 or cols <= 0:

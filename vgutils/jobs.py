@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +23,10 @@ from vgutils.paths import check_profile, results_dir
 
 @dataclass(frozen=True)
 class Job:
-    """One extraction: results land in ``results/<profile>/<name>/``."""
+    """One extraction: results land in ``results/<profile>/<name>/``. ``protocol``,
+    ``box_mapping`` and ``processor`` (processor kwargs) as in
+    :class:`vgutils.runner.ExtractOptions`; the folder name says every one that is not the
+    default (``corrected``, the protocol's mapping, no extra processor kwargs)."""
 
     model: str
     dataset: str
@@ -31,15 +34,35 @@ class Job:
     heads: bool = False
     save_maps: bool = False
     limit: int | None = None
+    protocol: str = "corrected"
+    box_mapping: str | None = None
+    processor: tuple[tuple[str, object], ...] = ()
 
     @property
     def name(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "_", self.model).strip("_")
-        return f"{slug}__{self.dataset}__{self.strategy}"
+        name = f"{slug}__{self.dataset}__{self.strategy}"
+        if self.protocol != "corrected":
+            name += f"__{self.protocol}"
+        if self.box_mapping:
+            name += f"__boxes-{self.box_mapping}"
+        for key, value in self.processor:
+            name += "__" + re.sub(r"[^A-Za-z0-9.-]+", "_", f"{key}-{value}")
+        return name
+
+    @property
+    def setting(self) -> tuple:
+        """What identifies the job beyond (model, dataset, strategy)."""
+        return (self.protocol, self.box_mapping, self.processor)
+
+
+def _processor(spec: dict | None) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((spec or {}).items()))
 
 
 def load_profile(profile: str) -> dict:
-    """The profile's settings (``notebooks/params/<profile>.yaml``)."""
+    """The profile's settings (``notebooks/params/<profile>.yaml``). Its ``caption`` says
+    which protocol the figures show (the profile's ``protocol``, default ``corrected``)."""
     path = check_profile(profile)
     try:
         settings = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -49,32 +72,44 @@ def load_profile(profile: str) -> dict:
         ) from err
     if not isinstance(settings, dict):
         raise DataError(f"{path}: expected a mapping of settings")
+    protocol = f"protocol: {settings.get('protocol', 'corrected')}"
+    caption = settings.get("caption")
+    settings["caption_plain"] = caption
+    settings["caption"] = f"{caption} · {protocol}" if caption else protocol
     return settings
 
 
 def profile_jobs(settings: dict) -> list[Job]:
-    """Every extraction job the profile's figures need (deduplicated, in order)."""
+    """Every extraction job the profile's figures need (deduplicated, in order). A job
+    spec may set ``protocol`` (a name or a list; default: the profile's ``protocol``,
+    else ``corrected``), ``box_mapping`` and ``processor`` (a mapping of processor
+    kwargs)."""
     jobs: dict[str, Job] = {}
+    default_protocol = settings.get("protocol", "corrected")
     for spec in settings.get("jobs", []):
         defaults = {
             k: spec.get(k, v)
             for k, v in (("heads", False), ("save_maps", False), ("limit", settings.get("limit")))
         }
+        protocols = spec.get("protocol", default_protocol)
+        protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+        extra = {
+            "box_mapping": spec.get("box_mapping"),
+            "processor": _processor(spec.get("processor")),
+        }
         for model in spec["models"]:
             for dataset in spec["datasets"]:
                 for strategy in spec.get("strategies", ["last"]):
-                    job = Job(model, dataset, strategy, **defaults)
-                    previous = jobs.get(job.name)
-                    if previous is not None:  # the union of what two figures need
-                        job = Job(
-                            model,
-                            dataset,
-                            strategy,
-                            heads=job.heads or previous.heads,
-                            save_maps=job.save_maps or previous.save_maps,
-                            limit=job.limit,
-                        )
-                    jobs[job.name] = job
+                    for protocol in protocols:
+                        job = Job(model, dataset, strategy, **defaults, protocol=protocol, **extra)
+                        previous = jobs.get(job.name)
+                        if previous is not None:  # the union of what two figures need
+                            job = replace(
+                                job,
+                                heads=job.heads or previous.heads,
+                                save_maps=job.save_maps or previous.save_maps,
+                            )
+                        jobs[job.name] = job
     return list(jobs.values())
 
 
@@ -98,6 +133,9 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
             heads=job.heads,
             save_maps=job.save_maps,
             dtype=settings.get("dtype", "auto"),
+            protocol=job.protocol,
+            box_mapping=job.box_mapping,
+            processor_kwargs=dict(job.processor) or None,
         )
         folder = job_dir(profile, job)
         run = dict(
@@ -124,9 +162,25 @@ def load_jobs_metrics(profile: str, jobs: list[Job], kind: str = "metrics") -> p
     return pd.concat([load_metrics(job_dir(profile, j), kind) for j in jobs], ignore_index=True)
 
 
-def find_job(profile: str, model: str, dataset: str, strategy: str = "last") -> Job:
-    """The profile's job for (model, dataset, strategy)."""
-    for job in profile_jobs(load_profile(profile)):
+def find_job(
+    profile: str,
+    model: str,
+    dataset: str,
+    strategy: str = "last",
+    protocol: str | None = None,
+    box_mapping: str | None = None,
+    processor: dict | None = None,
+) -> Job:
+    """The profile's job for (model, dataset, strategy) under ``protocol`` (default: the
+    profile's), ``box_mapping`` and ``processor`` kwargs (default: none given)."""
+    settings = load_profile(profile)
+    protocol = protocol or settings.get("protocol", "corrected")
+    wanted = (protocol, box_mapping, _processor(processor))
+    for job in profile_jobs(settings):
         if (job.model, job.dataset, job.strategy) == (model, dataset, strategy):
-            return job
-    raise KeyError(f"profile {profile!r} has no job {model} / {dataset} / {strategy}")
+            if job.setting == wanted:
+                return job
+    raise KeyError(
+        f"profile {profile!r} has no job {model} / {dataset} / {strategy} with protocol "
+        f"{protocol}, box_mapping {box_mapping}, processor {processor or {}}"
+    )

@@ -75,11 +75,39 @@ class MCOptions:
     seed: int = 42
     refine: bool = False
     heads_from: str | None = None
-    top_k: int = 10
-    layers: tuple[int, ...] | None = None
+    protocol: str = "corrected"
+    top_k: int | None = None  # None: the protocol's (20)
+    layers: tuple[int, ...] | str | None = None  # numbers, "best", "heads"; None: protocol's
+    denominator: str | None = None  # triage denominator; None: the protocol's
+    include_generated: bool | None = None  # knockout of generated rows; None: protocol's
     percentile: float = 80.0
     limit: int | None = None
     dtype: str = "auto"
+
+
+def resolve_mc_options(options: MCOptions) -> MCOptions:
+    """``options`` with the VGRefine protocol's value (:mod:`vgutils.protocols`) for every
+    setting left ``None`` (recorded in run.json; a resume with another value refuses)."""
+    from dataclasses import replace
+
+    from vgutils.protocols import get_protocol
+
+    protocol = get_protocol(options.protocol)
+    layers = options.layers if options.layers is not None else protocol.knockout_layers
+    if isinstance(layers, list):
+        layers = tuple(int(x) for x in layers)
+    return replace(
+        options,
+        protocol=protocol.name,
+        top_k=options.top_k if options.top_k is not None else protocol.top_k,
+        layers=layers,
+        denominator=options.denominator or protocol.denominator,
+        include_generated=(
+            options.include_generated
+            if options.include_generated is not None
+            else protocol.include_generated
+        ),
+    )
 
 
 def resolve_benchmark(name_or_path: str, root: str | Path | None = None) -> Path:
@@ -134,21 +162,6 @@ def generate(vlm, prepared, decoding: str, seed: int) -> str:
     return vlm.processor.decode(new_tokens, skip_special_tokens=True).strip()
 
 
-def _heads_and_layers(options: MCOptions, num_layers: int):
-    from vgutils.refine import rank_heads
-
-    if not options.heads_from:
-        raise ValueError(
-            "--refine needs --heads-from: a calibration run made with `extract --heads`"
-        )
-    heads = rank_heads(load_metrics(options.heads_from, "head_metrics"), top_k=options.top_k)
-    layers = list(options.layers or sorted({layer for layer, _ in heads}))
-    bad = [layer for layer in layers if not 0 <= layer < num_layers]
-    if bad:
-        raise ValueError(f"--layers {bad} outside 0..{num_layers - 1}")
-    return heads, layers
-
-
 def _scored(row: dict, which: str, output: str, record: MCRecord) -> None:
     for suffix, fallback in (("", "intended"), ("_reference", "reference")):
         letter = extract_letter(output, record.options, fallback=fallback)
@@ -200,6 +213,9 @@ def run_mc(
     ``(answers, table, seconds)``."""
     from vgutils.data import load_image
     from vgutils.models.loading import load_model
+    from vgutils.vqa import heads_and_layers
+
+    options = resolve_mc_options(options)
     from vgutils.refine import knockout, text_rows_after_image, triage
 
     if options.decoding not in DECODINGS:
@@ -228,7 +244,7 @@ def run_mc(
             groups.setdefault(item.images[0], []).append(item)
     if groups:
         vlm = load_model(options.model, device=device, dtype=options.dtype)
-        heads, layers = _heads_and_layers(options, vlm.num_layers) if options.refine else ([], [])
+        heads, layers = heads_and_layers(options, vlm.num_layers) if options.refine else ([], [])
     bar = tqdm(
         total=sum(map(len, groups.values())),
         unit="q",
@@ -272,12 +288,14 @@ def run_mc(
                     heads,
                     options.percentile,
                     generic_heads=generic,
+                    denominator=options.denominator,
                     user_text=text,
                 )
                 prepared = found.prepared
                 baseline = generate(vlm, prepared, options.decoding, seed)
                 keys = prepared.image_positions[found.low]
-                with knockout(vlm, layers, text_rows_after_image(prepared), keys):
+                rows_after_image = text_rows_after_image(prepared)
+                with knockout(vlm, layers, rows_after_image, keys, options.include_generated):
                     refined = generate(vlm, prepared, options.decoding, seed)
                 _scored(row, "refined", refined, item)
                 row["masked_tokens"] = int(found.low.sum())

@@ -18,12 +18,15 @@ KL_FLOOR = 1e-12
 
 def gt_mask(layout: TokenLayout, boxes_xyxy: object) -> np.ndarray:
     """Boolean ``(N,)``: token ``i`` is ground truth iff its rectangle overlaps some box
-    with positive area (strict inequalities, so touching edges do not count).
+    with positive area (strict inequalities, so touching edges do not count). Boxes are
+    clamped to the image first (METHOD.md, "inside"), so a box running past the image
+    edge never marks tokens that only see padding.
 
     ``boxes_xyxy``: one ``(4,)`` box or ``(k, 4)`` boxes in original-image pixels.
     Raises ``ValueError`` when no token overlaps any box.
     """
-    boxes = as_box_array(boxes_xyxy)
+    width, height = layout.image_size
+    boxes = np.clip(as_box_array(boxes_xyxy), 0.0, [width, height, width, height])
     tokens = layout.boxes
     overlap_x = np.minimum(tokens[:, None, 2], boxes[None, :, 2]) > np.maximum(
         tokens[:, None, 0], boxes[None, :, 0]

@@ -368,40 +368,64 @@ def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
 def failure_cases_figure(rows: list[dict], caption: str | None = None):
     """VGRefine cases (Fig 4). Row dict: ``title``, ``image``, ``layout``, ``boxes``,
     ``truth``, ``before`` / ``after`` ``(N,)`` maps (mean over the knockout layers),
-    ``baseline`` / ``refined`` answers, ``low`` ``(N,)`` triage mask, ``domain``.
+    ``baseline`` / ``refined`` answers, ``low`` ``(N,)`` triage mask, ``domain``, and
+    optionally ``protocol`` and ``knockout_layers`` (named at the left of the row).
     Columns: image with box and ground truth; the triage (knocked-out tokens dark);
-    attention before and after with the answers."""
-    fig, axes = plt.subplots(len(rows), 4, squeeze=False, figsize=(6.4, 1.75 * len(rows) + 0.3))
+    attention before and after with the answers, on one colour scale per row (bar)."""
+    fig, axes = plt.subplots(
+        len(rows),
+        4,
+        squeeze=False,
+        figsize=(7.0, 2.05 * len(rows) + 0.4),
+        layout="constrained",
+    )
     for axes_row, row in zip(axes, rows, strict=True):
         image = np.asarray(row["image"])
         extent = (0, row["layout"].image_size[0], row["layout"].image_size[1], 0)
         colour = DOMAIN_COLOURS.get(row.get("domain"), "black")
         axes_row[0].imshow(image, extent=extent)
         _draw_boxes(axes_row[0], row["boxes"], BEST_LAYER_COLOUR)
-        axes_row[0].set_title(textwrap.fill(row["title"], 30), fontsize=6, color=colour)
+        axes_row[0].set_title(textwrap.fill(row["title"], 36), fontsize=6, color=colour)
         axes_row[0].set_xlabel(f"truth: {row['truth']}", fontsize=7)
+        if row.get("protocol"):
+            layers = ", ".join(map(str, row.get("knockout_layers", [])))
+            axes_row[0].set_ylabel(
+                f"{row['protocol']}\nknockout layer(s) {layers}", fontsize=7, fontweight="bold"
+            )
         kept = token_heatmap((~row["low"]).astype(float), row["layout"])
         axes_row[1].imshow(image, extent=extent)
         axes_row[1].imshow(
             kept, extent=extent, cmap="gray", vmin=0, vmax=1, alpha=0.65, interpolation="nearest"
         )
         axes_row[1].set_title("triage: dark = knocked out", fontsize=6)
+        axes_row[1].set_xlabel(f"{int(row['low'].sum())} of {len(row['low'])} tokens", fontsize=7)
+        vmax = float(np.nanmax([np.nanmax(row["before"]), np.nanmax(row["after"])]))
         for ax, key, answer_key, label in (
             (axes_row[2], "before", "baseline", "before"),
             (axes_row[3], "after", "refined", "VGRefine"),
         ):
             ax.imshow(image, extent=extent)
-            ax.imshow(
+            mapped = ax.imshow(
                 token_heatmap(row[key], row["layout"]),
                 extent=extent,
                 cmap="magma",
+                vmin=0,
+                vmax=vmax,
                 alpha=0.6,
                 interpolation="nearest",
             )
             _draw_boxes(ax, row["boxes"])
             ax.set_title(f"{label}", fontsize=7)
-            ax.set_xlabel(textwrap.shorten(f"answer: {row[answer_key]}", 34), fontsize=7)
-    return _finish_image_grid(fig, axes, caption)
+            ax.set_xlabel(textwrap.shorten(f"answer: {row[answer_key]}", 30), fontsize=7)
+        bar = fig.colorbar(mapped, ax=axes_row[3], fraction=0.05, pad=0.02)
+        bar.set_label("question / generic", fontsize=6)
+        bar.ax.tick_params(labelsize=5)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    return fig
 
 
 RATING_COLOURS = {3: "#E69F00", 4: "#56B4E9", 5: "#009E73"}
@@ -545,4 +569,126 @@ def teaching_overview_figure(
     if caption:
         fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+PROTOCOL_COLOURS = {"corrected": "#009E73", "authors": "#CC79A7"}
+"""Okabe-Ito bluish green = the corrected setting, reddish purple = the authors'."""
+
+
+def _protocol_curves(ax, frame: pd.DataFrame, metric: str, title: str) -> None:
+    """Per-layer mean ``metric`` with 95% bootstrap bands, one line per setting, and the
+    best (lowest-KL, highest-ratio) layer of each marked with a star."""
+    part = frame[frame["metric"] == metric]
+    lower = metric != "attention_ratio"
+    for setting, colour in PROTOCOL_COLOURS.items():
+        curve = (
+            part[part["setting"] == setting]
+            .groupby("layer", as_index=False)[["mean", "low", "high"]]
+            .mean()
+        )
+        if curve.empty:
+            continue
+        _band(ax, curve, colour, "-", f"{setting}: mean, 95% bootstrap band")
+        best = curve.loc[curve["mean"].idxmin() if lower else curve["mean"].idxmax()]
+        ax.plot(best["layer"], best["mean"], marker="*", ms=9, color=colour, mec="black", mew=0.5)
+    _style_metric_axis(ax, metric)
+    ax.set_title(title, fontsize=7, loc="left")
+
+
+def protocol_sensitivity_figure(
+    box: dict, resolution: dict, refine: dict, caption: str | None = None
+):
+    """Fig 7: what each protocol choice changes. (a, b) box mapping on non-square images:
+    per-layer attention ratio and KL, processor geometry (corrected) vs scaled boxes
+    (authors); (c) the Qwen cap: image tokens per image side; (d) the cap's per-layer
+    attention ratio; (e) VGRefine accuracy per variant; (f) seconds per forward.
+    Colours: :data:`PROTOCOL_COLOURS`; stars: each setting's best layer."""
+    fig, axes = plt.subplots(2, 3, figsize=(7.2, 4.9), squeeze=False)
+    (a, b, c), (d, e, f) = axes
+    _protocol_curves(a, box["curves"], "attention_ratio", "(a) box mapping: attention ratio")
+    _protocol_curves(b, box["curves"], "kl", "(b) box mapping: KL")
+    sizes = resolution["sizes"]
+    for setting, colour in PROTOCOL_COLOURS.items():
+        part = sizes[sizes["setting"] == setting].sort_values("side")
+        c.plot(part["side"], part["tokens"], marker="o", color=colour, label=setting)
+        f.plot(part["side"], part["seconds"], marker="o", color=colour, label=setting)
+        for side, tokens, grid in part[["side", "tokens", "grid"]].itertuples(index=False):
+            c.annotate(grid, (side, tokens), fontsize=5, xytext=(2, 3), textcoords="offset points")
+    for ax, label in ((c, "image tokens"), (f, "seconds per forward")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(set(sizes["side"])))
+        ax.xaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+        ax.set_xlabel("square image side (px)")
+        ax.set_ylabel(label)
+        sns.despine(ax=ax)
+    c.axhline(64, color="grey", lw=0.8, ls=":")
+    c.set_title("(c) Qwen cap: tokens (labels: grid)", fontsize=7, loc="left")
+    f.set_title("(f) Qwen cap: time", fontsize=7, loc="left")
+    _protocol_curves(d, resolution["curves"], "attention_ratio", "(d) Qwen cap: attention ratio")
+    accuracy = refine["accuracy"]
+    variants = list(dict.fromkeys(accuracy["variant"]))
+    datasets = list(dict.fromkeys(accuracy["dataset"]))
+    width = 0.8 / max(len(datasets), 1)
+    hatches = ["", "///", "..", "xx"]
+    for i, dataset in enumerate(datasets):
+        part = accuracy[accuracy["dataset"] == dataset].set_index("variant").loc[variants]
+        x = np.arange(len(variants)) + (i - (len(datasets) - 1) / 2) * width
+        colours = [PROTOCOL_COLOURS.get(v, "#56B4E9") for v in variants]
+        e.bar(
+            x,
+            part["vgrefine"],
+            width,
+            color=colours,
+            hatch=hatches[i % len(hatches)],
+            edgecolor="black",
+            linewidth=0.4,
+            label=f"{dataset}: VGRefine",
+        )
+        e.errorbar(
+            x,
+            part["vgrefine"],
+            yerr=[
+                part["vgrefine"] - part["vgrefine_low"],
+                part["vgrefine_high"] - part["vgrefine"],
+            ],
+            fmt="none",
+            ecolor="black",
+            lw=0.7,
+        )
+        e.scatter(x, part["baseline"], marker="_", s=60, color="black", zorder=3)
+    e.set_xticks(np.arange(len(variants)))
+    e.set_xticklabels(
+        [v if v in PROTOCOL_COLOURS else f"corr. + {v}" for v in variants],
+        rotation=35,
+        ha="right",
+        fontsize=6,
+    )
+    e.set_ylabel("exact-match accuracy")
+    e.set_ylim(0, 1.05)
+    e.set_title("(e) VGRefine variants", fontsize=7, loc="left")
+    sns.despine(ax=e)
+    handles = [
+        mpl.lines.Line2D([], [], color=PROTOCOL_COLOURS["corrected"], lw=2, label="corrected"),
+        mpl.lines.Line2D([], [], color=PROTOCOL_COLOURS["authors"], lw=2, label="authors"),
+        mpl.patches.Patch(color="#56B4E9", label="corrected with one authors' setting"),
+        mpl.lines.Line2D([], [], color="grey", alpha=0.4, lw=6, label="95% bootstrap band / bar"),
+        mpl.lines.Line2D(
+            [], [], marker="*", ls="", color="grey", mec="black", ms=9, label="best layer"
+        ),
+        mpl.lines.Line2D([], [], marker="_", ls="", color="black", ms=9, label="no VGRefine"),
+        mpl.lines.Line2D([], [], color="grey", ls=":", label="chance (ratio) / 64 tokens"),
+    ]
+    handles += [
+        mpl.patches.Patch(
+            facecolor="white", edgecolor="black", hatch=hatches[i % len(hatches)], label=dataset
+        )
+        for i, dataset in enumerate(datasets)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=6)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig

@@ -17,6 +17,9 @@ from vgutils.scoring import normalized
 from vgutils.stats import LOWER_IS_BETTER
 
 DEFAULT_PERCENTILE = 80
+DENOMINATORS: tuple[str, ...] = ("head", "layer")
+"""Triage normalisation: ``head`` = each head's raw map over the same head's generic map
+(ours); ``layer`` = over its layer's mean generic map (the authors' code)."""
 
 
 def rank_heads(
@@ -33,6 +36,26 @@ def rank_heads(
         [metric, "layer", "head"], ascending=[ascending, True, True], kind="stable"
     )
     return [(int(r.layer), int(r.head)) for r in ordered.head(top_k).itertuples()]
+
+
+def best_layer(
+    head_metrics: pd.DataFrame, heads: list[tuple[int, int]], metric: str = "attention_ratio"
+) -> int:
+    """The most visually sensitive layer (``vqa --layers best``; the authors knock out one
+    such layer, METHOD.md): the layer holding the most of the top heads ``heads``
+    (:func:`rank_heads`); ties go to the layer whose top heads have the best mean
+    ``metric`` (mean over its top heads of their calibration means), then to the lower
+    layer. With the authors' example (20 heads, most of them in layer 16) this is 16."""
+    if not heads:
+        raise ValueError("best_layer needs at least one head")
+    if metric not in LOWER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(LOWER_IS_BETTER)}")
+    means = head_metrics.groupby(["layer", "head"])[metric].mean()
+    per_layer: dict[int, list[float]] = {}
+    for layer, head in heads:
+        per_layer.setdefault(int(layer), []).append(float(means.loc[(layer, head)]))
+    sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
+    return min(per_layer, key=lambda x: (-len(per_layer[x]), sign * np.mean(per_layer[x]), x))
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,16 +79,21 @@ def triage(
     percentile: float = DEFAULT_PERCENTILE,
     *,
     generic_heads: np.ndarray | None = None,
+    denominator: str = "head",
     user_text: str | None = None,
 ) -> Triage:
     """Attention triage: average the chosen heads' normalised (question / generic, last
     token) maps and mark the tokens below the ``percentile``-th percentile as low.
-    ``generic_heads``: the image's generic-prompt attention ``(layers, heads, N)`` when
-    already computed (several questions about one image share it). ``user_text``: the
-    whole user text instead of ``question`` + answer instruction (e.g. a multiple-choice
-    prompt; :meth:`VisionLanguageModel.prepare_text`)."""
+    ``denominator``: ``"head"`` divides each head's raw map by the same head's generic
+    map; ``"layer"`` (the authors' code) by the mean over heads of its layer's generic
+    map. ``generic_heads``: the image's generic-prompt attention ``(layers, heads, N)``
+    when already computed (several questions about one image share it). ``user_text``:
+    the whole user text instead of ``question`` + answer instruction (e.g. a
+    multiple-choice prompt; :meth:`VisionLanguageModel.prepare_text`)."""
     if not heads:
         raise ValueError("triage needs at least one head")
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"unknown denominator {denominator!r}; expected one of {DENOMINATORS}")
     prepared = (
         vlm.prepare(image, question) if user_text is None else vlm.prepare_text(image, user_text)
     )
@@ -75,7 +103,10 @@ def triage(
         )
     else:
         question_heads = vlm.attention(prepared, "last")
-    per_head = normalized(question_heads.astype(np.float64), generic_heads.astype(np.float64))
+    generic = generic_heads.astype(np.float64)
+    if denominator == "layer":
+        generic = np.broadcast_to(generic.mean(axis=1, keepdims=True), generic.shape)
+    per_head = normalized(question_heads.astype(np.float64), generic)
     layers, head_index = zip(*heads, strict=True)
     relevance = per_head[list(layers), list(head_index)].mean(axis=0)
     low = (
@@ -97,16 +128,21 @@ def knockout(
     layers: list[int] | range,
     query_positions: np.ndarray,
     key_positions: np.ndarray,
+    include_generated: bool = False,
 ) -> Iterator[None]:
-    """Inside: in ``layers``, the rows at ``query_positions`` and every later row (the
-    generated tokens, KV-cache steps included) give zero weight to ``key_positions``; the
-    softmax renormalises the rest. An attention-mask edit in the ``vgutils`` attention
-    function, the same for every family; outside, the model is unchanged."""
+    """Inside: in ``layers``, the rows at ``query_positions`` give zero weight to
+    ``key_positions``; with ``include_generated`` every later row too (the generated
+    tokens, KV-cache steps included; the authors' code does not block them, hence the
+    default ``False``). The softmax renormalises the rest. An attention-mask edit in the
+    ``vgutils`` attention function, the same for every family; outside, the model is
+    unchanged."""
     bad = [layer for layer in layers if not 0 <= layer < vlm.num_layers]
     if bad:
         raise ValueError(f"layers {bad} outside 0..{vlm.num_layers - 1}")
     query_positions = np.asarray(query_positions)
-    generated_from = int(query_positions.max()) + 1 if len(query_positions) else None
+    generated_from = (
+        int(query_positions.max()) + 1 if include_generated and len(query_positions) else None
+    )
     with knockout_edit(layers, query_positions, np.asarray(key_positions), generated_from):
         yield
 
@@ -133,17 +169,29 @@ def answer(
     max_new_tokens: int = 16,
     *,
     generic_heads: np.ndarray | None = None,
+    denominator: str = "head",
+    include_generated: bool = True,
     user_text: str | None = None,
 ) -> RefineResult:
     """Answer ``question`` about ``image`` greedily without and with VGRefine
-    (``generic_heads``, ``user_text``: see :func:`triage`)."""
+    (``generic_heads``, ``denominator``, ``user_text``: see :func:`triage`;
+    ``include_generated``: see :func:`knockout`). The defaults are the ``corrected``
+    protocol's; the authors' are ``denominator="layer"``, one layer (:func:`best_layer`),
+    ``include_generated=False``, ``max_new_tokens=1``."""
     found = triage(
-        vlm, image, question, heads, percentile, generic_heads=generic_heads, user_text=user_text
+        vlm,
+        image,
+        question,
+        heads,
+        percentile,
+        generic_heads=generic_heads,
+        denominator=denominator,
+        user_text=user_text,
     )
     prepared = found.prepared
     baseline = vlm.generate(prepared, max_new_tokens=max_new_tokens)
     keys = prepared.image_positions[found.low]
-    with knockout(vlm, layers, text_rows_after_image(prepared), keys):
+    with knockout(vlm, layers, text_rows_after_image(prepared), keys, include_generated):
         refined = vlm.generate(prepared, max_new_tokens=max_new_tokens)
         after_heads = vlm.attention(prepared, "last")
     generic = found.generic_heads.astype(np.float64).mean(axis=1)

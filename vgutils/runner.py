@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,30 @@ class ExtractOptions:
     dtype: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
+    protocol: str = "corrected"  # vgutils.protocols: "authors" | "corrected"
+    box_mapping: str | None = None  # "processor" | "scaled"; None: the protocol's
+    processor_kwargs: dict | None = None  # e.g. {"max_pixels": 50176}; None: the protocol's
+
+
+def resolve_options(options: ExtractOptions) -> ExtractOptions:
+    """``options`` with the protocol's value for every setting left ``None``: the box
+    mapping, and the processor kwargs for the model's family, merged under the explicit
+    ``processor_kwargs`` (an explicit key wins). What ``run.json``
+    records, so a resume with another protocol or setting refuses naming the key."""
+    from vgutils.protocols import get_protocol, model_family
+
+    protocol = get_protocol(options.protocol)
+    changes = {"protocol": protocol.name}
+    if options.box_mapping is None:
+        changes["box_mapping"] = protocol.box_mapping
+    family = (
+        model_family(options.model, options.revision, options.trust_remote_code)
+        if protocol.processor_kwargs
+        else None
+    )
+    preset = protocol.processor_kwargs_for(family) if family else {}
+    changes["processor_kwargs"] = {**preset, **(options.processor_kwargs or {})}
+    return replace(options, **changes)
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,7 @@ def extract(
         batch_size=batch_size, device_name=device, dtype_name=options.dtype, limit=options.limit
     )
     out = Path(out)
+    options = resolve_options(options)
     shard = options.shard or shard_from_env()
     if shard is not None:
         options = ExtractOptions(**{**asdict(options), "shard": shard})
@@ -251,8 +276,14 @@ def extract(
                 dtype=options.dtype,
                 revision=options.revision,
                 trust_remote_code=options.trust_remote_code,
+                processor_kwargs=options.processor_kwargs,
             )
-        context = {"model": options.model, "dataset": dataset.name, "strategy": options.strategy}
+        context = {
+            "model": options.model,
+            "dataset": dataset.name,
+            "strategy": options.strategy,
+            "protocol": options.protocol,
+        }
         if dataset.entry is not None and dataset.entry.domain:
             context["domain"] = dataset.entry.domain
         kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
@@ -269,7 +300,12 @@ def extract(
             threads = loader_threads
         else:
             threads = default_loader_threads(vlm) if vlm is not None else 0
-        ready = prefetch(todo, lambda g: prepare_group(vlm, g), threads, ahead=2 * image_batch)
+        ready = prefetch(
+            todo,
+            lambda g: prepare_group(vlm, g, options.box_mapping),
+            threads,
+            ahead=2 * image_batch,
+        )
         for batch in image_batches(ready, image_batch if prefix_sharing else 1):
             maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
             for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
@@ -336,8 +372,9 @@ class PreparedGroup:
     skipped: list
 
 
-def prepare_group(vlm, group) -> PreparedGroup:
-    """Load the image and prepare every prompt about it (the image is processed once)."""
+def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
+    """Load the image and prepare every prompt about it (the image is processed once);
+    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`."""
     try:
         image = load_image(group[0][1].image_path)
     except Exception as err:  # an unreadable image skips its questions, never the run
@@ -347,11 +384,11 @@ def prepare_group(vlm, group) -> PreparedGroup:
     kept, prompts, skipped = [], [], []
     for order, sample in group:
         try:
-            prompts.append(vlm.prepare(image, sample.question))
+            prompts.append(vlm.prepare(image, sample.question, box_mapping))
             kept.append((order, sample))
         except Exception as err:
             skipped.append((sample, f"prompt preparation failed: {err}"))
-    generic = vlm.prepare_generic(image) if kept else None
+    generic = vlm.prepare_generic(image, box_mapping) if kept else None
     return PreparedGroup(group, kept, prompts, generic, skipped)
 
 

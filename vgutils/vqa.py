@@ -12,9 +12,10 @@ import json
 import re
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -57,33 +58,104 @@ def score_answer(prediction: str, truth: str) -> dict:
 
 @dataclass(frozen=True)
 class VQAOptions:
+    """One VQA run. Settings left ``None`` take the ``protocol``'s value
+    (:mod:`vgutils.protocols`): ``top_k`` (heads), ``layers`` (knockout layers: a tuple,
+    ``"best"`` = :func:`vgutils.refine.best_layer`, or ``"heads"`` = every layer holding a
+    top head), ``denominator``, ``include_generated``, ``max_new_tokens`` and the
+    processor kwargs for the model's family (explicit keys win)."""
+
     model: str
     dataset: str
     refine: bool = False
     heads_from: str | None = None
-    top_k: int = 10
-    layers: tuple[int, ...] | None = None
+    top_k: int | None = None
+    layers: tuple[int, ...] | str | None = None
     percentile: float = 80.0
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = None
     limit: int | None = None
     image_root: str | None = None
     bbox_format: str | None = None
     dtype: str = "auto"
+    protocol: str = "corrected"
+    denominator: str | None = None
+    include_generated: bool | None = None
+    processor_kwargs: dict | None = None
 
 
-def heads_and_layers(options: VQAOptions, num_layers: int):
+def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
+    """``options`` with the protocol's value for every setting left ``None`` (what
+    ``run.json`` records; a resume with another value refuses, naming the key)."""
+    from vgutils.protocols import get_protocol, model_family
+
+    protocol = get_protocol(options.protocol)
+    layers = options.layers if options.layers is not None else protocol.knockout_layers
+    if isinstance(layers, list):
+        layers = tuple(int(x) for x in layers)
+    if isinstance(layers, str) and layers not in ("best", "heads"):
+        raise ValueError(f"layers {layers!r}: expected layer numbers, 'best' or 'heads'")
+    family = model_family(options.model) if protocol.processor_kwargs else None
+    preset = protocol.processor_kwargs_for(family) if family else {}
+    return replace(
+        options,
+        protocol=protocol.name,
+        top_k=options.top_k if options.top_k is not None else protocol.top_k,
+        layers=layers,
+        max_new_tokens=(
+            options.max_new_tokens
+            if options.max_new_tokens is not None
+            else protocol.max_new_tokens
+        ),
+        denominator=options.denominator or protocol.denominator,
+        include_generated=(
+            options.include_generated
+            if options.include_generated is not None
+            else protocol.include_generated
+        ),
+        processor_kwargs={**preset, **(options.processor_kwargs or {})},
+    )
+
+
+def heads_and_layers(options: VQAOptions, num_layers: int, verbose: bool = True):
     """The visually sensitive heads from ``heads_from`` (a runner run with ``--heads``) and
-    the knockout layers (given, or the layers of those heads)."""
-    from vgutils.refine import rank_heads
+    the knockout layers: given numbers, ``"best"`` (the single most visually sensitive
+    layer, :func:`vgutils.refine.best_layer`; printed) or ``"heads"`` / ``None`` (every
+    layer holding a top head)."""
+    from vgutils.refine import best_layer, rank_heads
 
     if not options.heads_from:
         raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
-    heads = rank_heads(load_metrics(options.heads_from, "head_metrics"), top_k=options.top_k)
-    layers = options.layers or tuple(sorted({layer for layer, _ in heads}))
+    head_metrics = load_metrics(options.heads_from, "head_metrics")
+    heads = rank_heads(head_metrics, top_k=options.top_k or 20)
+    if options.layers == "best":
+        layer = best_layer(head_metrics, heads)
+        held = sum(h_layer == layer for h_layer, _ in heads)
+        if verbose:
+            print(
+                f"knockout layer: {layer} (best: holds {held} of the top {len(heads)} heads; "
+                f"{options.heads_from})"
+            )
+        layers = (layer,)
+    elif options.layers in (None, "heads"):
+        layers = tuple(sorted({layer for layer, _ in heads}))
+    else:
+        layers = tuple(options.layers)
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
         raise UsageError(f"--layers {bad} outside 0..{num_layers - 1}")
     return heads, list(layers)
+
+
+def _knocked_truth(sample, result) -> dict:
+    """``gt_tokens``: image tokens inside the sample's boxes (processor geometry), and
+    ``gt_knocked``: how many of them the triage knocked out (NaN without boxes). Knocking
+    out the evidence is one way VGRefine can lower accuracy."""
+    from vgutils.metrics import gt_mask
+
+    try:
+        mask = gt_mask(result.triage.prepared.layout, sample.boxes)
+    except (ValueError, TypeError):
+        return {"gt_tokens": np.nan, "gt_knocked": np.nan}
+    return {"gt_tokens": int(mask.sum()), "gt_knocked": int((mask & result.triage.low).sum())}
 
 
 def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
@@ -113,13 +185,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     from vgutils.refine import answer
 
     started = time.perf_counter()
+    check_model_name(options.model)
+    options = resolve_vqa_options(options)
     checks.positive_int(options.top_k, "--top-k")
     checks.percentile(options.percentile)
     checks.positive_int(options.max_new_tokens, "--max-new-tokens")
     checks.run_settings(
         batch_size=1, device_name=device, dtype_name=options.dtype, limit=options.limit
     )
-    check_model_name(options.model)
     if options.refine and not options.heads_from:
         raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     dataset = resolve_dataset(
@@ -141,8 +214,17 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
     todo = [g for g in todo if g]
     if todo:
-        vlm = load_model(options.model, device=device, dtype=options.dtype)
-        heads, layers = heads_and_layers(options, vlm.num_layers) if options.refine else ([], [])
+        vlm = load_model(
+            options.model,
+            device=device,
+            dtype=options.dtype,
+            processor_kwargs=options.processor_kwargs,
+        )
+        heads, layers = (
+            heads_and_layers(options, vlm.num_layers, verbose=progress)
+            if options.refine
+            else ([], [])
+        )
     bar = tqdm(
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
     )
@@ -161,6 +243,8 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                 "q_type": sample.q_type,
                 "model": options.model,
                 "dataset": dataset.name,
+                "protocol": options.protocol,
+                "knockout_layers": " ".join(map(str, layers)),
             }
             if options.refine:
                 result = answer(
@@ -172,11 +256,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     options.percentile,
                     options.max_new_tokens,
                     generic_heads=generic,
+                    denominator=options.denominator,
+                    include_generated=options.include_generated,
                 )
                 row.update(
                     baseline=result.baseline_answer,
                     refined=result.answer,
                     masked_tokens=int(result.triage.low.sum()),
+                    **_knocked_truth(sample, result),
                 )
             else:
                 prepared = vlm.prepare(image, sample.question)

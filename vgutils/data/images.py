@@ -3,7 +3,8 @@
 Conversions (documented, deterministic):
 
 - 8-bit RGB: as is. Grayscale (``L``), palette (``P``), ``CMYK``, ``LA``: PIL's ``convert``.
-- RGBA / LA with transparency: composited over black (scan backgrounds are black).
+- RGBA / LA / palette with transparency: composited onto white (as the authors' code
+  does, METHOD.md "transparent images").
 - 16-bit and 32-bit integer or float images (``I;16``, ``I``, ``F``): scaled linearly from
   the image's own [min, max] to [0, 255] (a constant image becomes black).
 - DICOM (``.dcm``): modality LUT (rescale slope/intercept), then the first VOI window
@@ -79,7 +80,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 

@@ -85,6 +85,10 @@ def _build_on_demand(name: str, base: Path) -> None:
         from vgutils.data.samples import build_sample_sets
 
         build_sample_sets(base)
+    elif name == "teach-nonsquare":
+        from vgutils.teach.nonsquare import build_nonsquare_set
+
+        build_nonsquare_set(base)
     elif name.startswith("teach-"):
         from vgutils.teach.datasets import build_teach_sets
 

@@ -29,7 +29,7 @@ class DatasetEntry:
     file: str
     image_root: str
     bbox_format: str
-    bbox_format_rules: tuple[tuple[str, str], ...] = ()  # (image name prefix, format)
+    bbox_format_rules: tuple[tuple[str, str], ...] = ()  # (image string prefix, format)
     q_type: str | None = None
     domain: str | None = None
     url: str | None = None
@@ -37,10 +37,12 @@ class DatasetEntry:
     info: dict = field(default_factory=dict)
 
     def format_for(self, image: str) -> str:
-        """The box format of a row whose ``image`` is ``image`` (manifest rule)."""
-        name = Path(image).name
+        """The box format of a row whose ``image`` is ``image`` (manifest rule): a rule
+        matches when the row's ``image`` string itself (the relative path as written in
+        the row, not its base name) starts with the rule's prefix, as in the authors' code
+        (METHOD.md, "Slake rule")."""
         for prefix, fmt in self.bbox_format_rules:
-            if name.startswith(prefix):
+            if str(image).startswith(prefix):
                 return fmt
         return self.bbox_format
 

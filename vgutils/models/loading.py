@@ -100,7 +100,9 @@ def load_model(
     ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
     (bf16 on GPU, fp32 on CPU) or a torch dtype name. Remote code needs a pinned
     ``revision``. ``processor_kwargs`` go to ``AutoProcessor.from_pretrained``, e.g.
-    ``{"max_pixels": 1280 * 28 * 28}`` for Qwen2.5-VL (the authors capped it at 50176)."""
+    ``{"max_pixels": 50176, "min_pixels": 784}`` for Qwen2.5-VL (the authors' cap: at most 64
+    image tokens) or ``{"do_pad": True}`` for LLaVA-1.5 pad-to-square (see
+    :func:`_pad_to_square`)."""
     if trust_remote_code and not revision:
         raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
     source = resolve(name_or_path)
@@ -118,7 +120,38 @@ def load_model(
         source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
     )
     processor = AutoProcessor.from_pretrained(source, **options, **processor_kwargs)
+    if processor_kwargs.get("do_pad"):
+        processor = _pad_to_square(processor, config.model_type)
+    tokenizer = getattr(processor, "tokenizer", None)
+    for key in ("min_pixels", "max_pixels"):  # already in the image processor's size; kept
+        if tokenizer is not None:  # here they would be passed again on every call (warning)
+            tokenizer.init_kwargs.pop(key, None)
     return wrap_model(model, processor, source=name_or_path)
+
+
+def _pad_to_square(processor, model_type: str):
+    """``do_pad=True`` for a LLaVA checkpoint whose image processor is CLIP's (which keeps
+    the attribute but never pads): swap in transformers' ``LlavaImageProcessor`` with the
+    same settings, which pads to square with the mean colour before resizing (LLaVA-1.5's
+    ``image_aspect_ratio="pad"``). The family's geometry follows ``do_pad``."""
+    from transformers import LlavaImageProcessor
+
+    current = processor.image_processor
+    if model_type != "llava" or isinstance(current, LlavaImageProcessor):
+        return processor
+    settings = {
+        key: getattr(current, key)
+        for key in (
+            "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
+            "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+        )
+        if getattr(current, key, None) is not None
+    }  # fmt: skip
+    for key in ("size", "crop_size"):
+        if key in settings and not isinstance(settings[key], dict):
+            settings[key] = {k: v for k, v in dict(settings[key]).items() if v is not None}
+    processor.image_processor = LlavaImageProcessor(**settings, do_pad=True)
+    return processor
 
 
 def wrap_model(model, processor, source: str) -> VisionLanguageModel:

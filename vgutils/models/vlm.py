@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vgutils.geometry import TokenLayout
+from vgutils.geometry import BOX_MAPPINGS, TokenLayout, scaled_layout
 from vgutils.models.attention import capture
 from vgutils.models.families import FamilyAdapter
 from vgutils.models.preprocess import install_image_cache
@@ -79,22 +79,33 @@ class VisionLanguageModel:
     def device(self) -> torch.device:
         return self.model.device
 
-    def prepare(self, image: Image.Image, question: str) -> Prepared:
+    def prepare(
+        self, image: Image.Image, question: str, box_mapping: str = "processor"
+    ) -> Prepared:
         """Build the chat prompt for ``question`` (raw; the answer instruction is added)
-        about ``image`` (PIL, RGB) and locate its image and query tokens."""
-        return self._prepare(image, question_prompt_text(question))
+        about ``image`` (PIL, RGB) and locate its image and query tokens.
+        ``box_mapping``: ``"processor"`` (the layout follows the processor's real
+        geometry) or ``"scaled"`` (the authors' mapping, :func:`vgutils.geometry.scaled_layout`:
+        the token grid stretched over the whole image; ``ValueError`` for tiled InternVL)."""
+        return self._prepare(image, question_prompt_text(question), box_mapping)
 
-    def prepare_text(self, image: Image.Image, user_text: str) -> Prepared:
+    def prepare_text(
+        self, image: Image.Image, user_text: str, box_mapping: str = "processor"
+    ) -> Prepared:
         """Like :meth:`prepare` with ``user_text`` as the whole user text (no answer
         instruction added), e.g. a multiple-choice prompt
         (:func:`vgutils.benchmarks.mc_prompt_text`)."""
-        return self._prepare(image, user_text)
+        return self._prepare(image, user_text, box_mapping)
 
-    def prepare_generic(self, image: Image.Image) -> Prepared:
+    def prepare_generic(self, image: Image.Image, box_mapping: str = "processor") -> Prepared:
         """The generic prompt (METHOD.md) for the same image, for normalisation."""
-        return self._prepare(image, question_prompt_text(GENERIC_QUESTION))
+        return self._prepare(image, question_prompt_text(GENERIC_QUESTION), box_mapping)
 
-    def _prepare(self, image: Image.Image, user_text: str) -> Prepared:
+    def _prepare(
+        self, image: Image.Image, user_text: str, box_mapping: str = "processor"
+    ) -> Prepared:
+        if box_mapping not in BOX_MAPPINGS:
+            raise ValueError(f"unknown box_mapping {box_mapping!r}; expected one of {BOX_MAPPINGS}")
         image = image.convert("RGB")
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}
@@ -111,6 +122,8 @@ class VisionLanguageModel:
                 f"{self.family}: the prompt has {len(image_positions)} image tokens but the "
                 f"processor geometry gives {layout.n_tokens}"
             )
+        if box_mapping == "scaled":
+            layout = scaled_layout(layout, self.family)
         length = len(ids)
         query_positions = {
             "last": np.array([length - 1]),
