@@ -66,6 +66,14 @@ def test_the_image_processor_runs_once_per_image(family, vlms):
     assert cache.calls == before + 1
     vlm.prepare(picture(6), "Is there a dog?")
     assert cache.calls == before + 2
+    # another image processor (or another setting of it) is another computation
+    original = vlm.processor.image_processor
+    vlm.processor.image_processor = type(original).from_dict(original.to_dict())
+    try:
+        vlm.prepare(image, "Is there a dog?")
+    finally:
+        vlm.processor.image_processor = original
+    assert cache.calls == before + 3
     # the cached inputs are exactly those of an uncached call
     saved, cache.size = cache.size, 0
     try:

@@ -455,8 +455,7 @@ def test_convert_cli_and_vision_tower_option(tmp_path, capsys):
 
 
 def test_convert_help_documents_it(capsys):
-    with pytest.raises(SystemExit):
-        main(["convert", "--help"])
+    assert main(["convert", "--help"]) == 0
     text = capsys.readouterr().out
     for phrase in ("--vision-tower DIR", "llava_qwen2", "llava_mistral", "<image>", "sha256"):
         assert phrase in text

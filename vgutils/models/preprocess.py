@@ -12,6 +12,7 @@ cheap; the inputs are exactly those of an uncached call.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,14 +39,23 @@ def _flat_images(images) -> list:
     return flat
 
 
+def processor_key(image_processor) -> tuple:
+    """Which image processor, with which settings (a swapped processor or a changed
+    setting such as ``do_pad`` is another computation)."""
+    settings = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+    return (id(image_processor), settings)
+
+
 class ImageCache:
     """Stands in for ``processor._process_images``: computes ``(pixel inputs, text
-    replacements)`` once per (images, image options) and returns them afterwards.
-    ``calls`` counts the real computations (what the tests check); thread-safe, so a
-    background loader and the main thread may share a processor."""
+    replacements)`` once per (images, image processor and its settings, image options)
+    and returns them afterwards. ``calls`` counts the real computations (what the tests
+    check); thread-safe, so a background loader and the main thread may share a
+    processor."""
 
-    def __init__(self, process: Callable, size: int = CACHED_IMAGES):
+    def __init__(self, process: Callable, processor, size: int = CACHED_IMAGES):
         self.process = process
+        self.processor = processor
         self.size = size
         self.calls = 0
         self._entries: OrderedDict[tuple, tuple] = OrderedDict()
@@ -55,7 +65,11 @@ class ImageCache:
         flat = _flat_images(images)
         if not all(isinstance(image, Image.Image) for image in flat):
             return self.process(images, **kwargs)  # arrays / tensors: not cached
-        key = (tuple(image_key(image) for image in flat), repr(sorted(kwargs.items())))
+        key = (
+            tuple(image_key(image) for image in flat),
+            processor_key(self.processor.image_processor),
+            repr(sorted(kwargs.items())),
+        )
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -74,6 +88,6 @@ def install_image_cache(processor) -> ImageCache:
     current = processor.__dict__.get("_process_images")
     if isinstance(current, ImageCache):
         return current
-    cache = ImageCache(processor._process_images)
+    cache = ImageCache(processor._process_images, processor)
     processor._process_images = cache
     return cache
