@@ -313,6 +313,7 @@ def run_mc(
         store.finalize(
             run, {"questions": len(records), "done": len(answers), "skipped": len(errors)}
         )
+    store.close()  # the run folder's lock is released here
     table = mc_table(answers, n_boot=n_boot)
     summary = {
         "model": options.model,
