@@ -116,3 +116,27 @@ def test_chance_kl_is_log_n_over_k():
     np.testing.assert_allclose(table.loc["natural", "box_share"], 16 / 64)
     text = figdata.describe_chance_kl(data)
     assert "log(N/k) = 2.77" in text and "log(N/k) = 1.39" in text
+
+
+def test_protocol_curves_of_a_flat_ratio_are_drawn_on_a_chance_scale():
+    """Fig 7's per-layer panels: a random model's ratio (1 +- 1e-3) must not fill the axis."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from vgutils.plots import _protocol_curves
+
+    frame = pd.DataFrame(
+        {
+            "metric": "attention_ratio",
+            "setting": ["corrected"] * 3 + ["authors"] * 3,
+            "layer": [0, 1, 2] * 2,
+            "mean": [1.0003, 0.9995, 1.0001, 0.9998, 0.9996, 1.0005],
+            "low": [0.999] * 6,
+            "high": [1.001] * 6,
+        }
+    )
+    fig, ax = plt.subplots()
+    _protocol_curves(ax, frame, "attention_ratio", "(d)")
+    low, high = ax.get_ylim()
+    plt.close(fig)
+    assert high - low >= 1.0 and low <= 1.0 <= high

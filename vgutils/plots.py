@@ -593,6 +593,7 @@ def _protocol_curves(ax, frame: pd.DataFrame, metric: str, title: str) -> None:
         best = curve.loc[curve["mean"].idxmin() if lower else curve["mean"].idxmax()]
         ax.plot(best["layer"], best["mean"], marker="*", ms=9, color=colour, mec="black", mew=0.5)
     _style_metric_axis(ax, metric)
+    ensure_span(ax, metric)  # a random model's flat ratio must not look like an effect
     ax.set_title(title, fontsize=7, loc="left")
 
 
