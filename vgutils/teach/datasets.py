@@ -35,6 +35,15 @@ def mc_options(answer: str) -> list[str] | None:
     return None
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as jsonl (sorted keys) through a temporary file and one rename, so a
+    reader never sees half a dataset; returns ``path``."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    tmp.replace(path)
+    return path
+
+
 def heldout_scenes(domain: str, count: int = HELDOUT_SCENES) -> list[Scene]:
     """The held-out scenes of ``domain``, deterministic."""
     rng = np.random.default_rng([HELDOUT_SEED, 0 if domain == "natural" else 1])
@@ -70,11 +79,7 @@ def build_teach_sets(root: Path, count: int = HELDOUT_SCENES) -> dict[str, Path]
                         "licence": "CC0 (generated)",
                     }
                 )
-        path = out / f"teach-{domain}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-        tmp.replace(path)
-        written[f"teach-{domain}"] = path
+        written[f"teach-{domain}"] = write_jsonl(out / f"teach-{domain}.jsonl", rows)
     written["teach-mc"] = build_teach_mc(root, count)
     return written
 

@@ -10,13 +10,12 @@ authors' scaled box mapping and the processor's real geometry disagree.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vgutils.teach.datasets import HELDOUT_SEED, TEACH_DIR, heldout_scenes
+from vgutils.teach.datasets import HELDOUT_SEED, TEACH_DIR, heldout_scenes, write_jsonl
 from vgutils.teach.scenes import COLOURS, SIZE, _texture
 
 NAME = "teach-nonsquare"
@@ -67,8 +66,4 @@ def build_nonsquare_set(root: Path, count: int = 40) -> Path:
                     "licence": "CC0 (generated)",
                 }
             )
-    path = out / f"{NAME}.jsonl"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    tmp.replace(path)
-    return path
+    return write_jsonl(out / f"{NAME}.jsonl", rows)
