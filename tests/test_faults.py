@@ -40,6 +40,21 @@ class Crash(BaseException):
     """A simulated crash: nothing after it runs (not even ``except Exception``)."""
 
 
+def crash_at_step(k: int, run) -> None:
+    """Run ``run()`` with a crash injected right after write step ``k`` of finalize."""
+
+    def crash(step, what):
+        if step == k:
+            raise Crash(what)
+
+    results.fault_hook = crash
+    try:
+        with pytest.raises(Crash):
+            run()
+    finally:
+        results.fault_hook = None
+
+
 def group_frames(group: int, samples: int = 2, layers: int = 3, heads: int = 2) -> dict:
     """The frames of one group of samples, deterministic."""
     ids = [f"s{group}-{i}" for i in range(samples)]
@@ -100,17 +115,7 @@ def test_crash_at_every_finalize_step_then_rerun_equals_uninterrupted(tmp_path):
     assert len(steps) >= 2 + 1 + 6 + 1  # two final files, the commit, six parts, parts/
     for k in range(1, len(steps) + 1):
         folder = tmp_path / f"crash-{k}"
-
-        def crash(step, what, k=k):
-            if step == k:
-                raise Crash(what)
-
-        results.fault_hook = crash
-        try:
-            with pytest.raises(Crash):
-                write_run(folder)
-        finally:
-            results.fault_hook = None
+        crash_at_step(k, lambda folder=folder: write_run(folder))
         write_run(folder)  # the rerun
         assert_same_frames(folder, reference)
         run = json.loads((folder / "run.json").read_text())
@@ -385,17 +390,7 @@ def test_extract_crash_in_finalize_then_rerun_in_process(tmp_path, reference, ca
     steps = range(1, count_extract_steps(tmp_path) + 1) if every else [2, 3]
     for k in steps:
         out = tmp_path / f"crash-{k}"
-
-        def crash(step, what, k=k):
-            if step == k:
-                raise Crash(what)
-
-        results.fault_hook = crash
-        try:
-            with pytest.raises(Crash):
-                main(["extract", *BASE, "--out", str(out)])
-        finally:
-            results.fault_hook = None
+        crash_at_step(k, lambda out=out: main(["extract", *BASE, "--out", str(out)]))
         assert main(["extract", *BASE, "--out", str(out)]) == 0
         assert_same_frames(out, reference[1])
     capsys.readouterr()

@@ -212,6 +212,15 @@ def _style_metric_axis(ax, metric: str) -> None:
 MIN_SPAN = {"attention_ratio": 1.0, "kl": 0.5, "js": 0.1}
 BAND_LABEL = "shaded: 95% bootstrap interval of the mean"
 BEST_KL_LABEL = "lowest mean KL layer (per domain)"
+BEST_KL_MARKER = {
+    "marker": "o",
+    "markersize": 6,
+    "markerfacecolor": "none",
+    "markeredgecolor": BEST_LAYER_COLOUR,
+    "markeredgewidth": 1.6,
+    "linestyle": "none",
+}
+"""How the lowest-KL layer is marked on the curves and in their legend (one style)."""
 
 
 def ensure_span(ax, metric: str) -> None:
@@ -233,18 +242,7 @@ def _legend_extras(best_kl: bool) -> tuple[list, list]:
     handles = [mpl.patches.Patch(facecolor="grey", alpha=0.25, linewidth=0)]
     labels = [BAND_LABEL]
     if best_kl:
-        handles.append(
-            mpl.lines.Line2D(
-                [],
-                [],
-                marker="o",
-                markersize=6,
-                markerfacecolor="none",
-                markeredgecolor=BEST_LAYER_COLOUR,
-                markeredgewidth=1.6,
-                linestyle="none",
-            )
-        )
+        handles.append(mpl.lines.Line2D([], [], **BEST_KL_MARKER))
         labels.append(BEST_KL_LABEL)
     return handles, labels
 
@@ -321,12 +319,7 @@ def _mark_best_kl(ax, frame: pd.DataFrame) -> None:
         ax.plot(
             [best],
             [per_layer[best]],
-            marker="o",
-            markersize=6,
-            markerfacecolor="none",
-            markeredgecolor=BEST_LAYER_COLOUR,
-            markeredgewidth=1.6,
-            linestyle="none",
+            **BEST_KL_MARKER,
             gid=f"best-kl-{domain}",
         )
 
