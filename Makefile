@@ -8,11 +8,16 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 DEVICE ?= cpu
 DATA_ROOT ?= data
+# REHEARSAL=1 (or small): rehearse PROFILE offline with random stand-in models and synthetic
+# data (vgutils.rehearsal), into results|build|figures/<PROFILE>-rehearsal; REHEARSAL=full:
+# the stand-ins at the real depths and widths (a GPU run), <PROFILE>-rehearsal-full
+REHEARSAL ?=
+RUN := $(PROFILE)$(if $(filter full,$(REHEARSAL)),-rehearsal-full,$(if $(filter-out 0,$(REHEARSAL)),-rehearsal))
 
 SAMPLES := $(DATA_ROOT)/samples/sample-medical.jsonl
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-EXECUTED := $(NOTEBOOKS:notebooks/%=build/$(PROFILE)/notebooks/%)
-RESULTS_STAMP := results/$(PROFILE)/.complete
+EXECUTED := $(NOTEBOOKS:notebooks/%=build/$(RUN)/notebooks/%)
+RESULTS_STAMP := results/$(RUN)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
@@ -50,27 +55,29 @@ $(SAMPLES): vgutils/data/samples.py $(STAMP)
 	$(PY) -m vgutils data samples --data-root $(DATA_ROOT)
 	$(PY) -m vgutils data verify --data-root $(DATA_ROOT) samples/
 
-figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper)
-	@$(PY) -m vgutils.notebook check build/$(PROFILE)/notebooks
-	@$(PY) -m vgutils report --profile $(PROFILE)
+figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper; REHEARSAL=1|full)
+	@$(PY) -m vgutils.notebook check build/$(RUN)/notebooks
+	@$(PY) -m vgutils report --profile $(RUN)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
 $(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP)
-	$(PY) -m vgutils jobs $(PROFILE)
+	$(PY) -m vgutils jobs $(RUN)
 	@touch $@
 
 # one executed notebook per figure notebook; a failure keeps the partial notebook aside
-build/$(PROFILE)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
+build/$(RUN)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 	@mkdir -p $(@D)
 	@echo "papermill $< -> $@"
-	@MPLBACKEND=Agg VGUTILS_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.partial.ipynb \
-		-p profile $(PROFILE) --cwd notebooks --log-level WARNING --no-progress-bar \
+	@start=$$(date +%s); MPLBACKEND=Agg VGUTILS_PROFILE=$(RUN) $(PY) -m papermill $< \
+		$@.partial.ipynb -p profile $(RUN) --cwd notebooks --log-level WARNING \
+		--no-progress-bar \
 		&& mv $@.partial.ipynb $@ \
-		|| { echo "FAILED: notebook $< (profile $(PROFILE)); the failing cell and its" \
+		&& echo "  $(notdir $<): $$(( $$(date +%s) - start )) s" \
+		|| { echo "FAILED: notebook $< (profile $(RUN)); the failing cell and its" \
 			"traceback are above and in $@.partial.ipynb"; exit 1; }
 
 lab: $(RESULTS_STAMP) ## open JupyterLab on notebooks/ (PROFILE's results computed first; Run All works)
-	$(if $(filter-out default,$(PROFILE)),VGUTILS_PROFILE=$(PROFILE)) \
+	$(if $(filter-out default,$(RUN)),VGUTILS_PROFILE=$(RUN)) \
 		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner q/s (DEVICE=cpu|cuda)

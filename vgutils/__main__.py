@@ -396,7 +396,13 @@ name. load_model does the same automatically, once, into its cache."""
 def _jobs(args) -> int:
     from vgutils.jobs import ensure_results
 
-    ensure_results(args.profile)
+    profile = args.profile
+    if args.rehearsal:  # paper -> paper-rehearsal: the same YAML, offline stand-ins
+        from vgutils.rehearsal import SUFFIXES
+
+        suffix = {scale: suffix for suffix, scale in SUFFIXES.items()}[args.rehearsal]
+        profile += suffix
+    ensure_results(profile)
     return 0
 
 
@@ -562,6 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("jobs", help="run a profile's extraction jobs (cached)")
     jobs.add_argument("profile", help="smoke, default, paper (notebooks/params/*.yaml)")
+    jobs.add_argument(
+        "--rehearsal",
+        nargs="?",
+        const="small",
+        choices=("small", "full"),
+        help="rehearse the profile offline: its models as random stand-ins with the real "
+        "image geometry (small: few narrow layers, CPU; full: real sizes, GPU), synthetic "
+        "data in the real layout; results under results/<profile>-rehearsal[-full]/",
+    )
     jobs.set_defaults(run=_jobs)
 
     merge = commands.add_parser("merge", help="combine shard runs")

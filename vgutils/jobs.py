@@ -62,7 +62,11 @@ def _processor(spec: dict | None) -> tuple[tuple[str, object], ...]:
 
 def load_profile(profile: str) -> dict:
     """The profile's settings (``notebooks/params/<profile>.yaml``). Its ``caption`` says
-    which protocol the figures show (the profile's ``protocol``, default ``corrected``)."""
+    which protocol the figures show (the profile's ``protocol``, default ``corrected``).
+    A rehearsal (``paper-rehearsal``) reads ``paper.yaml`` and checks and maps it
+    (:func:`vgutils.rehearsal.rehearse_settings`)."""
+    from vgutils.rehearsal import rehearse_settings, split_profile
+
     path = check_profile(profile)
     try:
         settings = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -72,6 +76,9 @@ def load_profile(profile: str) -> dict:
         ) from err
     if not isinstance(settings, dict):
         raise DataError(f"{path}: expected a mapping of settings")
+    _, scale = split_profile(profile)
+    if scale:
+        settings = rehearse_settings(settings, path, scale)
     protocol = f"protocol: {settings.get('protocol', 'corrected')}"
     caption = settings.get("caption")
     settings["caption_plain"] = caption
@@ -123,8 +130,12 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
     from vgutils.runner import ExtractOptions, extract
 
     settings = load_profile(profile)
+    if "rehearsal" in settings:  # random stand-ins and synthetic data, from here on
+        from vgutils.rehearsal import activate
+
+        activate(settings["rehearsal"]["scale"])
     jobs = profile_jobs(settings)
-    for job in jobs:
+    for number, job in enumerate(jobs, start=1):
         options = ExtractOptions(
             model=job.model,
             dataset=job.dataset,
@@ -151,7 +162,10 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
             shutil.rmtree(folder)
             summary = extract(options, folder, **run)
         state = "computed" if summary.computed else "cached"
-        print(f"{job.name}: {summary.done} done, {summary.skipped} skipped ({state})")
+        print(
+            f"[{number}/{len(jobs)}] {job.name}: {summary.done} done, "
+            f"{summary.skipped} skipped ({state})"
+        )
     return jobs
 
 

@@ -55,6 +55,7 @@ def setup(profile: str) -> str:
     """A figure notebook's first step: resolve the profile (see the module docstring), the
     package's plotting style, quiet progress bars. Returns the profile to use."""
     from vgutils import plots
+    from vgutils.jobs import load_profile
 
     chosen = resolve_profile(profile)
     plots.use_style()
@@ -63,6 +64,14 @@ def setup(profile: str) -> str:
         print(
             f"profile {chosen!r} (from ${PROFILE_VARIABLE}; the parameters cell says {profile!r})"
         )
+    settings = load_profile(chosen)
+    if "rehearsal" in settings:  # stand-in models and synthetic data, said in the notebook
+        from IPython.display import Markdown, display
+
+        from vgutils import rehearsal
+
+        rehearsal.activate(settings["rehearsal"]["scale"])
+        display(Markdown(rehearsal.describe(settings)))
     return chosen
 
 

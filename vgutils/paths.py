@@ -18,11 +18,14 @@ DEFAULT_PROFILE = "default"
 
 
 def check_profile(profile: str) -> Path:
-    """``notebooks/params/<profile>.yaml``; UsageError listing the profiles otherwise
-    (raised before anything is written for a bogus profile)."""
+    """``notebooks/params/<profile>.yaml`` (for a rehearsal such as ``paper-rehearsal``:
+    ``paper.yaml``, see :mod:`vgutils.rehearsal`); UsageError listing the profiles
+    otherwise (raised before anything is written for a bogus profile)."""
     from vgutils.errors import UsageError, choices_hint
+    from vgutils.rehearsal import split_profile
 
-    path = PARAMS_DIR / f"{profile}.yaml"
+    base, _ = split_profile(profile)
+    path = PARAMS_DIR / f"{base}.yaml"
     if not isinstance(profile, str) or "/" in profile or not path.is_file():
         known = [p.stem for p in PARAMS_DIR.glob("*.yaml")]
         raise UsageError(f"profile {profile!r}: no {path}; {choices_hint(str(profile), known)}")

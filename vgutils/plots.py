@@ -51,7 +51,12 @@ def use_style() -> None:
 
 
 def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
-    """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths."""
+    """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths. A
+    rehearsal's figures carry its caption in the bottom-left corner."""
+    from vgutils.rehearsal import CAPTION, split_profile
+
+    if split_profile(profile)[1] and not any(t.get_text() == CAPTION for t in fig.texts):
+        fig.text(0.005, 0.003, CAPTION, fontsize=7, color="#b2182b", ha="left", va="bottom")
     folder = figures_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{suffix}" for suffix in ("pdf", "png")]

@@ -6,7 +6,9 @@ processor kwargs, triage denominator, knockout layers and rows, decoding, number
 heads); a protocol fixes all of them at once, and an explicit option overrides a single
 setting. Results carry the protocol's name (``run.json`` and a ``protocol`` column).
 
-- ``authors``: what the authors' code does. Boxes scaled onto the stretched token grid;
+- ``authors``: what the authors' code does. Boxes scaled onto the stretched token grid
+  (for tiled InternVL, where the authors' code defines no mapping, the processor's tiles:
+  :data:`SCALED_UNDEFINED`);
   Qwen-family images capped at ``max_pixels = 50176``, ``min_pixels = 784`` (at most 64
   image tokens; other families keep their processor); each top head's map divided by its
   layer's mean generic map; one knockout layer, the most visually sensitive one
@@ -23,6 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_PROTOCOL = "corrected"
+
+SCALED_UNDEFINED = ("internvl",)
+"""Families whose images give several token grids (tiles): the authors' stretched-grid
+mapping does not exist for them, so a protocol's ``scaled`` means the processor's
+geometry there (an explicit ``box_mapping="scaled"`` still refuses)."""
 
 QWEN_CAP = {"max_pixels": 50176, "min_pixels": 784}
 """The authors' Qwen2.5-VL image size (at most 64 image tokens)."""
@@ -42,6 +49,12 @@ class Protocol:
     include_generated: bool = True
     max_new_tokens: int = 16
     top_k: int = 20
+
+    def box_mapping_for(self, family: str | None) -> str:
+        """This protocol's box mapping for a model of ``family``."""
+        if self.box_mapping == "scaled" and family in SCALED_UNDEFINED:
+            return "processor"
+        return self.box_mapping
 
     def processor_kwargs_for(self, family: str) -> dict:
         """The processor kwargs this protocol gives a model of ``family``."""
@@ -81,14 +94,20 @@ def get_protocol(name: str | None) -> Protocol:
 
 
 def model_family(model: str, revision: str | None = None, trust_remote_code: bool = False):
-    """The family adapter name of ``model`` (from its config only; no weights loaded)."""
+    """The family adapter name of ``model`` (from its config only; no weights loaded;
+    an original-format LLaVA checkpoint's is its ``model_type``, e.g. ``llava_qwen2``)."""
     from transformers import AutoConfig
 
     from vgutils.models.families import family_of
     from vgutils.models.loading import resolve
+    from vgutils.models.original import original_config
 
+    source = resolve(model)
+    original = original_config(source, revision)
+    if original is not None:  # transformers cannot read it before the conversion
+        return original["model_type"]
     config = AutoConfig.from_pretrained(
-        resolve(model), revision=revision, trust_remote_code=trust_remote_code
+        source, revision=revision, trust_remote_code=trust_remote_code
     )
     try:
         return family_of(config).name

@@ -68,13 +68,9 @@ def resolve_options(options: ExtractOptions) -> ExtractOptions:
 
     protocol = get_protocol(options.protocol)
     changes = {"protocol": protocol.name}
+    family = model_family(options.model, options.revision, options.trust_remote_code)
     if options.box_mapping is None:
-        changes["box_mapping"] = protocol.box_mapping
-    family = (
-        model_family(options.model, options.revision, options.trust_remote_code)
-        if protocol.processor_kwargs
-        else None
-    )
+        changes["box_mapping"] = protocol.box_mapping_for(family)
     preset = protocol.processor_kwargs_for(family) if family else {}
     changes["processor_kwargs"] = {**preset, **(options.processor_kwargs or {})}
     return replace(options, **changes)

@@ -54,9 +54,11 @@ def check_model_name(name_or_path: str) -> None:
 
 
 def resolve(name_or_path: str) -> str:
-    """A Hub id or folder as given; ``tiny:<family>`` built on first use into the cache."""
+    """A Hub id or folder as given; ``tiny:<family>`` built on first use into the cache.
+    During a rehearsal (:mod:`vgutils.rehearsal`) a Hub id is its random stand-in, built
+    on first use (UsageError for an id without one)."""
     if not name_or_path.startswith(TINY_PREFIX):
-        return name_or_path
+        return _rehearsal_stand_in(name_or_path) or name_or_path
     family = name_or_path[len(TINY_PREFIX) :]
     check_model_name(name_or_path)
     folder = cache_dir() / "tiny" / family
@@ -69,6 +71,22 @@ def resolve(name_or_path: str) -> str:
     elif not (folder / "config.json").exists():
         build_tiny(family, folder)
     return str(folder)
+
+
+def _rehearsal_stand_in(name_or_path: str) -> str | None:
+    """The rehearsal build of a Hub id while a rehearsal is active, else ``None``."""
+    from vgutils.rehearsal import active_scale
+    from vgutils.rehearsal.models import REAL_MODELS, ensure_model
+
+    scale = active_scale()
+    if scale is None or Path(name_or_path).exists():
+        return None
+    if name_or_path not in REAL_MODELS:
+        raise UsageError(
+            f"--model {name_or_path!r}: no rehearsal build for this id; "
+            + choices_hint(name_or_path, list(REAL_MODELS))
+        )
+    return str(ensure_model(name_or_path, scale, cache_dir()))
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str | None, torch.dtype | str]:

@@ -10,6 +10,7 @@ the pipeline (shapes, positions, geometry, capture); their attention is noise.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,9 +71,25 @@ def train_tokenizer(
     )
 
 
-def _text_kwargs(vocab_size: int, **overrides) -> dict:
+@dataclass(frozen=True)
+class BuildShape:
+    """Overrides of a build's sizes: ``vision`` / ``text`` (config arguments of the vision
+    tower and the language model, e.g. ``image_size`` in pixels, ``num_hidden_layers``),
+    ``processor`` (image processor arguments, e.g. ``max_pixels``) and ``extra`` (family
+    settings: ``tokens_per_side`` for Gemma 3, ``config``: top-level InternVL config
+    arguments). Empty: the tiny sizes."""
+
+    vision: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)
+    processor: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def _text_kwargs(tokenizer_size: int, **overrides) -> dict:
+    """A small language model's config arguments; ``overrides`` win (also the vocabulary:
+    a real checkpoint's embedding has rows beyond the tokenizer)."""
     kwargs = {
-        "vocab_size": vocab_size,
+        "vocab_size": tokenizer_size,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 3,
@@ -130,25 +147,27 @@ LLAVA_SPECIAL_TOKENS = (
 )
 
 
-def _llava():
+def _llava(shape: BuildShape):
     from transformers import LlavaForConditionalGeneration
 
     tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS)
-    patch, size = 8, 64
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "image_size": size,
-        "patch_size": patch,
+        "image_size": 64,
+        "patch_size": 8,
         "projection_dim": 32,
+        **shape.vision,
     }
-    config = llava_config(tokenizer, vision, _text_kwargs(len(tokenizer)))
-    return LlavaForConditionalGeneration(config), llava_processor(tokenizer, size, patch)
+    text = _text_kwargs(len(tokenizer), **shape.text)
+    config = llava_config(tokenizer, vision, text)
+    processor = llava_processor(tokenizer, vision["image_size"], vision["patch_size"])
+    return LlavaForConditionalGeneration(config), processor
 
 
-def _qwen2_5_vl():
+def _qwen2_5_vl(shape: BuildShape):
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -165,32 +184,38 @@ def _qwen2_5_vl():
         {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
     ids = tokenizer.convert_tokens_to_ids
-    patch, merge = 14, 2
-    config = Qwen2_5_VLConfig(
-        text_config=_text_kwargs(
-            len(tokenizer),
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]},
-            bos_token_id=None,
-            eos_token_id=ids("<|im_end|>"),
-            pad_token_id=ids("<|endoftext|>"),
-        ),
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 4,
-            "patch_size": patch,
-            "spatial_merge_size": merge,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-            "out_hidden_size": 64,
+    text = _text_kwargs(
+        len(tokenizer),
+        **{
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]},
+            "bos_token_id": None,
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+            **shape.text,
         },
+    )
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "out_hidden_size": text["hidden_size"],
+        **shape.vision,
+    }
+    patch, merge = vision["patch_size"], vision["spatial_merge_size"]
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
-    pixels = {"min_pixels": 4 * 28 * 28, "max_pixels": 64 * 28 * 28}
+    pixels = {"min_pixels": 4 * 28 * 28, "max_pixels": 64 * 28 * 28, **shape.processor}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=patch, merge_size=merge, **pixels),
         video_processor=Qwen2VLVideoProcessor(patch_size=patch, merge_size=merge, **pixels),
@@ -200,7 +225,7 @@ def _qwen2_5_vl():
     return Qwen2_5_VLForConditionalGeneration(config), processor
 
 
-def _internvl():
+def _internvl(shape: BuildShape):
     from transformers import (
         GotOcr2ImageProcessor,
         InternVLConfig,
@@ -221,34 +246,41 @@ def _internvl():
         },
     )
     ids = tokenizer.convert_tokens_to_ids
-    tile, patch = 112, 14
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": [112, 112],
+        "patch_size": [14, 14],
+        **shape.vision,
+    }
+    tile, patch = vision["image_size"][0], vision["patch_size"][0]
     tokens_per_tile = (tile // patch // 2) ** 2
     config = InternVLConfig(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": [tile, tile],
-            "patch_size": [patch, patch],
-        },
+        vision_config=vision,
         text_config={
             "model_type": "qwen2",
             **_text_kwargs(
                 len(tokenizer),
-                bos_token_id=None,
-                eos_token_id=ids("<|im_end|>"),
-                pad_token_id=ids("<|endoftext|>"),
+                **{
+                    "bos_token_id": None,
+                    "eos_token_id": ids("<|im_end|>"),
+                    "pad_token_id": ids("<|endoftext|>"),
+                    **shape.text,
+                },
             ),
         },
         image_token_id=ids("<IMG_CONTEXT>"),
         image_seq_length=tokens_per_tile,
         downsample_ratio=0.5,
+        **shape.extra.get("config", {}),
     )
     size = {"height": tile, "width": tile}
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(
-            size=size, crop_to_patches=True, min_patches=1, max_patches=4
+            size=size,
+            **{"crop_to_patches": True, "min_patches": 1, "max_patches": 4, **shape.processor},
         ),
         video_processor=InternVLVideoProcessor(size=size),
         tokenizer=tokenizer,
@@ -258,7 +290,7 @@ def _internvl():
     return InternVLForConditionalGeneration(config), processor
 
 
-def _gemma3():
+def _gemma3(shape: BuildShape):
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -277,27 +309,32 @@ def _gemma3():
         },
     )
     ids = tokenizer.convert_tokens_to_ids
-    size, patch, tokens_per_side = 64, 8, 4
+    text = {
+        **_text_kwargs(len(tokenizer)),
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 512,
+        "pad_token_id": ids("<pad>"),
+        "eos_token_id": ids("<eos>"),
+        "bos_token_id": ids("<bos>"),
+        **shape.text,
+    }
+    text.setdefault("layer_types", gemma3_layer_types(text["num_hidden_layers"]))
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 64,
+        "patch_size": 8,
+        **shape.vision,
+    }
+    size = vision["image_size"]
+    tokens_per_side = shape.extra.get("tokens_per_side", 4)
     config = Gemma3Config(
-        text_config={
-            **_text_kwargs(len(tokenizer)),
-            "head_dim": 16,
-            "query_pre_attn_scalar": 16,
-            "sliding_window": 512,
-            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-            "pad_token_id": ids("<pad>"),
-            "eos_token_id": ids("<eos>"),
-            "bos_token_id": ids("<bos>"),
-        },
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": size,
-            "patch_size": patch,
-        },
+        text_config=text,
+        vision_config=vision,
         mm_tokens_per_image=tokens_per_side**2,
         boi_token_index=ids("<start_of_image>"),
         eoi_token_index=ids("<end_of_image>"),
@@ -312,6 +349,14 @@ def _gemma3():
     return Gemma3ForConditionalGeneration(config), processor
 
 
+def gemma3_layer_types(layers: int) -> list[str]:
+    """Gemma 3's pattern: five sliding-window layers, then one global; the last layer is
+    global whatever the depth (3 layers: sliding, sliding, full)."""
+    types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
+    types[-1] = "full_attention"
+    return types
+
+
 _BUILDERS: dict[str, Callable] = {
     "llava": _llava,
     "qwen2_5_vl": _qwen2_5_vl,
@@ -320,17 +365,28 @@ _BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny(
+    family: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    shape: BuildShape | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Build the tiny model of ``family`` into ``out_dir`` (weights, config, processor,
     tokenizer, chat template; original-format checkpoints for ``llava_qwen2`` and
-    ``llava_mistral``) and return the folder. Deterministic for a ``seed``."""
+    ``llava_mistral``) and return the folder. Deterministic for a ``seed``. ``shape``
+    overrides the tiny sizes (the rehearsal builds real image geometry); ``dtype``: the
+    saved weights' dtype (default float32)."""
     if family not in _BUILDERS and family not in ORIGINAL_FAMILIES:
         raise ValueError(f"no tiny build for family {family!r}; known: {TINY_FAMILIES}")
     out_dir = Path(out_dir)
+    shape = shape or BuildShape()
     torch.manual_seed(seed)
     if family in ORIGINAL_FAMILIES:
-        return build_original(family, out_dir)
-    model, processor = _BUILDERS[family]()
+        return build_original(family, out_dir, shape, dtype)
+    model, processor = _BUILDERS[family](shape)
+    if dtype is not None:
+        model = model.to(dtype)
     model.generation_config.do_sample = False
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

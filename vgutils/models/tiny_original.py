@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    from vgutils.models.tiny import BuildShape
 
 ORIGINAL_FAMILIES: tuple[str, ...] = ("llava_qwen2", "llava_mistral")
 
@@ -68,17 +72,20 @@ _CORPUS = [
     "lung heart brain liver spleen kidney bone chest abdomen cat dog person car",
 ]
 
-_PREPROCESSOR = {  # the old CLIP feature-extractor format of the released vit folders
-    "crop_size": IMAGE_SIZE,
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor",
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": IMAGE_SIZE,
-}
+
+def _preprocessor(size: int) -> dict:
+    """The old CLIP feature-extractor format of the released vit folders (``size`` px)."""
+    return {
+        "crop_size": size,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "size": size,
+    }
 
 
 def _tokenizer(qwen2: bool):
@@ -104,10 +111,11 @@ def _tokenizer(qwen2: bool):
     return tokenizer
 
 
-def _text_config(qwen2: bool, tokenizer) -> dict:
-    """The text part of an original ``config.json`` (the keys the released ones carry)."""
+def _text_config(qwen2: bool, tokenizer, sizes: dict) -> dict:
+    """The text part of an original ``config.json`` (the keys the released ones carry);
+    ``sizes``: hidden size, layers, heads (:data:`TEXT` overridden)."""
     common = {
-        **TEXT,
+        **sizes,
         "attention_dropout": 0.0,
         "hidden_act": "silu",
         "initializer_range": 0.02,
@@ -122,11 +130,11 @@ def _text_config(qwen2: bool, tokenizer) -> dict:
             **common,
             "architectures": ["LlavaQwen2ForCausalLM"],
             "model_type": "llava_qwen2",
-            "vocab_size": len(tokenizer) + UNUSED_ROWS,
+            "vocab_size": sizes.get("vocab_size", len(tokenizer) + UNUSED_ROWS),
             "bos_token_id": eos,
             "eos_token_id": eos,
             "rms_norm_eps": 1e-6,
-            "max_window_layers": TEXT["num_hidden_layers"],
+            "max_window_layers": sizes["num_hidden_layers"],
             "sliding_window": 4096,
             "use_sliding_window": False,
         }
@@ -134,7 +142,7 @@ def _text_config(qwen2: bool, tokenizer) -> dict:
         **common,
         "architectures": ["LlavaMistralForCausalLM"],
         "model_type": "llava_mistral",
-        "vocab_size": len(tokenizer),
+        "vocab_size": sizes.get("vocab_size", len(tokenizer)),
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "rms_norm_eps": 1e-5,
@@ -142,12 +150,12 @@ def _text_config(qwen2: bool, tokenizer) -> dict:
     }
 
 
-def _init(module: torch.nn.Module) -> None:
+def _init(module: torch.nn.Module, std: float = INIT_STD) -> None:
     for name, param in module.named_parameters():
         if "norm" in name or name.endswith("bias"):
             torch.nn.init.normal_(param, mean=1.0 if "norm" in name else 0.0, std=0.05)
         else:
-            torch.nn.init.normal_(param, std=INIT_STD)
+            torch.nn.init.normal_(param, std=std)
 
 
 def _vision_state(vision_model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -186,7 +194,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _clip_folder(folder: Path) -> None:
+def _clip_folder(folder: Path, vision: dict, std: float, dtype: torch.dtype) -> None:
     """A full CLIP checkpoint (text + vision, ``CLIPModel`` keys and config), the way
     ``openai/clip-vit-large-patch14-336`` is published."""
     from transformers import CLIPConfig, CLIPModel
@@ -202,11 +210,11 @@ def _clip_folder(folder: Path) -> None:
             "bos_token_id": 1,
             "eos_token_id": 2,
         },
-        vision_config=VISION,
+        vision_config=vision,
         projection_dim=16,
     )
     model = CLIPModel(config)
-    _init(model)
+    _init(model, std)
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("vision_model.") or key.startswith("text_model."):
@@ -216,14 +224,22 @@ def _clip_folder(folder: Path) -> None:
         else:
             state[key] = value
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    save_file(state, folder / "model.safetensors")
     _write_json(folder / "config.json", config.to_dict())
-    _write_json(folder / "preprocessor_config.json", _PREPROCESSOR)
+    _write_json(folder / "preprocessor_config.json", _preprocessor(vision["image_size"]))
 
 
-def build_original(family: str, out_dir: str | Path) -> Path:
+def build_original(
+    family: str,
+    out_dir: str | Path,
+    shape: BuildShape | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Build the tiny original-format checkpoint of ``family`` (``llava_qwen2`` or
-    ``llava_mistral``) into ``out_dir``; the caller seeds torch."""
+    ``llava_mistral``) into ``out_dir``; the caller seeds torch. ``shape`` overrides the
+    sizes (``vision``: :data:`VISION`, ``text``: :data:`TEXT`, ``extra["init_std"]``: the
+    weights' spread, default :data:`INIT_STD`); ``dtype``: the saved weights' dtype."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if family not in ORIGINAL_FAMILIES:
@@ -231,8 +247,13 @@ def build_original(family: str, out_dir: str | Path) -> Path:
     qwen2 = family == "llava_qwen2"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    vision_sizes = {**VISION, **(shape.vision if shape else {})}
+    text_sizes = {**TEXT, **(shape.text if shape else {})}
+    std = (shape.extra if shape else {}).get("init_std", INIT_STD)
+    dtype = dtype or torch.float32
     tokenizer = _tokenizer(qwen2)
-    text = _text_config(qwen2, tokenizer)
+    text = _text_config(qwen2, tokenizer, text_sizes)
+    text["torch_dtype"] = str(dtype).removeprefix("torch.")
     if qwen2:
         from transformers import Qwen2Config as TextConfig
         from transformers import Qwen2ForCausalLM as TextModel
@@ -241,14 +262,14 @@ def build_original(family: str, out_dir: str | Path) -> Path:
         from transformers import MistralForCausalLM as TextModel
     text_kwargs = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
     language = TextModel(TextConfig(**text_kwargs))
-    vision = CLIPVisionModel(CLIPVisionConfig(**VISION))
+    vision = CLIPVisionModel(CLIPVisionConfig(**vision_sizes))
     projector = torch.nn.Sequential(
-        torch.nn.Linear(VISION["hidden_size"], TEXT["hidden_size"]),
+        torch.nn.Linear(vision_sizes["hidden_size"], text_sizes["hidden_size"]),
         torch.nn.GELU(),
-        torch.nn.Linear(TEXT["hidden_size"], TEXT["hidden_size"]),
+        torch.nn.Linear(text_sizes["hidden_size"], text_sizes["hidden_size"]),
     )
     for module in (language, vision, projector):
-        _init(module)
+        _init(module, std)
 
     language_state = language.state_dict()
     state = {k: v for k, v in language_state.items() if k != "lm_head.weight"}
@@ -258,22 +279,23 @@ def build_original(family: str, out_dir: str | Path) -> Path:
     for key, value in _vision_state(vision).items():
         state[f"model.vision_tower.vision_tower.{key}"] = value
     state["lm_head.weight"] = language_state["lm_head.weight"]
-    save_sharded(state, out_dir, shards=3)
+    save_sharded({k: v.to(dtype) for k, v in state.items()}, out_dir, shards=3)
 
+    size, patch = vision_sizes["image_size"], vision_sizes["patch_size"]
     if qwen2:
-        tower_name = f"clip_vit_tiny_patch{PATCH}_{IMAGE_SIZE}"
+        tower_name = f"clip_vit_tiny_patch{patch}_{size}"
         tower = f"./vit/{tower_name}"
         vit = out_dir / "vit" / tower_name
-        _write_json(vit / "config.json", CLIPVisionConfig(**VISION).to_dict())
-        _write_json(vit / "preprocessor_config.json", _PREPROCESSOR)
+        _write_json(vit / "config.json", CLIPVisionConfig(**vision_sizes).to_dict())
+        _write_json(vit / "preprocessor_config.json", _preprocessor(size))
     else:
         clip = out_dir.parent / f"{out_dir.name}-clip"
-        _clip_folder(clip)
+        _clip_folder(clip, vision_sizes, std, dtype)
         tower = str(clip.resolve())
     config = {
         **text,
         "image_aspect_ratio": "pad",
-        "mm_hidden_size": VISION["hidden_size"],
+        "mm_hidden_size": vision_sizes["hidden_size"],
         "mm_patch_merge_type": "flat",
         "mm_projector_type": "mlp2x_gelu",
         "mm_use_im_patch_token": False,

@@ -1,0 +1,201 @@
+"""The offline rehearsal of the paper profile (issue #19): the paper's own YAML, checked
+key by key; its models resolved to random stand-ins with the real image geometry through
+the real loading code; its layer indices and head counts mapped by the stated rule."""
+
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from vgutils import paths, rehearsal
+from vgutils.__main__ import main
+from vgutils.data.manifest import manifest_models
+from vgutils.errors import DataError, UsageError
+from vgutils.jobs import load_profile
+from vgutils.rehearsal import map_heads, map_layer, rehearse_settings, split_profile
+from vgutils.rehearsal.models import REAL_MODELS, parameter_count
+
+PAPER = paths.PARAMS_DIR / "paper.yaml"
+
+
+def paper_settings() -> dict:
+    return yaml.safe_load(PAPER.read_text())
+
+
+def test_profile_names():
+    assert split_profile("paper-rehearsal") == ("paper", "small")
+    assert split_profile("paper-rehearsal-full") == ("paper", "full")
+    assert split_profile("paper") == ("paper", None)
+    assert paths.check_profile("paper-rehearsal") == PAPER
+    with pytest.raises(UsageError, match="nope"):
+        paths.check_profile("nope-rehearsal")
+
+
+def test_layer_rule_by_hand():
+    # HuatuoGPT-Vision-7B: 28 layers of 28 heads (784) -> 4 layers of 4 heads (16)
+    assert map_layer(16, 28, 4) == 2  # round(16 * 3 / 27) = round(1.78)
+    assert (map_layer(0, 28, 4), map_layer(27, 28, 4)) == (0, 3)
+    assert map_layer(16, 28, 28) == 16  # full size: unchanged
+    assert map_heads(20, 784, 16) == 2  # round(0.41) -> at least 2
+    assert map_heads(500, 784, 16) == 10  # round(10.2)
+    assert map_heads(2000, 784, 16) == 16  # at most all heads
+    assert map_heads(20, 784, 784) == 20
+
+
+def test_paper_rehearsal_settings_map_heads_and_caption():
+    settings = load_profile("paper-rehearsal")
+    assert settings["caption"].startswith(rehearsal.CAPTION)
+    assert settings["refine"]["top_k"] == 2  # the protocols' 20 of 784 heads
+    runs = settings["benchmarks"]["runs"]
+    assert [r.get("top_k") for r in runs if r.get("refine")] == [2, 2]
+    assert any("refine.top_k: 20 of 784 heads -> 2 of 16" in m for m in settings["rehearsal"]["mapped"])
+    full = load_profile("paper-rehearsal-full")
+    assert full["refine"]["top_k"] == 20 and full["caption"].endswith("(full size) · protocol: authors")
+    assert load_profile("paper")["caption"] == "protocol: authors"  # the real profile untouched
+
+
+def test_explicit_layers_are_mapped():
+    settings = paper_settings()
+    settings["benchmarks"]["layers"] = 16
+    settings["benchmarks"]["runs"][0]["layers"] = [15, 16]
+    mapped = rehearse_settings(settings, PAPER, "small")
+    runs = mapped["benchmarks"]["runs"]
+    assert runs[0]["layers"] == [2, 2] and runs[2]["layers"] == 2
+    assert runs[1].get("layers") is None  # LLaVA-Med runs without VGRefine
+
+
+@pytest.mark.parametrize(
+    "edit, key, value",
+    [
+        (lambda s: s["jobs"][1]["models"].__setitem__(2, "OpenGVLab/InternVL3-8B-hfx"),
+         "jobs[1].models[2]", "OpenGVLab/InternVL3-8B-hfx"),
+        (lambda s: s["curves"]["medical"].__setitem__(1, "vgmed-atribute"),
+         "curves.medical[1]", "vgmed-atribute"),
+        (lambda s: s["refine"].__setitem__("calibration", "vgmed-localisation"),
+         "refine.calibration", "vgmed-localisation"),
+        (lambda s: s["layer_maps"]["samples"].__setitem__("coco-localisation", 2),
+         "layer_maps.samples.coco-localisation", "coco-localisation"),
+        (lambda s: s["benchmarks"]["runs"][1].__setitem__("model", "microsoft/llava-med"),
+         "benchmarks.runs[1].model", "microsoft/llava-med"),
+        (lambda s: s["benchmarks"]["datasets"].__setitem__(0, "VQA-RAD"),
+         "benchmarks.datasets[0]", "VQA-RAD"),
+    ],
+)  # fmt: skip
+def test_a_typo_in_a_copy_of_paper_yaml_is_one_line_naming_the_key(
+    tmp_path, monkeypatch, capsys, edit, key, value
+):
+    params = tmp_path / "params"
+    params.mkdir()
+    settings = paper_settings()
+    edit(settings)
+    (params / "paper.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    monkeypatch.setattr(paths, "PARAMS_DIR", params)
+    monkeypatch.setenv("VGUTILS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("VGUTILS_REHEARSAL_DATA", str(tmp_path / "data"))
+    code = main(["jobs", "paper", "--rehearsal"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"paper.yaml: {key}: {value!r} is not" in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    with pytest.raises(DataError, match="did you mean"):
+        rehearse_settings(settings, params / "paper.yaml", "small")
+
+
+def test_every_manifest_model_has_a_stand_in_of_its_family():
+    for spec in manifest_models().values():
+        assert REAL_MODELS[spec["hub_id"]].family == spec["family"], spec["hub_id"]
+
+
+@pytest.mark.parametrize(
+    "model, published",
+    [
+        ("llava-hf/llava-1.5-7b-hf", 7_063_427_072),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", 8_292_166_656),
+        ("google/medgemma-4b-it", 4_300_079_472),
+        ("OpenGVLab/InternVL3-8B-hf", 7.94e9),
+        ("FreedomIntelligence/HuatuoGPT-Vision-7B", 7.94e9),
+        ("microsoft/llava-med-v1.5-mistral-7b", 7.57e9),
+    ],
+)
+def test_full_scale_stand_ins_have_the_published_size(model, published):
+    assert parameter_count(model, "full") == pytest.approx(published, rel=0.005)
+    assert parameter_count(model, "small") < 25e6
+
+
+@pytest.fixture
+def rehearsing(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "small")
+
+
+IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1500, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "model, processor, tokens",
+    [
+        ("llava-hf/llava-1.5-7b-hf", {}, 576),  # 336 px, patch 14
+        ("FreedomIntelligence/HuatuoGPT-Vision-7B", {}, 576),  # converted, pad to square
+        ("microsoft/llava-med-v1.5-mistral-7b", {}, 576),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", {"max_pixels": 50176, "min_pixels": 784}, 60),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", {}, 54 * 32),  # native: 1500 x 900 -> 1512 x 896 px
+        ("OpenGVLab/InternVL3-8B-hf", {}, 7 * 256),  # 6 tiles of 448 px + thumbnail
+        ("google/medgemma-4b-it", {}, 256),  # 896 px pooled to 16 x 16
+    ],
+)
+def test_stand_ins_load_through_the_real_path_with_the_real_geometry(
+    rehearsing, model, processor, tokens
+):
+    from vgutils.models import load_model
+
+    vlm = load_model(model, device="cpu", processor_kwargs=processor)
+    prepared = vlm.prepare(IMAGE, "Where is the liver?")
+    assert prepared.layout.n_tokens == tokens
+    assert vlm.num_layers == 4
+
+
+def test_original_format_stand_in_is_converted(rehearsing, tmp_path):
+    from vgutils.models.loading import resolve
+    from vgutils.protocols import model_family
+
+    source = resolve("FreedomIntelligence/HuatuoGPT-Vision-7B")
+    assert (tmp_path / "cache" / "rehearsal" / "small") in __import__("pathlib").Path(source).parents
+    assert model_family("FreedomIntelligence/HuatuoGPT-Vision-7B") == "llava_qwen2"
+
+
+def test_unknown_id_during_a_rehearsal(rehearsing):
+    from vgutils.models.loading import resolve
+
+    with pytest.raises(UsageError, match="no rehearsal build.*did you mean"):
+        resolve("llava-hf/llava-1.5-7b")
+
+
+def test_authors_protocol_keeps_tiles_for_internvl(rehearsing):
+    from vgutils.models import load_model
+    from vgutils.runner import ExtractOptions, resolve_options
+
+    internvl, llava = "OpenGVLab/InternVL3-8B-hf", "llava-hf/llava-1.5-7b-hf"
+    resolved = resolve_options(ExtractOptions(internvl, "x", protocol="authors"))
+    assert resolved.box_mapping == "processor"
+    assert resolve_options(ExtractOptions(llava, "x", protocol="authors")).box_mapping == "scaled"
+    vlm = load_model(internvl, device="cpu")
+    with pytest.raises(ValueError, match="undefined for family 'internvl'"):
+        vlm.prepare(IMAGE, "Where?", box_mapping="scaled")  # explicit: still refused
+
+
+def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
+    from vgutils import plots
+
+    monkeypatch.setenv("VGUTILS_FIGURES", str(tmp_path))
+    fig, _ = plt.subplots()
+    png, pdf = plots.save_figure(fig, "paper-rehearsal", "x")[1], tmp_path / "paper-rehearsal"
+    assert png.exists() and (pdf / "x.pdf").exists()
+    assert [t.get_text() for t in fig.texts] == [rehearsal.CAPTION]
+    fig2, _ = plt.subplots()
+    plots.save_figure(fig2, "smoke", "x")
+    assert fig2.texts == []
+    plt.close("all")
+    shutil.rmtree(tmp_path)

@@ -1,0 +1,300 @@
+"""The rehearsal's stand-ins for the paper's checkpoints: random models of the same family
+with the real vision geometry, built offline and loaded through the real code path.
+
+Every Hub id the paper profile names has an entry in :data:`REAL_MODELS` with the sizes
+of its published ``config.json`` (image size, patch, merge, tiles, image tokens, and the
+depths and widths). A rehearsal build keeps the image side exactly (so preprocessing,
+token counts, box-to-token geometry and the attention's length are the real ones) and
+either narrows the layers (``small``: 4 language layers of width 64 with 4 heads, 2
+vision layers of width 32; seconds on a CPU) or keeps every size (``full``: a GPU run).
+``HuatuoGPT-Vision-7B`` and ``LLaVA-Med`` are built as original-format LLaVA checkpoints,
+so :func:`vgutils.models.load_model` converts them as it converts the real ones.
+
+The build lands in ``cache_dir()/rehearsal/<scale>/<name>-<hash>`` (the hash covers the
+sizes, so a changed table rebuilds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vgutils.models.tiny import BuildShape, gemma3_layer_types
+
+SCALES = ("small", "full")
+SMALL_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+"""The language model of every ``small`` build (16 heads in all)."""
+SMALL_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+"""The vision tower's width in every ``small`` build (two layers; geometry kept)."""
+SMALL_VISION_LAYERS = 2
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A published checkpoint's family and sizes. ``vision`` / ``text``: config arguments
+    of the vision tower and language model (pixels for ``image_size``); ``processor``:
+    image-processor arguments; ``extra``: family settings (Gemma 3 ``tokens_per_side``)."""
+
+    family: str
+    vision: dict
+    text: dict
+    processor: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> int:
+        """Language layers of the real checkpoint."""
+        return self.text["num_hidden_layers"]
+
+    @property
+    def heads(self) -> int:
+        """Attention heads of the real language model, all layers together."""
+        return self.text["num_hidden_layers"] * self.text["num_attention_heads"]
+
+
+_CLIP_L_336 = {  # openai/clip-vit-large-patch14-336 (LLaVA-1.5, HuatuoGPT-Vision, LLaVA-Med)
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+}
+_QWEN2_7B = {  # Qwen2-7B / Qwen2.5-7B language models
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+}
+_QWEN2_5_VL_7B = RealModel(
+    family="qwen2_5_vl",
+    vision={
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "out_hidden_size": 3584,
+    },
+    text={
+        **_QWEN2_7B,
+        "vocab_size": 152064,
+        "max_position_embeddings": 128000,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": [16, 24, 24],
+        },
+    },
+    processor={"min_pixels": 3136, "max_pixels": 12845056},
+)
+
+REAL_MODELS: dict[str, RealModel] = {
+    "llava-hf/llava-1.5-7b-hf": RealModel(
+        family="llava",
+        vision={**_CLIP_L_336, "projection_dim": 768},
+        text={
+            "vocab_size": 32064,
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+        },
+    ),
+    "Qwen/Qwen2.5-VL-7B-Instruct": _QWEN2_5_VL_7B,
+    "FreedomIntelligence/HuatuoGPT-Vision-7B-Qwen2.5VL": _QWEN2_5_VL_7B,
+    "lingshu-medical-mllm/Lingshu-7B": _QWEN2_5_VL_7B,
+    "OpenGVLab/InternVL3-8B-hf": RealModel(
+        family="internvl",
+        vision={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": [448, 448],
+            "patch_size": [14, 14],
+        },
+        text={
+            **_QWEN2_7B,
+            "vocab_size": 151674,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": False,
+        },
+        processor={"min_patches": 1, "max_patches": 12},
+        extra={"config": {"tie_word_embeddings": False}},
+    ),
+    "google/medgemma-4b-it": RealModel(
+        family="gemma3",
+        vision={
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "image_size": 896,
+            "patch_size": 14,
+            "vision_use_head": False,
+        },
+        text={
+            "vocab_size": 262208,
+            "hidden_size": 2560,
+            "intermediate_size": 10240,
+            "num_hidden_layers": 34,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "sliding_window": 1024,
+            "max_position_embeddings": 131072,
+        },
+        extra={"tokens_per_side": 16},
+    ),
+    "FreedomIntelligence/HuatuoGPT-Vision-7B": RealModel(
+        family="llava_qwen2",
+        vision={**_CLIP_L_336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+        text={**_QWEN2_7B, "vocab_size": 152064},
+    ),
+    "microsoft/llava-med-v1.5-mistral-7b": RealModel(
+        family="llava_mistral",
+        vision={**_CLIP_L_336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+        text={
+            "vocab_size": 32000,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+        },
+    ),
+}
+"""Published sizes of every model the paper profile can name, by Hub id."""
+
+_GEOMETRY_KEYS = {
+    "image_size",
+    "patch_size",
+    "spatial_merge_size",
+    "window_size",
+    "hidden_act",
+    "layer_norm_eps",
+}
+"""Vision settings a ``small`` build keeps (they fix preprocessing and token layout)."""
+
+
+def real_model(model: str) -> RealModel:
+    """The :data:`REAL_MODELS` entry of a Hub id; ``KeyError`` when it has none."""
+    return REAL_MODELS[model]
+
+
+def build_shape(real: RealModel, scale: str) -> BuildShape:
+    """The sizes of a rehearsal build of ``real`` at ``scale`` (``small`` | ``full``)."""
+    if scale not in SCALES:
+        raise ValueError(f"rehearsal scale {scale!r}: expected one of {SCALES}")
+    if scale == "full":
+        text = dict(real.text)
+        if real.family == "gemma3":
+            text["layer_types"] = gemma3_layer_types(text["num_hidden_layers"])
+        return BuildShape(
+            vision=dict(real.vision),
+            text=text,
+            processor=dict(real.processor),
+            extra={**real.extra, "init_std": 0.02},
+        )
+    vision = {k: v for k, v in real.vision.items() if k in _GEOMETRY_KEYS}
+    vision.update(SMALL_VISION)
+    if real.family == "qwen2_5_vl":
+        depth = {"depth": SMALL_VISION_LAYERS, "num_heads": SMALL_VISION["num_attention_heads"]}
+        vision = {k: v for k, v in vision.items() if k != "num_attention_heads"}
+        vision.update(depth, fullatt_block_indexes=[SMALL_VISION_LAYERS - 1])
+    else:
+        vision["num_hidden_layers"] = SMALL_VISION_LAYERS
+    return BuildShape(
+        vision=vision, text=dict(SMALL_TEXT), processor=dict(real.processor), extra=real.extra
+    )
+
+
+def rehearsal_layers(model: str, scale: str) -> tuple[int, int]:
+    """(language layers, heads in all) of the rehearsal build of ``model``."""
+    real = real_model(model)
+    if scale == "full":
+        return real.layers, real.heads
+    return SMALL_TEXT["num_hidden_layers"], (
+        SMALL_TEXT["num_hidden_layers"] * SMALL_TEXT["num_attention_heads"]
+    )
+
+
+def build_folder(model: str, scale: str, cache: Path) -> Path:
+    """Where the rehearsal build of ``model`` lives: the name, and a hash of its sizes."""
+    real = real_model(model)
+    shape = build_shape(real, scale)
+    spec = json.dumps([model, scale, asdict(real), asdict(shape)], sort_keys=True)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "--", model)
+    return cache / "rehearsal" / scale / f"{slug}-{digest}"
+
+
+def ensure_model(model: str, scale: str, cache: Path) -> Path:
+    """The folder of ``model``'s rehearsal build, built on first use (bf16 weights at
+    ``full`` scale). An unknown id is a ``KeyError`` (callers name the profile key)."""
+    import torch
+
+    from vgutils.models.tiny import build_tiny
+
+    real = real_model(model)
+    folder = build_folder(model, scale, cache)
+    if (folder / ".complete").exists():
+        return folder
+    dtype = torch.bfloat16 if scale == "full" else None
+    build_tiny(real.family, folder, seed=0, shape=build_shape(real, scale), dtype=dtype)
+    (folder / ".complete").write_text(model + "\n")
+    return folder
+
+
+def parameter_count(model: str, scale: str) -> int:
+    """Parameters of ``model``'s rehearsal build, counted on the meta device (no memory):
+    at ``full`` scale the published checkpoint's size, which the tests compare."""
+    import torch
+
+    from vgutils.models import tiny
+
+    real = real_model(model)
+    shape = build_shape(real, scale)
+    with torch.device("meta"):
+        if real.family in tiny.ORIGINAL_FAMILIES:  # the converted model: text + CLIP + MLP
+            modules = _original_modules(real.family, shape)
+        else:
+            modules = [tiny._BUILDERS[real.family](shape)[0]]
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def _original_modules(family: str, shape: BuildShape) -> list:
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel, MistralConfig, Qwen2Config
+    from transformers import MistralForCausalLM, Qwen2ForCausalLM
+
+    from vgutils.models.tiny_original import TEXT, VISION
+
+    text = {**TEXT, **shape.text}
+    vision = {**VISION, **shape.vision}
+    if family == "llava_qwen2":
+        language = Qwen2ForCausalLM(Qwen2Config(**text, tie_word_embeddings=False))
+    else:
+        language = MistralForCausalLM(MistralConfig(**text, tie_word_embeddings=False))
+    projector = torch.nn.Sequential(
+        torch.nn.Linear(vision["hidden_size"], text["hidden_size"]),
+        torch.nn.GELU(),
+        torch.nn.Linear(text["hidden_size"], text["hidden_size"]),
+    )
+    return [language, CLIPVisionModel(CLIPVisionConfig(**vision)), projector]
