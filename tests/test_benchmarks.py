@@ -246,6 +246,33 @@ def test_vgrefine_table_puts_published_numbers_beside_ours():
     ] == pytest.approx(45.4)
 
 
+def test_vgrefine_table_mixes_runs_with_and_without_vgrefine():
+    """The paper's table: LLaVA-Med runs without VGRefine beside models with it (found by
+    the paper profile's rehearsal: the concatenated frame gave LLaVA-Med NaN refined
+    answers and the table crashed)."""
+    from vgutils import mc_report
+
+    refined = pd.DataFrame(
+        {
+            "model": ["a", "a"],
+            "published_as": [None, None],
+            "dataset": ["SLAKE_test"] * 2,
+            "subset": [None] * 2,
+            "baseline_correct": [1.0, 0.0],
+            "baseline_correct_reference": [1.0, 0.0],
+            "refined_correct": [1.0, 1.0],
+            "refined_correct_reference": [1.0, 1.0],
+            "baseline_no_letter": [False, False],
+        }
+    )
+    plain = refined.drop(columns=["refined_correct", "refined_correct_reference"])
+    plain = plain.assign(model="b", baseline_correct=[0.0, 0.0])
+    table = mc_report.vgrefine_table(pd.concat([refined, plain]), n_boot=20)
+    rows = table[table["dataset"] == "SLAKE_test"].set_index("model")
+    assert rows.loc["a", "VGRefine %"] == 100.0 and rows.loc["b", "without %"] == 0.0
+    assert pd.isna(rows.loc["b", "VGRefine %"])
+
+
 def test_teaching_scenes_as_a_benchmark_in_the_real_format(tmp_path):
     import json
 

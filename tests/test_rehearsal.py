@@ -3,6 +3,7 @@ key by key; its models resolved to random stand-ins with the real image geometry
 the real loading code; its layer indices and head counts mapped by the stated rule."""
 
 import shutil
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,9 +52,11 @@ def test_paper_rehearsal_settings_map_heads_and_caption():
     assert settings["refine"]["top_k"] == 2  # the protocols' 20 of 784 heads
     runs = settings["benchmarks"]["runs"]
     assert [r.get("top_k") for r in runs if r.get("refine")] == [2, 2]
-    assert any("refine.top_k: 20 of 784 heads -> 2 of 16" in m for m in settings["rehearsal"]["mapped"])
+    mapped = settings["rehearsal"]["mapped"]
+    assert any("refine.top_k: 20 of 784 heads -> 2 of 16" in line for line in mapped)
     full = load_profile("paper-rehearsal-full")
-    assert full["refine"]["top_k"] == 20 and full["caption"].endswith("(full size) · protocol: authors")
+    assert full["refine"]["top_k"] == 20
+    assert full["caption"].endswith("(full size) · protocol: authors")
     assert load_profile("paper")["caption"] == "protocol: authors"  # the real profile untouched
 
 
@@ -162,14 +165,14 @@ def test_original_format_stand_in_is_converted(rehearsing, tmp_path):
     from vgutils.protocols import model_family
 
     source = resolve("FreedomIntelligence/HuatuoGPT-Vision-7B")
-    assert (tmp_path / "cache" / "rehearsal" / "small") in __import__("pathlib").Path(source).parents
+    assert tmp_path / "cache" / "rehearsal" / "small" in Path(source).parents
     assert model_family("FreedomIntelligence/HuatuoGPT-Vision-7B") == "llava_qwen2"
 
 
 def test_unknown_id_during_a_rehearsal(rehearsing):
     from vgutils.models.loading import resolve
 
-    with pytest.raises(UsageError, match="no rehearsal build.*did you mean"):
+    with pytest.raises(UsageError, match=r"no rehearsal build.*did you mean"):
         resolve("llava-hf/llava-1.5-7b")
 
 

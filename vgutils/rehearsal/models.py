@@ -281,8 +281,14 @@ def parameter_count(model: str, scale: str) -> int:
 
 def _original_modules(family: str, shape: BuildShape) -> list:
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel, MistralConfig, Qwen2Config
-    from transformers import MistralForCausalLM, Qwen2ForCausalLM
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     from vgutils.models.tiny_original import TEXT, VISION
 
