@@ -196,9 +196,17 @@ def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
     fig, _ = plt.subplots()
     png, pdf = plots.save_figure(fig, "paper-rehearsal", "x")[1], tmp_path / "paper-rehearsal"
     assert png.exists() and (pdf / "x.pdf").exists()
-    assert [t.get_text() for t in fig.texts] == [rehearsal.CAPTION]
-    fig2, _ = plt.subplots()
-    plots.save_figure(fig2, "smoke", "x")
-    assert fig2.texts == []
+    assert fig.get_suptitle() == rehearsal.CAPTION
+    titled, _ = plt.subplots()
+    titled.suptitle("fig08")
+    plots.save_figure(titled, "paper-rehearsal", "y")
+    assert [t.get_text() for t in titled.texts] == ["fig08", rehearsal.CAPTION]
+    captioned, _ = plt.subplots()
+    captioned.suptitle(f"{rehearsal.CAPTION} · protocol: authors")
+    plots.save_figure(captioned, "paper-rehearsal", "z")
+    assert len(captioned.texts) == 1  # said once
+    plain, _ = plt.subplots()
+    plots.save_figure(plain, "smoke", "x")
+    assert plain.texts == [] and plain.get_suptitle() == ""
     plt.close("all")
     shutil.rmtree(tmp_path)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from vgutils.data import load_dataset, load_image, resolve_dataset
 from vgutils.jobs import find_job, job_dir, load_jobs_metrics, load_profile
+from vgutils.plots import model_label
 from vgutils.results import load_maps, load_metrics
 from vgutils.stats import LOWER_IS_BETTER, best_layers, domain_difference, layer_curves
 
@@ -32,7 +33,7 @@ def layer_map_rows(profile: str, spec: dict) -> list[dict]:
                 per_layer = metrics[metrics["sample_id"] == sample_id].sort_values("layer")
                 rows.append(
                     {
-                        "title": f"{model} · {dataset}: {samples[sample_id].question}",
+                        "title": f"{model_label(model)} · {dataset}: {samples[sample_id].question}",
                         "model": model,
                         "dataset": dataset,
                         "sample_id": sample_id,

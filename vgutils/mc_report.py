@@ -168,14 +168,15 @@ def published_table() -> pd.DataFrame:
 def vgrefine_figure(table: pd.DataFrame, caption: str | None = None):
     """Accuracy per benchmark dataset (x) and model: without (light) and with VGRefine
     (dark) bars with 95% intervals; published numbers as black markers."""
-    from vgutils.plots import COLUMN_WIDTH_IN
+    import seaborn as sns
+
+    from vgutils.plots import COLUMN_WIDTH_IN, model_label
 
     models = list(dict.fromkeys(table["model"]))
     datasets = list(dict.fromkeys(table["dataset"]))
-    colours = plt.get_cmap("tab10").colors
-    fig, ax = plt.subplots(
-        figsize=(max(COLUMN_WIDTH_IN * 2, 1.4 * len(datasets) * len(models)), 2.8)
-    )
+    colours = sns.color_palette("colorblind")
+    width_in = min(10.0, max(COLUMN_WIDTH_IN * 2, 0.7 * len(datasets) * len(models)))
+    fig, ax = plt.subplots(figsize=(width_in, 3.0))
     width = 0.8 / (2 * len(models))
     for m, model in enumerate(models):
         rows = table[table["model"] == model].set_index("dataset")
@@ -189,7 +190,7 @@ def vgrefine_figure(table: pd.DataFrame, caption: str | None = None):
                 x = d - 0.4 + width * (2 * m + k + 0.5)
                 value = rows.loc[dataset, column]
                 low, high = (float(v) for v in rows.loc[dataset, ci].split("-"))
-                label = f"{model}, {column.replace(' %', '')}" if d == 0 else None
+                label = f"{model_label(model)}, {column.replace(' %', '')}" if d == 0 else None
                 ax.bar(x, value, width, color=colours[m % 10], alpha=alpha, label=label)
                 ax.errorbar(
                     x, value, [[value - low], [high - value]], color="black", lw=0.8, capsize=2
@@ -203,10 +204,10 @@ def vgrefine_figure(table: pd.DataFrame, caption: str | None = None):
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=6, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.legend(fontsize=6, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.set_title("Multiple-choice accuracy without / with VGRefine (95% bootstrap CIs)")
     if caption:
-        fig.text(0.01, -0.02, caption, fontsize=6, va="top")
+        fig.suptitle(caption, fontsize=7, x=0.01, ha="left")
     return fig
 
 

@@ -52,17 +52,43 @@ def use_style() -> None:
 
 def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
     """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths. A
-    rehearsal's figures carry its caption in the bottom-left corner."""
-    from vgutils.rehearsal import CAPTION, split_profile
+    rehearsal's figure says so (:func:`mark_rehearsal`)."""
+    from vgutils.rehearsal import split_profile
 
-    if split_profile(profile)[1] and not any(t.get_text() == CAPTION for t in fig.texts):
-        fig.text(0.005, 0.003, CAPTION, fontsize=7, color="#b2182b", ha="left", va="bottom")
+    if split_profile(profile)[1]:
+        mark_rehearsal(fig)
     folder = figures_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{suffix}" for suffix in ("pdf", "png")]
     for path in paths:
         fig.savefig(path)
     return paths
+
+
+def _clip(text: str, width: int = 24) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis (a panel label's width)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def model_label(model: str) -> str:
+    """A model's name in a panel title or legend: a Hub id without its organisation
+    (``FreedomIntelligence/HuatuoGPT-Vision-7B`` -> ``HuatuoGPT-Vision-7B``)."""
+    return model.rsplit("/", 1)[-1]
+
+
+def mark_rehearsal(fig: plt.Figure) -> None:
+    """Caption ``fig`` "REHEARSAL: random models, synthetic data" unless its title or a
+    text already says it: as the title when it has none, else above the title."""
+    from vgutils.rehearsal import CAPTION
+
+    texts = [t.get_text() for t in fig.texts] + [fig.get_suptitle()]
+    if any(CAPTION in text for text in texts):
+        return
+    style = {"fontsize": 9, "color": "#b2182b", "fontweight": "bold"}
+    if not fig.get_suptitle():
+        fig.suptitle(CAPTION, **style)
+    else:
+        fig.text(0.5, 1.0, CAPTION, ha="center", va="bottom", **style)
 
 
 def show(fig: plt.Figure, dpi: int = 110) -> None:
@@ -310,7 +336,7 @@ def layer_curves_figure(curves: pd.DataFrame, caption: str | None = None):
                 )
             if metric == "kl":
                 _mark_best_kl(ax, frame)
-            ax.set_title(f"{model}", fontsize=7, loc="left")
+            ax.set_title(model_label(model), fontsize=7, loc="left")
             _style_metric_axis(ax, metric)
     for ax, metric in zip(axes[0], metrics, strict=True):
         ensure_span(ax, metric)  # shared by the column
@@ -352,7 +378,7 @@ def strategy_curves_figure(curves: pd.DataFrame, caption: str | None = None):
             for strategy, part in frame.groupby("strategy", sort=False):
                 _band(ax, part, STRATEGY_COLOURS.get(strategy, "grey"), "-", strategy)
             ax.set_title(
-                f"{model} — {domain}",
+                f"{model_label(model)} — {domain}",
                 fontsize=7,
                 loc="left",
                 color=DOMAIN_COLOURS.get(domain, "black"),
@@ -414,7 +440,7 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
             )
             _draw_boxes(ax, row["boxes"])
             ax.set_title(f"{label}", fontsize=7)
-            ax.set_xlabel(textwrap.shorten(f"answer: {row[answer_key]}", 30), fontsize=7)
+            ax.set_xlabel(_clip(f"answer: {' '.join(str(row[answer_key]).split())}"), fontsize=7)
         bar = fig.colorbar(mapped, ax=axes_row[3], fraction=0.05, pad=0.02)
         bar.set_label("question / generic", fontsize=6)
         bar.ax.tick_params(labelsize=5)
