@@ -210,3 +210,57 @@ def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
     assert plain.texts == [] and plain.get_suptitle() == ""
     plt.close("all")
     shutil.rmtree(tmp_path)
+
+
+def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links(
+    tmp_path, monkeypatch
+):
+    import os
+
+    from vgutils.data import load_dataset
+
+    monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
+    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "rehearsal"))
+    monkeypatch.delenv(rehearsal.REHEARSAL_VARIABLE, raising=False)
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    root = rehearsal.activate("small")
+    assert root == tmp_path / "rehearsal" and os.environ["VGUTILS_DATA"] == str(root)
+    assert rehearsal.active_scale() == "small"
+    for name in rehearsal.LINKED:
+        assert (root / name).resolve() == (tmp_path / "embedded" / name).resolve()
+    assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
+    assert rehearsal.activate("small") == root  # idempotent
+
+
+def test_jobs_rehearsal_runs_a_profile_offline_and_resumes(tmp_path, monkeypatch, capsys):
+    params = tmp_path / "params"
+    params.mkdir()
+    profile = {
+        "protocol": "authors",
+        "device": "cpu",
+        "jobs": [
+            {
+                "models": ["FreedomIntelligence/HuatuoGPT-Vision-7B"],
+                "datasets": ["coco-localization"],
+            }
+        ],
+    }
+    (params / "mini.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.setattr(paths, "PARAMS_DIR", params)
+    for variable, folder in [
+        ("VGUTILS_RESULTS", "results"),
+        ("VGUTILS_CACHE", "cache"),
+        ("VGUTILS_DATA", "embedded"),
+        (rehearsal.DATA_VARIABLE, "rehearsal"),
+    ]:
+        monkeypatch.setenv(variable, str(tmp_path / folder))
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    assert main(["jobs", "mini", "--rehearsal"]) == 0
+    first = capsys.readouterr().out
+    assert (
+        "[1/1] FreedomIntelligence_HuatuoGPT-Vision-7B__coco-localization__last__authors" in first
+    )
+    assert "8 done, 0 skipped (computed)" in first  # original format, converted, all rows
+    assert main(["jobs", "mini", "--rehearsal"]) == 0
+    assert "8 done, 0 skipped (cached)" in capsys.readouterr().out
+    assert (tmp_path / "results" / "mini-rehearsal").is_dir()
