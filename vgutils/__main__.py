@@ -567,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_convert)
 
     jobs = commands.add_parser("jobs", help="run a profile's extraction jobs (cached)")
-    jobs.add_argument("profile", help="smoke, default, paper (notebooks/params/*.yaml)")
+    jobs.add_argument(
+        "profile",
+        help="smoke, default, paper (notebooks/params/*.yaml), or a rehearsal such as "
+        "paper-rehearsal",
+    )
     jobs.add_argument(
         "--rehearsal",
         nargs="?",

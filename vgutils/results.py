@@ -104,7 +104,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, rename it onto ``path``:
+    a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -272,7 +274,7 @@ class RunStore:
 
     def write_run(self, run: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.folder / RUN_FILE, json.dumps(run, indent=2).encode())
+        atomic_write_bytes(self.folder / RUN_FILE, json.dumps(run, indent=2).encode())
 
     def open(
         self,
@@ -504,7 +506,7 @@ class RunStore:
 
     def clear_errors(self) -> None:
         """Forget every skipped sample (``--retry-errors``): they are computed again."""
-        _atomic_write_bytes(self.folder / ERRORS_FILE, b"")
+        atomic_write_bytes(self.folder / ERRORS_FILE, b"")
 
     def save_maps(self, sample_id: str, arrays: dict[str, np.ndarray], layout: TokenLayout):
         """``maps/<sample>.npz``: the arrays plus the TokenLayout, no pickled objects."""
@@ -744,7 +746,7 @@ def merge_runs(folders: list[Path], out: Path) -> Path:
             _atomic_parquet(merged, out / f"{kind}.parquet")
             rows[kind] = len(merged)
         errors = {e["sample_id"]: e for f in folders for e in RunStore(f).errors()}
-        _atomic_write_bytes(
+        atomic_write_bytes(
             out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors.values()).encode()
         )
         for folder in folders:

@@ -1,8 +1,9 @@
 """Randomly initialised models with the shapes of real checkpoints, for benchmarks.
 
-They load nothing from the Hub: the config is written out here from the published
-checkpoint's ``config.json`` values, the depth can be cut, and the processor and tokenizer
-come from the tiny build of the same family (real image processor, real sizes set here).
+They load nothing from the Hub: the sizes are the published checkpoint's
+(:data:`vgutils.rehearsal.models.REAL_MODELS`), the depth can be cut, and the processor and
+tokenizer come from the tiny build of the same family (real image processor, real sizes
+set here).
 """
 
 from __future__ import annotations
@@ -26,26 +27,12 @@ def llava_1_5_7b(
     from transformers import LlavaForConditionalGeneration
 
     from vgutils.models.tiny import llava_config, llava_processor
+    from vgutils.rehearsal.models import REAL_MODELS
 
     tokenizer = AutoProcessor.from_pretrained(resolve("tiny:llava")).tokenizer
-    vision = {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": vision_layers,
-        "num_attention_heads": 16,
-        "image_size": 336,
-        "patch_size": 14,
-        "projection_dim": 768,
-    }
-    text = {
-        "vocab_size": 32064,
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-        "max_position_embeddings": 4096,
-    }
+    real = REAL_MODELS["llava-hf/llava-1.5-7b-hf"]
+    vision = {**real.vision, "num_hidden_layers": vision_layers}
+    text = {**real.text, "num_hidden_layers": num_layers, "max_position_embeddings": 4096}
     config = llava_config(tokenizer, vision, text)
     processor = llava_processor(tokenizer, 336, 14)
     torch.manual_seed(0)
@@ -69,36 +56,25 @@ def qwen2_5_vl_7b(
     The processor allows up to ``max_image_tokens`` image tokens."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    from vgutils.rehearsal.models import REAL_MODELS
+
     processor = AutoProcessor.from_pretrained(resolve("tiny:qwen2_5_vl"))
     tiny = Qwen2_5_VLConfig.from_pretrained(resolve("tiny:qwen2_5_vl"))
+    real = REAL_MODELS["Qwen/Qwen2.5-VL-7B-Instruct"]
     config = Qwen2_5_VLConfig(
         text_config={
+            **real.text,
             "vocab_size": tiny.text_config.vocab_size,
-            "hidden_size": 3584,
-            "intermediate_size": 18944,
             "num_hidden_layers": num_layers,
-            "num_attention_heads": 28,
-            "num_key_value_heads": 4,
             "max_position_embeddings": 32768,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": [16, 24, 24],
-            },
             "bos_token_id": None,
             "eos_token_id": tiny.text_config.eos_token_id,
             "pad_token_id": tiny.text_config.pad_token_id,
         },
         vision_config={
+            **real.vision,
             "depth": vision_layers,
-            "hidden_size": 1280,
-            "intermediate_size": 3420,
-            "num_heads": 16,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "window_size": 112,
             "fullatt_block_indexes": [vision_layers - 1],
-            "out_hidden_size": 3584,
         },
         image_token_id=tiny.image_token_id,
         video_token_id=tiny.video_token_id,

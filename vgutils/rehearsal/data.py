@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,15 +115,11 @@ def _encode(image: Image.Image, suffix: str) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``:
-    a crash leaves the old file or the new one, never half of one."""
+    """Write ``data`` onto ``path`` atomically (its folder made first); returns ``path``."""
+    from vgutils.results import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return path
 
 
