@@ -12,7 +12,10 @@ DATA_ROOT ?= data
 # data (vgutils.rehearsal), into results|build|figures/<PROFILE>-rehearsal; REHEARSAL=full:
 # the stand-ins at the real depths and widths (a GPU run), <PROFILE>-rehearsal-full
 REHEARSAL ?=
-RUN := $(PROFILE)$(if $(filter full,$(REHEARSAL)),-rehearsal-full,$(if $(filter-out 0,$(REHEARSAL)),-rehearsal))
+ifneq ($(filter-out 0 1 small full,$(REHEARSAL)),)
+$(error REHEARSAL=$(REHEARSAL): expected 1 (or small) or full)
+endif
+RUN := $(PROFILE)$(if $(filter full,$(REHEARSAL)),-rehearsal-full,$(if $(filter 1 small,$(REHEARSAL)),-rehearsal))
 
 SAMPLES := $(DATA_ROOT)/samples/sample-medical.jsonl
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))

@@ -2,7 +2,6 @@
 key by key; its models resolved to random stand-ins with the real image geometry through
 the real loading code; its layer indices and head counts mapped by the stated rule."""
 
-import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -62,12 +61,15 @@ def test_paper_rehearsal_settings_map_heads_and_caption():
 
 def test_explicit_layers_are_mapped():
     settings = paper_settings()
+    settings["sensitivity"]["refine"]["top_k"] = 40
     settings["benchmarks"]["layers"] = 16
     settings["benchmarks"]["runs"][0]["layers"] = [15, 16]
     mapped = rehearse_settings(settings, PAPER, "small")
     runs = mapped["benchmarks"]["runs"]
     assert runs[0]["layers"] == [2, 2] and runs[2]["layers"] == 2
     assert runs[1].get("layers") is None  # LLaVA-Med runs without VGRefine
+    assert mapped["sensitivity"]["refine"]["top_k"] == 2  # round(40 * 16 / 784) = 1 -> 2
+    assert "sensitivity.refine.top_k: 40 of 784 heads -> 2 of 16" in mapped["rehearsal"]["mapped"]
 
 
 @pytest.mark.parametrize(
@@ -85,6 +87,8 @@ def test_explicit_layers_are_mapped():
          "benchmarks.runs[1].model", "microsoft/llava-med"),
         (lambda s: s["benchmarks"]["datasets"].__setitem__(0, "VQA-RAD"),
          "benchmarks.datasets[0]", "VQA-RAD"),
+        (lambda s: s["benchmarks"]["datasets"].append("OmniMedVQA"),  # no synthetic data
+         "benchmarks.datasets[4]", "OmniMedVQA"),
     ],
 )  # fmt: skip
 def test_a_typo_in_a_copy_of_paper_yaml_is_one_line_naming_the_key(
@@ -97,13 +101,16 @@ def test_a_typo_in_a_copy_of_paper_yaml_is_one_line_naming_the_key(
     (params / "paper.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     monkeypatch.setattr(paths, "PARAMS_DIR", params)
     monkeypatch.setenv("VGUTILS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
     monkeypatch.setenv("VGUTILS_REHEARSAL_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
     code = main(["jobs", "paper", "--rehearsal"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert f"paper.yaml: {key}: {value!r} is not" in err
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
-    with pytest.raises(DataError, match="did you mean"):
+    with pytest.raises(DataError, match=r"did you mean|known: "):
         rehearse_settings(settings, params / "paper.yaml", "small")
 
 
@@ -150,7 +157,7 @@ IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1500, 3)
     ],
 )
 def test_stand_ins_load_through_the_real_path_with_the_real_geometry(
-    rehearsing, model, processor, tokens
+    rehearsing, tmp_path, model, processor, tokens
 ):
     from vgutils.models import load_model
 
@@ -158,15 +165,24 @@ def test_stand_ins_load_through_the_real_path_with_the_real_geometry(
     prepared = vlm.prepare(IMAGE, "Where is the liver?")
     assert prepared.layout.n_tokens == tokens
     assert vlm.num_layers == 4
+    if REAL_MODELS[model].family.startswith("llava_"):  # went through the converter
+        converted = rehearsal_cache(tmp_path).parent.parent / "converted"
+        assert list(converted.glob("*/vgutils_conversion.json"))
 
 
-def test_original_format_stand_in_is_converted(rehearsing, tmp_path):
+def rehearsal_cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache" / "rehearsal" / "small"
+
+
+def test_original_format_stand_in_and_shared_builds(rehearsing, tmp_path):
     from vgutils.models.loading import resolve
     from vgutils.protocols import model_family
 
-    source = resolve("FreedomIntelligence/HuatuoGPT-Vision-7B")
-    assert tmp_path / "cache" / "rehearsal" / "small" in Path(source).parents
+    source = Path(resolve("FreedomIntelligence/HuatuoGPT-Vision-7B"))
+    assert source.parent == rehearsal_cache(tmp_path) and source.name.startswith("llava_qwen2-")
     assert model_family("FreedomIntelligence/HuatuoGPT-Vision-7B") == "llava_qwen2"
+    same_shape = "FreedomIntelligence/HuatuoGPT-Vision-7B-Qwen2.5VL"
+    assert resolve("Qwen/Qwen2.5-VL-7B-Instruct") == resolve(same_shape)  # one build
 
 
 def test_unknown_id_during_a_rehearsal(rehearsing):
@@ -190,9 +206,17 @@ def test_authors_protocol_keeps_tiles_for_internvl(rehearsing):
 
 
 def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
-    from vgutils import plots
 
     monkeypatch.setenv("VGUTILS_FIGURES", str(tmp_path))
+    try:
+        check_captions(tmp_path)
+    finally:
+        plt.close("all")
+
+
+def check_captions(tmp_path):
+    from vgutils import plots
+
     fig, _ = plt.subplots()
     png, pdf = plots.save_figure(fig, "paper-rehearsal", "x")[1], tmp_path / "paper-rehearsal"
     assert png.exists() and (pdf / "x.pdf").exists()
@@ -208,8 +232,6 @@ def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
     plain, _ = plt.subplots()
     plots.save_figure(plain, "smoke", "x")
     assert plain.texts == [] and plain.get_suptitle() == ""
-    plt.close("all")
-    shutil.rmtree(tmp_path)
 
 
 def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links(
@@ -223,13 +245,50 @@ def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links
     monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "rehearsal"))
     monkeypatch.delenv(rehearsal.REHEARSAL_VARIABLE, raising=False)
     monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    (tmp_path / "embedded" / "samples").mkdir(parents=True)
     root = rehearsal.activate("small")
     assert root == tmp_path / "rehearsal" and os.environ["VGUTILS_DATA"] == str(root)
     assert rehearsal.active_scale() == "small"
-    for name in rehearsal.LINKED:
-        assert (root / name).resolve() == (tmp_path / "embedded" / name).resolve()
+    assert (root / "samples").resolve() == tmp_path / "embedded" / "samples"
+    assert not (root / "teach").exists()  # no embedded teaching data: built here on demand
+    assert not (tmp_path / "embedded" / "teach").exists()  # nothing made in the real root
     assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
-    assert rehearsal.activate("small") == root  # idempotent
+    stamp = root / ".rehearsal-stamp.json"
+    built = stamp.stat().st_mtime_ns
+    assert rehearsal.activate("small") == root and stamp.stat().st_mtime_ns == built
+    rehearsal.enter(load_profile("smoke"))  # a plain profile after a rehearsal
+    assert rehearsal.active_scale() is None
+    assert os.environ["VGUTILS_DATA"] == str(tmp_path / "embedded")
+    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "embedded"))
+    with pytest.raises(UsageError, match="is the data root itself"):
+        rehearsal.activate("small")
+
+
+def test_rehearsal_verifies_synthetic_files_against_their_own_hashes(tmp_path, monkeypatch):
+    from vgutils.data import manifest
+
+    real = tmp_path / "registry.txt"
+    name = "vgmed/VGMED_localization.jsonl"
+    real.write_text(f"{name} {'0' * 64}\n")  # as if the real release were pinned
+    monkeypatch.setattr(manifest, "REGISTRY_FILE", real)
+    monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
+    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "rehearsal"))
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    root = rehearsal.activate("small")
+    assert manifest.verify_file(name, root) == root / name
+    with open(root / name, "ab") as handle:
+        handle.write(b"\n")
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        manifest.verify_file(name, root)
+    rehearsal.deactivate()
+    assert manifest.read_registry()[name][0] == "0" * 64  # the real one again
+    manifest.pin(root, [name])
+    assert real.read_text().split()[1] != "0" * 64  # pin writes the real registry only
+
+
+def test_jobs_refuses_a_rehearsal_of_a_rehearsal(capsys):
+    assert main(["jobs", "paper-rehearsal", "--rehearsal"]) == 2
+    assert "is a rehearsal already" in capsys.readouterr().err
 
 
 def test_jobs_rehearsal_runs_a_profile_offline_and_resumes(tmp_path, monkeypatch, capsys):

@@ -398,8 +398,10 @@ def _jobs(args) -> int:
 
     profile = args.profile
     if args.rehearsal:  # paper -> paper-rehearsal: the same YAML, offline stand-ins
-        from vgutils.rehearsal import SUFFIXES
+        from vgutils.rehearsal import SUFFIXES, split_profile
 
+        if split_profile(profile)[1]:
+            raise UsageError(f"jobs {profile} --rehearsal: {profile!r} is a rehearsal already")
         suffix = {scale: suffix for suffix, scale in SUFFIXES.items()}[args.rehearsal]
         profile += suffix
     ensure_results(profile)

@@ -126,14 +126,12 @@ def job_dir(profile: str, job: Job) -> Path:
 
 def ensure_results(profile: str, progress: bool = True) -> list[Job]:
     """Run every job of ``profile`` that is not complete yet; returns the jobs."""
+    from vgutils import rehearsal
     from vgutils.results import RunMismatch
     from vgutils.runner import ExtractOptions, extract
 
     settings = load_profile(profile)
-    if "rehearsal" in settings:  # random stand-ins and synthetic data, from here on
-        from vgutils.rehearsal import activate
-
-        activate(settings["rehearsal"]["scale"])
+    rehearsal.enter(settings)  # a rehearsal's stand-ins and data, or none left active
     jobs = profile_jobs(settings)
     for number, job in enumerate(jobs, start=1):
         options = ExtractOptions(

@@ -64,13 +64,13 @@ def setup(profile: str) -> str:
         print(
             f"profile {chosen!r} (from ${PROFILE_VARIABLE}; the parameters cell says {profile!r})"
         )
+    from vgutils import rehearsal
+
     settings = load_profile(chosen)
-    if "rehearsal" in settings:  # stand-in models and synthetic data, said in the notebook
+    rehearsal.enter(settings)  # a rehearsal's stand-ins and data, or none left active
+    if "rehearsal" in settings:  # said in the notebook
         from IPython.display import Markdown, display
 
-        from vgutils import rehearsal
-
-        rehearsal.activate(settings["rehearsal"]["scale"])
         display(Markdown(rehearsal.describe(settings)))
     return chosen
 

@@ -68,7 +68,12 @@ def resolve_options(options: ExtractOptions) -> ExtractOptions:
 
     protocol = get_protocol(options.protocol)
     changes = {"protocol": protocol.name}
-    family = model_family(options.model, options.revision, options.trust_remote_code)
+    scaled = options.box_mapping is None and protocol.box_mapping == "scaled"
+    family = (  # read from the config, only when a setting depends on it
+        model_family(options.model, options.revision, options.trust_remote_code)
+        if protocol.processor_kwargs or scaled
+        else None
+    )
     if options.box_mapping is None:
         changes["box_mapping"] = protocol.box_mapping_for(family)
     preset = protocol.processor_kwargs_for(family) if family else {}

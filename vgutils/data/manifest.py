@@ -110,8 +110,20 @@ def manifest_models(path: Path | None = None) -> dict[str, dict]:
 
 
 def read_registry(path: Path | None = None) -> dict[str, tuple[str, str | None]]:
-    """``{relative path: (sha256 or "unpinned", url or None)}``."""
-    path = path or REGISTRY_FILE
+    """``{relative path: (sha256 or "unpinned", url or None)}`` of ``path``; by default
+    ``registry.txt``, where during a rehearsal (:mod:`vgutils.rehearsal`) the synthetic
+    files' own hashes stand in for the real release's."""
+    if path is None:
+        registry = read_registry(REGISTRY_FILE)
+        from vgutils.rehearsal import active_scale, rehearsal_data_root
+        from vgutils.rehearsal.data import REGISTRY_FILE as SYNTHETIC
+
+        synthetic = rehearsal_data_root() / SYNTHETIC
+        if active_scale() and synthetic.is_file():
+            registry.update(
+                {name: (digest, None) for name, (digest, _) in read_registry(synthetic).items()}
+            )
+        return registry
     registry = {}
     try:
         text = path.read_text(encoding="utf-8")
@@ -206,7 +218,7 @@ def fetch(name: str, root: Path) -> Path:
 def pin(root: Path, names: list[str] | None = None) -> list[str]:
     """Record the sha256 of every present, unpinned registry file (or of ``names``);
     returns the names pinned."""
-    registry = read_registry()
+    registry = read_registry(REGISTRY_FILE)  # the real release's, never a rehearsal's
     for name in names or []:
         if name not in registry:
             raise UsageError(

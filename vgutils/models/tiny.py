@@ -350,10 +350,12 @@ def _gemma3(shape: BuildShape):
 
 
 def gemma3_layer_types(layers: int) -> list[str]:
-    """Gemma 3's pattern: five sliding-window layers, then one global; the last layer is
-    global whatever the depth (3 layers: sliding, sliding, full)."""
+    """Gemma 3's pattern: five sliding-window layers, then one global (MedGemma-4B's 34:
+    global at 5, 11, 17, 23, 29); a model too shallow for a global layer gets its last
+    one global (3 layers: sliding, sliding, full)."""
     types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
-    types[-1] = "full_attention"
+    if "full_attention" not in types:
+        types[-1] = "full_attention"
     return types
 
 

@@ -31,6 +31,8 @@ from vgutils.paths import REPO_ROOT
 
 REHEARSAL_VARIABLE = "VGUTILS_REHEARSAL"
 DATA_VARIABLE = "VGUTILS_REHEARSAL_DATA"
+SAVED_DATA_VARIABLE = "VGUTILS_REHEARSAL_SAVED_DATA"
+"""``$VGUTILS_DATA`` as it was before :func:`activate` (restored by :func:`deactivate`)."""
 SUFFIXES = {"-rehearsal-full": "full", "-rehearsal": "small"}
 """Profile-name suffix -> scale (longest first)."""
 CAPTION = "REHEARSAL: random models, synthetic data"
@@ -59,33 +61,63 @@ def active_scale() -> str | None:
 
 
 def rehearsal_data_root() -> Path:
-    """``$VGUTILS_REHEARSAL_DATA``, else ``data/rehearsal`` in the repository."""
-    return Path(os.environ.get(DATA_VARIABLE, REPO_ROOT / "data" / "rehearsal"))
+    """``$VGUTILS_REHEARSAL_DATA``, else ``data/rehearsal`` in the repository (absolute)."""
+    return Path(os.environ.get(DATA_VARIABLE) or REPO_ROOT / "data" / "rehearsal").resolve()
 
 
 def activate(scale: str) -> Path:
     """Make this process (and its children) rehearse at ``scale``: model ids resolve to
     rehearsal builds, the data root is the synthetic one (built here on first use, with
-    links to the embedded sample and teaching data). Returns the data root."""
+    links to the embedded sample and teaching data where those exist). Returns the data
+    root. :func:`deactivate` undoes it."""
     from vgutils.data.manifest import data_root
+    from vgutils.errors import UsageError
     from vgutils.rehearsal.data import build_rehearsal_data
 
     root = rehearsal_data_root()
-    if os.environ.get(REHEARSAL_VARIABLE) == scale and os.environ.get("VGUTILS_DATA") == str(root):
-        return root
-    embedded = data_root()
+    if active_scale() and os.environ.get("VGUTILS_DATA") == str(root):
+        embedded = Path(os.environ.get(SAVED_DATA_VARIABLE) or data_root(REPO_ROOT / "data"))
+    else:
+        embedded = data_root()
+    if embedded.resolve() == root:
+        raise UsageError(
+            f"rehearsal data root {root} is the data root itself; set ${DATA_VARIABLE} to "
+            "a folder of its own (the synthetic files would overwrite real ones)"
+        )
     build_rehearsal_data(root)
     for name in LINKED:
-        target = (embedded / name).resolve()
-        target.mkdir(parents=True, exist_ok=True)
-        link = root / name
+        target, link = (embedded / name).resolve(), root / name
         if link.is_symlink() and link.resolve() != target:
             link.unlink()
-        if not link.exists():
+        if target.is_dir() and not link.exists():  # else built on demand in the root
             link.symlink_to(target, target_is_directory=True)
+    if not active_scale():
+        os.environ[SAVED_DATA_VARIABLE] = os.environ.get("VGUTILS_DATA", "")
     os.environ[REHEARSAL_VARIABLE] = scale
     os.environ["VGUTILS_DATA"] = str(root)
     return root
+
+
+def deactivate() -> None:
+    """End a rehearsal in this process: Hub ids are Hub ids again and ``$VGUTILS_DATA`` is
+    what it was before :func:`activate` (nothing to do when none is active)."""
+    if not active_scale():
+        return
+    saved = os.environ.pop(SAVED_DATA_VARIABLE, "")
+    os.environ.pop(REHEARSAL_VARIABLE, None)
+    if saved:
+        os.environ["VGUTILS_DATA"] = saved
+    else:
+        os.environ.pop("VGUTILS_DATA", None)
+
+
+def enter(settings: dict) -> None:
+    """Rehearse (:func:`activate`) when ``settings`` are a rehearsal's, else make sure no
+    rehearsal of an earlier profile is still active (:func:`deactivate`)."""
+    if "rehearsal" in settings:
+        activate(settings["rehearsal"]["scale"])
+    else:
+        deactivate()
 
 
 def _walk_names(settings: dict):
@@ -137,19 +169,23 @@ def check_names(settings: dict, path: Path) -> None:
     else a ``DataError`` naming the file and the key (one line)."""
     from vgutils.data.manifest import load_benchmarks, load_manifest
     from vgutils.models.loading import tiny_names
+    from vgutils.rehearsal.data import MC_DATASETS
     from vgutils.rehearsal.models import REAL_MODELS
 
     models = [*REAL_MODELS, *tiny_names()]
     datasets = list(load_manifest())
     benchmarks = load_benchmarks()
-    subsets = sorted({s for entry in benchmarks.values() for s in entry.datasets})
+    named = (settings.get("benchmarks") or {}).get("benchmark")
+    subsets = list(benchmarks[named].datasets) if named in benchmarks else []
+    if named == "medical-mc":  # the synthetic file holds these only
+        subsets = [s for s in subsets if s in MC_DATASETS]
     known = {"model": models, "dataset": datasets, "benchmark": list(benchmarks)}
     known["subset"] = subsets
     what = {
         "model": "a model with a rehearsal build (vgutils.rehearsal.models.REAL_MODELS)",
         "dataset": "a dataset of data_manifest/manifest.yaml",
         "benchmark": "a benchmark of data_manifest/manifest.yaml",
-        "subset": "a dataset of the manifest's benchmarks",
+        "subset": f"a dataset of benchmark {named!r} with rehearsal data",
     }
     for key, kind, value in _walk_names(settings):
         if value not in known[kind]:
@@ -204,7 +240,12 @@ def rehearse_settings(settings: dict, path: Path, scale: str) -> dict:
     protocol_top_k = max(get_protocol(p).top_k for p in ("authors", "corrected"))
     refine = settings.get("refine")
     if refine:
+        real_top_k = refine.get("top_k") or protocol_top_k
         mapped += _map_spec(refine, refine["model"], scale, "refine", protocol_top_k)
+        variants = (settings.get("sensitivity") or {}).get("refine") or {}
+        if "top_k" in variants or "layers" in variants:  # notebook 06's own settings
+            model = variants.get("model", refine["model"])
+            mapped += _map_spec(variants, model, scale, "sensitivity.refine", real_top_k)
     benchmarks = settings.get("benchmarks")
     if benchmarks:
         default_top_k = benchmarks.get("top_k", 10)

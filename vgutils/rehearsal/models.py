@@ -10,15 +10,15 @@ vision layers of width 32; seconds on a CPU) or keeps every size (``full``: a GP
 ``HuatuoGPT-Vision-7B`` and ``LLaVA-Med`` are built as original-format LLaVA checkpoints,
 so :func:`vgutils.models.load_model` converts them as it converts the real ones.
 
-The build lands in ``cache_dir()/rehearsal/<scale>/<name>-<hash>`` (the hash covers the
-sizes, so a changed table rebuilds).
+The build lands in ``cache_dir()/rehearsal/<scale>/<family>-<hash>``: the hash covers the
+sizes and the builders' source, so checkpoints of one shape (Qwen2.5-VL-7B and
+HuatuoGPT-Vision-7B-Qwen2.5VL) share a build and a changed builder rebuilds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -165,7 +165,7 @@ REAL_MODELS: dict[str, RealModel] = {
     "FreedomIntelligence/HuatuoGPT-Vision-7B": RealModel(
         family="llava_qwen2",
         vision={**_CLIP_L_336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
-        text={**_QWEN2_7B, "vocab_size": 152064},
+        text={**_QWEN2_7B, "vocab_size": 152064, "max_position_embeddings": 32768},
     ),
     "microsoft/llava-med-v1.5-mistral-7b": RealModel(
         family="llava_mistral",
@@ -177,6 +177,7 @@ REAL_MODELS: dict[str, RealModel] = {
             "num_hidden_layers": 32,
             "num_attention_heads": 32,
             "num_key_value_heads": 8,
+            "max_position_embeddings": 32768,
         },
     ),
 }
@@ -236,13 +237,14 @@ def rehearsal_layers(model: str, scale: str) -> tuple[int, int]:
 
 
 def build_folder(model: str, scale: str, cache: Path) -> Path:
-    """Where the rehearsal build of ``model`` lives: the name, and a hash of its sizes."""
+    """Where the rehearsal build of ``model`` lives: its family and a hash of its sizes and
+    of the builders' source (``tiny.py``, ``tiny_original.py``)."""
     real = real_model(model)
     shape = build_shape(real, scale)
-    spec = json.dumps([model, scale, asdict(real), asdict(shape)], sort_keys=True)
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "--", model)
-    return cache / "rehearsal" / scale / f"{slug}-{digest}"
+    digest = hashlib.sha256(json.dumps([real.family, asdict(shape)], sort_keys=True).encode())
+    for source in ("tiny.py", "tiny_original.py"):
+        digest.update((Path(__file__).parent.parent / "models" / source).read_bytes())
+    return cache / "rehearsal" / scale / f"{real.family}-{digest.hexdigest()[:12]}"
 
 
 def ensure_model(model: str, scale: str, cache: Path) -> Path:
