@@ -220,7 +220,7 @@ def check_captions(tmp_path):
     fig, _ = plt.subplots()
     png, pdf = plots.save_figure(fig, "paper-rehearsal", "x")[1], tmp_path / "paper-rehearsal"
     assert png.exists() and (pdf / "x.pdf").exists()
-    assert fig.get_suptitle() == rehearsal.CAPTION
+    assert [t.get_text() for t in fig.texts] == [rehearsal.CAPTION]
     titled, _ = plt.subplots()
     titled.suptitle("fig08")
     plots.save_figure(titled, "paper-rehearsal", "y")

@@ -77,18 +77,15 @@ def model_label(model: str) -> str:
 
 
 def mark_rehearsal(fig: plt.Figure) -> None:
-    """Caption ``fig`` "REHEARSAL: random models, synthetic data" unless its title or a
-    text already says it: as the title when it has none, else above the title."""
+    """Caption ``fig`` "REHEARSAL: random models, synthetic data" above everything in it
+    (saved with the tight bounding box), unless its title or a text already says it."""
     from vgutils.rehearsal import CAPTION
 
     texts = [t.get_text() for t in fig.texts] + [fig.get_suptitle()]
     if any(CAPTION in text for text in texts):
         return
     style = {"fontsize": 9, "color": "#b2182b", "fontweight": "bold"}
-    if not fig.get_suptitle():
-        fig.suptitle(CAPTION, **style)
-    else:
-        fig.text(0.5, 1.0, CAPTION, ha="center", va="bottom", **style)
+    fig.text(0.5, 1.0, CAPTION, ha="center", va="bottom", **style)
 
 
 def show(fig: plt.Figure, dpi: int = 110) -> None:
