@@ -25,23 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-TEXT = {
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "vocab_size": 152064,
-}
-VISION = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 336,
-    "patch_size": 14,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-}
+from vgutils.rehearsal.models import REAL_MODELS
+
+HUATUO = REAL_MODELS["FreedomIntelligence/HuatuoGPT-Vision-7B"]  # the published sizes
+TEXT = {k: v for k, v in HUATUO.text.items() if k != "num_hidden_layers"}
+VISION = HUATUO.vision
 
 
 def shapes(layers: int) -> dict[str, tuple[int, ...]]:
