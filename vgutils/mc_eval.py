@@ -179,12 +179,13 @@ def _plain(value):
 def mc_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     """Accuracy per dataset / subset / total for every answer column present
     (``baseline``, ``refined``; intended fallback, and ``*_reference`` with the
-    reference's), each with its 95% bootstrap interval."""
+    reference's), each with its 95% bootstrap interval. A column with no answer at all
+    counts as absent (a run without VGRefine concatenated with runs with it)."""
     table = None
     for which in ANSWERS:
         for suffix in ("", "_reference"):
             column = f"{which}_correct{suffix}"
-            if column not in answers:
+            if column not in answers or answers[column].isna().all():
                 continue
             part = mc_accuracy(answers, column, n_boot=n_boot).rename(
                 columns={

@@ -111,9 +111,6 @@ def vgrefine_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
 
     rows = []
     for model, frame in answers.groupby("model", sort=False):
-        # runs without VGRefine have no refined_* answers (NaN once runs are concatenated)
-        unrefined = [c for c in frame if c.startswith("refined_") and frame[c].isna().all()]
-        frame = frame.drop(columns=unrefined)
         table = mc_table(frame, n_boot=n_boot)
         table = table[table["level"] != "subset"]
         published = frame["published_as"].iloc[0]

@@ -85,18 +85,27 @@ class BuildShape:
     extra: dict = field(default_factory=dict)
 
 
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+"""The language model of every tiny build."""
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+"""The vision tower of the tiny CLIP, InternViT and SigLIP builds (Qwen's names differ)."""
+
+
 def _text_kwargs(tokenizer_size: int, **overrides) -> dict:
     """A small language model's config arguments; ``overrides`` win (also the vocabulary:
     a real checkpoint's embedding has rows beyond the tokenizer)."""
-    kwargs = {
-        "vocab_size": tokenizer_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-    }
+    kwargs = {"vocab_size": tokenizer_size, **TINY_TEXT, "max_position_embeddings": 4096}
     kwargs.update(overrides)
     return kwargs
 
@@ -152,10 +161,7 @@ def _llava(shape: BuildShape):
 
     tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS)
     vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        **TINY_VISION,
         "image_size": 64,
         "patch_size": 8,
         "projection_dim": 32,
@@ -247,10 +253,7 @@ def _internvl(shape: BuildShape):
     )
     ids = tokenizer.convert_tokens_to_ids
     vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        **TINY_VISION,
         "image_size": [112, 112],
         "patch_size": [14, 14],
         **shape.vision,
@@ -322,10 +325,7 @@ def _gemma3(shape: BuildShape):
     text.setdefault("layer_types", gemma3_layer_types(text["num_hidden_layers"]))
     vision = {
         "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        **TINY_VISION,
         "image_size": 64,
         "patch_size": 8,
         **shape.vision,

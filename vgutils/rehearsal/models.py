@@ -22,20 +22,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vgutils.models.tiny import BuildShape, gemma3_layer_types
+from vgutils.models.tiny import TINY_TEXT, TINY_VISION, BuildShape, gemma3_layer_types
 
 SCALES = ("small", "full")
-SMALL_TEXT = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
-"""The language model of every ``small`` build (16 heads in all)."""
-SMALL_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
-"""The vision tower's width in every ``small`` build (two layers; geometry kept)."""
-SMALL_VISION_LAYERS = 2
+SMALL_TEXT = {**TINY_TEXT, "num_hidden_layers": 4}
+"""The language model of every ``small`` build: the tiny one, 4 layers (16 heads)."""
+SMALL_VISION = {k: v for k, v in TINY_VISION.items() if k != "num_hidden_layers"}
+"""The vision tower's width in every ``small`` build (the tiny one; geometry kept)."""
+SMALL_VISION_LAYERS = TINY_VISION["num_hidden_layers"]
 
 
 @dataclass(frozen=True)
