@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vgutils.rehearsal.models import REAL_MODELS
+from vgutils.models.published import REAL_MODELS
 
 HUATUO = REAL_MODELS["FreedomIntelligence/HuatuoGPT-Vision-7B"]  # the published sizes
 TEXT = {k: v for k, v in HUATUO.text.items() if k != "num_hidden_layers"}

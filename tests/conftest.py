@@ -10,3 +10,13 @@ def vlms():
     from vgutils.models.tiny import TINY_FAMILIES
 
     return {family: load_model(f"tiny:{family}") for family in TINY_FAMILIES}
+
+
+@pytest.fixture(autouse=True)
+def no_rehearsal_left_over():
+    """A test that starts a rehearsal (``jobs --rehearsal``, ``activate``) ends it: its
+    context and model source do not leak into the next test."""
+    yield
+    from vgutils import rehearsal
+
+    rehearsal.deactivate()

@@ -15,7 +15,6 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from vgutils.__main__ import main
 from vgutils.models import load_model
-from vgutils.models.loading import cache_dir, resolve
 from vgutils.models.original import (
     RECORD_NAME,
     ConversionError,
@@ -23,6 +22,7 @@ from vgutils.models.original import (
     record_matches,
     weight_files,
 )
+from vgutils.models.sources import cache_dir, resolve
 from vgutils.models.tiny import build_tiny
 from vgutils.models.tiny_original import ORIGINAL_FAMILIES
 

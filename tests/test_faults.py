@@ -22,9 +22,9 @@ import pytest
 
 from vgutils import results
 from vgutils.__main__ import main
+from vgutils.context import KILL_AT_STEP
 from vgutils.errors import DataError, UsageError
 from vgutils.results import (
-    KILL_AT_STEP,
     RunLocked,
     RunMismatch,
     RunStore,
@@ -464,7 +464,7 @@ def test_two_concurrent_extracts_never_duplicate_rows(tmp_path, reference):
 
 
 def copy_model(tmp_path):
-    from vgutils.models.loading import resolve
+    from vgutils.models.sources import resolve
 
     folder = tmp_path / "model"
     shutil.copytree(resolve(MODEL), folder)
@@ -598,7 +598,7 @@ def test_extract_bad_values_fail_in_one_line_before_the_model(
 
 def test_tiny_typo_lists_every_tiny_model(tmp_path, capsys, no_model_load):
     _, _, err = extract_cli(capsys, *BASE[2:], "--model", "tiny:teahc", "--out", tmp_path / "r")
-    from vgutils.models.loading import tiny_names
+    from vgutils.models.sources import tiny_names
 
     assert all(name in err for name in tiny_names()) and "did you mean 'tiny:teach'?" in err
 

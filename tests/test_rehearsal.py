@@ -10,13 +10,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from vgutils import paths, rehearsal
+from vgutils import context, paths, rehearsal
 from vgutils.__main__ import main
 from vgutils.data.manifest import manifest_models
 from vgutils.errors import DataError, UsageError
 from vgutils.jobs import load_profile
+from vgutils.models.published import REAL_MODELS
+from vgutils.models.sources import register_source, source_names, unregister_source
 from vgutils.rehearsal import map_heads, map_layer, rehearse_settings, split_profile
-from vgutils.rehearsal.models import REAL_MODELS, parameter_count
+from vgutils.rehearsal.models import parameter_count
 
 PAPER = paths.PARAMS_DIR / "paper.yaml"
 
@@ -103,13 +105,11 @@ def test_a_typo_in_a_copy_of_paper_yaml_is_one_line_naming_the_key(
     monkeypatch.setenv("VGUTILS_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
-    monkeypatch.setenv("VGUTILS_REHEARSAL_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
     code = main(["jobs", "paper", "--rehearsal"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert f"paper.yaml: {key}: {value!r} is not" in err
-    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
     with pytest.raises(DataError, match=r"did you mean|known: "):
         rehearse_settings(settings, params / "paper.yaml", "small")
 
@@ -137,8 +137,11 @@ def test_full_scale_stand_ins_have_the_published_size(model, published):
 
 @pytest.fixture
 def rehearsing(tmp_path, monkeypatch):
+    """The rehearsal's model source alone (no synthetic data built)."""
     monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "small")
+    register_source(rehearsal.StandIns("small"))
+    yield
+    unregister_source(rehearsal.PLUGIN)
 
 
 IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1500, 3), np.uint8))
@@ -175,7 +178,7 @@ def rehearsal_cache(tmp_path: Path) -> Path:
 
 
 def test_original_format_stand_in_and_shared_builds(rehearsing, tmp_path):
-    from vgutils.models.loading import resolve
+    from vgutils.models.sources import resolve
     from vgutils.protocols import model_family
 
     source = Path(resolve("FreedomIntelligence/HuatuoGPT-Vision-7B"))
@@ -186,7 +189,7 @@ def test_original_format_stand_in_and_shared_builds(rehearsing, tmp_path):
 
 
 def test_unknown_id_during_a_rehearsal(rehearsing):
-    from vgutils.models.loading import resolve
+    from vgutils.models.sources import resolve
 
     with pytest.raises(UsageError, match=r"no rehearsal build.*did you mean"):
         resolve("llava-hf/llava-1.5-7b")
@@ -206,7 +209,6 @@ def test_authors_protocol_keeps_tiles_for_internvl(rehearsing):
 
 
 def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
-
     monkeypatch.setenv("VGUTILS_FIGURES", str(tmp_path))
     try:
         check_captions(tmp_path)
@@ -217,17 +219,16 @@ def test_rehearsal_figures_carry_the_caption(tmp_path, monkeypatch):
 def check_captions(tmp_path):
     from vgutils import plots
 
-    fig, _ = plt.subplots()
-    png, pdf = plots.save_figure(fig, "paper-rehearsal", "x")[1], tmp_path / "paper-rehearsal"
-    assert png.exists() and (pdf / "x.pdf").exists()
-    assert [t.get_text() for t in fig.texts] == [rehearsal.CAPTION]
-    titled, _ = plt.subplots()
+    fig, titled, captioned = (plt.subplots()[0] for _ in range(3))
     titled.suptitle("fig08")
-    plots.save_figure(titled, "paper-rehearsal", "y")
-    assert [t.get_text() for t in titled.texts] == ["fig08", rehearsal.CAPTION]
-    captioned, _ = plt.subplots()
     captioned.suptitle(f"{rehearsal.CAPTION} · protocol: authors")
-    plots.save_figure(captioned, "paper-rehearsal", "z")
+    with context.use(context.current().replace(figure_note=rehearsal.CAPTION)):
+        png = plots.save_figure(fig, "paper-rehearsal", "x")[1]
+        plots.save_figure(titled, "paper-rehearsal", "y")
+        plots.save_figure(captioned, "paper-rehearsal", "z")
+    assert png.exists() and (tmp_path / "paper-rehearsal" / "x.pdf").exists()
+    assert [t.get_text() for t in fig.texts] == [rehearsal.CAPTION]
+    assert [t.get_text() for t in titled.texts] == ["fig08", rehearsal.CAPTION]
     assert len(captioned.texts) == 1  # said once
     plain, _ = plt.subplots()
     plots.save_figure(plain, "smoke", "x")
@@ -237,31 +238,35 @@ def check_captions(tmp_path):
 def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links(
     tmp_path, monkeypatch
 ):
-    import os
+    import subprocess
+    import sys
 
     from vgutils.data import load_dataset
 
     monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
-    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "rehearsal"))
-    monkeypatch.delenv(rehearsal.REHEARSAL_VARIABLE, raising=False)
-    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "embedded" / "samples").mkdir(parents=True)
     root = rehearsal.activate("small")
-    assert root == tmp_path / "rehearsal" and os.environ["VGUTILS_DATA"] == str(root)
-    assert rehearsal.active_scale() == "small"
+    assert root == tmp_path / "cache" / "rehearsal" / "data"
+    assert context.current().data_root == root and rehearsal.active_scale() == "small"
+    assert source_names().index("rehearsal") == source_names().index("hub") - 1
     assert (root / "samples").resolve() == tmp_path / "embedded" / "samples"
     assert not (root / "teach").exists()  # no embedded teaching data: built here on demand
     assert not (tmp_path / "embedded" / "teach").exists()  # nothing made in the real root
     assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
+    child = "from vgutils import context; print(context.current().data_root)"
+    inherited = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert inherited.stdout.strip() == str(root)  # a child process gets the context
     stamp = root / ".rehearsal-stamp.json"
     built = stamp.stat().st_mtime_ns
     assert rehearsal.activate("small") == root and stamp.stat().st_mtime_ns == built
     rehearsal.enter(load_profile("smoke"))  # a plain profile after a rehearsal
-    assert rehearsal.active_scale() is None
-    assert os.environ["VGUTILS_DATA"] == str(tmp_path / "embedded")
-    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "embedded"))
+    assert rehearsal.active_scale() is None and "rehearsal" not in source_names()
+    assert context.current().data_root == tmp_path / "embedded"
+    monkeypatch.setenv("VGUTILS_DATA", str(root))
     with pytest.raises(UsageError, match="is the data root itself"):
         rehearsal.activate("small")
+    assert "rehearsal" not in source_names()
 
 
 def test_rehearsal_verifies_synthetic_files_against_their_own_hashes(tmp_path, monkeypatch):
@@ -272,8 +277,7 @@ def test_rehearsal_verifies_synthetic_files_against_their_own_hashes(tmp_path, m
     real.write_text(f"{name} {'0' * 64}\n")  # as if the real release were pinned
     monkeypatch.setattr(manifest, "REGISTRY_FILE", real)
     monkeypatch.setenv("VGUTILS_DATA", str(tmp_path / "embedded"))
-    monkeypatch.setenv(rehearsal.DATA_VARIABLE, str(tmp_path / "rehearsal"))
-    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
+    monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path / "cache"))
     root = rehearsal.activate("small")
     assert manifest.verify_file(name, root) == root / name
     with open(root / name, "ab") as handle:
@@ -310,10 +314,8 @@ def test_jobs_rehearsal_runs_a_profile_offline_and_resumes(tmp_path, monkeypatch
         ("VGUTILS_RESULTS", "results"),
         ("VGUTILS_CACHE", "cache"),
         ("VGUTILS_DATA", "embedded"),
-        (rehearsal.DATA_VARIABLE, "rehearsal"),
     ]:
         monkeypatch.setenv(variable, str(tmp_path / folder))
-    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "")
     assert main(["jobs", "mini", "--rehearsal"]) == 0
     first = capsys.readouterr().out
     assert (

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vgutils import context
 from vgutils.__main__ import main
 from vgutils.benchmarks import BENCHMARK_FILE, load_mc
 from vgutils.data import load_dataset, read_dataset, resolve_dataset
 from vgutils.data.manifest import load_benchmarks
-from vgutils.rehearsal.data import MC_DATASETS, STAMP_FILE, TRUTH_FILE, build_rehearsal_data
+from vgutils.rehearsal.data import (
+    MC_DATASETS,
+    REGISTRY_FILE,
+    STAMP_FILE,
+    TRUTH_FILE,
+    build_rehearsal_data,
+)
 
 DATASETS = ("vgmed-localization", "vgmed-attribute", "coco-localization", "coco-attribute")
 ROWS, MC_ROWS = 8, 6
@@ -99,8 +106,8 @@ def test_mc_benchmark_loads_with_both_option_forms(built, monkeypatch):
     with zipfile.ZipFile(root / "medical_mc" / "images.zip") as bundle:
         assert sorted(bundle.namelist()) == sorted(r["image"][0] for r in raw)
     # verified against the synthetic files' own hashes (the real release's may be pinned)
-    monkeypatch.setenv("VGUTILS_REHEARSAL", "small")
-    monkeypatch.setenv("VGUTILS_REHEARSAL_DATA", str(root))
+    overlay = {"registries": [str(root / REGISTRY_FILE)]}  # what a rehearsal's context holds
+    monkeypatch.setenv(context.VARIABLE, json.dumps(overlay))
     assert main(["data", "verify", "--data-root", str(root), "vgmed/", "coco/", "medical_mc/"]) == 0
 
 

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from vgutils.__main__ import main
+from vgutils.context import KILL_AFTER_PARTS
 from vgutils.models.prefix import common_prefix_length, shared_prefix_attention
 from vgutils.models.tiny import TINY_FAMILIES
 from vgutils.results import load_maps, load_metrics
-from vgutils.runner import KILL_AFTER_PARTS
 
 QUESTIONS = ["Is there a cat?", "Does this image show a kidney in the abdomen?", "Why?"]
 

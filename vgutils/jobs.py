@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vgutils import rehearsal
 from vgutils.errors import DataError
 from vgutils.paths import PARAMS_DIR as PARAMS_DIR
 from vgutils.paths import check_profile, results_dir
@@ -64,9 +65,8 @@ def load_profile(profile: str) -> dict:
     """The profile's settings (``notebooks/params/<profile>.yaml``). Its ``caption`` says
     which protocol the figures show (the profile's ``protocol``, default ``corrected``).
     A rehearsal (``paper-rehearsal``) reads ``paper.yaml`` and checks and maps it
-    (:func:`vgutils.rehearsal.rehearse_settings`)."""
-    from vgutils.rehearsal import rehearse_settings, split_profile
-
+    (:func:`vgutils.rehearsal.rehearse_settings`); its ``note`` (markdown) says so at the
+    top of each notebook."""
     path = check_profile(profile)
     try:
         settings = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -76,13 +76,23 @@ def load_profile(profile: str) -> dict:
         ) from err
     if not isinstance(settings, dict):
         raise DataError(f"{path}: expected a mapping of settings")
-    _, scale = split_profile(profile)
+    _, scale = rehearsal.split_profile(profile)
     if scale:
-        settings = rehearse_settings(settings, path, scale)
+        settings = rehearsal.rehearse_settings(settings, path, scale)
+        settings["note"] = rehearsal.describe(settings)
     protocol = f"protocol: {settings.get('protocol', 'corrected')}"
     caption = settings.get("caption")
     settings["caption_plain"] = caption
     settings["caption"] = f"{caption} · {protocol}" if caption else protocol
+    return settings
+
+
+def use_profile(profile: str) -> dict:
+    """Load ``profile`` (:func:`load_profile`) and make this process run it: a rehearsal's
+    stand-ins and data are activated, and a rehearsal of an earlier profile ends. Returns
+    the settings."""
+    settings = load_profile(profile)
+    rehearsal.enter(settings)
     return settings
 
 
@@ -126,12 +136,10 @@ def job_dir(profile: str, job: Job) -> Path:
 
 def ensure_results(profile: str, progress: bool = True) -> list[Job]:
     """Run every job of ``profile`` that is not complete yet; returns the jobs."""
-    from vgutils import rehearsal
     from vgutils.results import RunMismatch
     from vgutils.runner import ExtractOptions, extract
 
-    settings = load_profile(profile)
-    rehearsal.enter(settings)  # a rehearsal's stand-ins and data, or none left active
+    settings = use_profile(profile)
     jobs = profile_jobs(settings)
     for number, job in enumerate(jobs, start=1):
         options = ExtractOptions(

@@ -144,7 +144,7 @@ def _mc_code_fingerprint() -> str:
 def _model_identity(model: str) -> dict:
     """The model folder's hash when the model is local (a retrained teaching model
     recomputes), else its name."""
-    from vgutils.models.loading import resolve
+    from vgutils.models.sources import resolve
     from vgutils.runner import folder_hash
 
     folder = Path(resolve(model))

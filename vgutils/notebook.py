@@ -17,19 +17,21 @@ notebook holds fewer PNG outputs than the figures it saves (``plots.save_figure`
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from vgutils import context
 
 PROFILE_VARIABLE = "VGUTILS_PROFILE"
 
 
 def resolve_profile(profile: str) -> str:
-    """``$VGUTILS_PROFILE`` if set, else ``profile``; the profile must exist."""
+    """``$VGUTILS_PROFILE`` (the context's profile) if set, else ``profile``; the profile
+    must exist."""
     from vgutils.jobs import load_profile
 
-    chosen = os.environ.get(PROFILE_VARIABLE) or profile
+    chosen = context.current().profile or profile
     load_profile(chosen)  # a clear error naming the known profiles
     return chosen
 
@@ -55,7 +57,7 @@ def setup(profile: str) -> str:
     """A figure notebook's first step: resolve the profile (see the module docstring), the
     package's plotting style, quiet progress bars. Returns the profile to use."""
     from vgutils import plots
-    from vgutils.jobs import load_profile
+    from vgutils.jobs import use_profile
 
     chosen = resolve_profile(profile)
     plots.use_style()
@@ -64,14 +66,11 @@ def setup(profile: str) -> str:
         print(
             f"profile {chosen!r} (from ${PROFILE_VARIABLE}; the parameters cell says {profile!r})"
         )
-    from vgutils import rehearsal
-
-    settings = load_profile(chosen)
-    rehearsal.enter(settings)  # a rehearsal's stand-ins and data, or none left active
-    if "rehearsal" in settings:  # said in the notebook
+    settings = use_profile(chosen)  # a rehearsal's stand-ins and data, or none left active
+    if settings.get("note"):  # e.g. what a rehearsal is and what it mapped
         from IPython.display import Markdown, display
 
-        display(Markdown(rehearsal.describe(settings)))
+        display(Markdown(settings["note"]))
     return chosen
 
 

@@ -1,29 +1,51 @@
-"""Where things live: the repository's folders for generated data, results and figures.
+"""Where things live: the repository's folders, and the results and figures folders of a
+profile under the roots of the context in force (:func:`vgutils.context.current`).
 
-``$VGUTILS_RESULTS`` and ``$VGUTILS_FIGURES`` move the results and figures roots (the
-test suite points them at temporary folders).
+A profile is ``notebooks/params/<profile>.yaml``. A plug-in may add virtual profiles
+named ``<profile><suffix>`` that read the same YAML (:func:`register_profile_suffix`; the
+rehearsal's ``paper-rehearsal`` reads ``paper.yaml``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from vgutils import context
+from vgutils.context import REPO_ROOT as REPO_ROOT
+from vgutils.errors import UsageError, choices_hint
+
 NOTEBOOKS = REPO_ROOT / "notebooks"
 DATA_MANIFEST = REPO_ROOT / "data_manifest"
 BUILD = REPO_ROOT / "build"
 PARAMS_DIR = NOTEBOOKS / "params"
 DEFAULT_PROFILE = "default"
 
+_suffixes: dict[str, str] = {}
+"""Virtual-profile suffix -> what it means (registered by plug-ins, longest first)."""
+
+
+def register_profile_suffix(suffix: str, meaning: str) -> None:
+    """``<profile><suffix>`` names a virtual profile that reads ``<profile>.yaml``
+    (``meaning``: what the suffix stands for, returned by :func:`split_profile`)."""
+    _suffixes[suffix] = meaning
+    ordered = sorted(_suffixes.items(), key=lambda item: -len(item[0]))
+    _suffixes.clear()
+    _suffixes.update(ordered)
+
+
+def split_profile(profile: str) -> tuple[str, str | None]:
+    """``(base profile, meaning of its registered suffix)``; ``(profile, None)`` for a
+    plain profile."""
+    for suffix, meaning in _suffixes.items():
+        if isinstance(profile, str) and profile.endswith(suffix) and len(profile) > len(suffix):
+            return profile[: -len(suffix)], meaning
+    return profile, None
+
 
 def check_profile(profile: str) -> Path:
-    """``notebooks/params/<profile>.yaml`` (for a rehearsal such as ``paper-rehearsal``:
-    ``paper.yaml``, see :mod:`vgutils.rehearsal`); UsageError listing the profiles
-    otherwise (raised before anything is written for a bogus profile)."""
-    from vgutils.errors import UsageError, choices_hint
-    from vgutils.rehearsal import split_profile
-
+    """``notebooks/params/<profile>.yaml`` (for a virtual profile, its base's); UsageError
+    listing the profiles otherwise (raised before anything is written for a bogus
+    profile)."""
     base, _ = split_profile(profile)
     path = PARAMS_DIR / f"{base}.yaml"
     if not isinstance(profile, str) or "/" in profile or not path.is_file():
@@ -33,13 +55,13 @@ def check_profile(profile: str) -> Path:
 
 
 def results_dir(profile: str) -> Path:
-    """``results/<profile>/``: extraction runs of one parameter profile."""
+    """``<results root>/<profile>/``: the runs of one parameter profile."""
     check_profile(profile)
-    return Path(os.environ.get("VGUTILS_RESULTS", REPO_ROOT / "results")) / profile
+    return context.current().results_root / profile
 
 
 def figures_dir(profile: str) -> Path:
-    """``figures/<profile>/``: the PDF and PNG figures of one parameter profile (a known
-    profile only, so a bogus one never creates a folder)."""
+    """``<figures root>/<profile>/``: the PDF and PNG figures of one parameter profile (a
+    known profile only, so a bogus one never creates a folder)."""
     check_profile(profile)
-    return Path(os.environ.get("VGUTILS_FIGURES", REPO_ROOT / "figures")) / profile
+    return context.current().figures_root / profile

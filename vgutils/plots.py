@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from vgutils import context
 from vgutils.geometry import TokenLayout
 from vgutils.paths import figures_dir
 
@@ -51,12 +52,12 @@ def use_style() -> None:
 
 
 def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
-    """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths. A
-    rehearsal's figure says so (:func:`mark_rehearsal`)."""
-    from vgutils.rehearsal import split_profile
-
-    if split_profile(profile)[1]:
-        mark_rehearsal(fig)
+    """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths. The
+    context's figure note (a rehearsal's "REHEARSAL: ...") goes on top
+    (:func:`mark_note`)."""
+    note = context.current().figure_note
+    if note:
+        mark_note(fig, note)
     folder = figures_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{suffix}" for suffix in ("pdf", "png")]
@@ -76,16 +77,15 @@ def model_label(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
-def mark_rehearsal(fig: plt.Figure) -> None:
-    """Caption ``fig`` "REHEARSAL: random models, synthetic data" above everything in it
-    (saved with the tight bounding box), unless its title or a text already says it."""
-    from vgutils.rehearsal import CAPTION
-
+def mark_note(fig: plt.Figure, note: str) -> None:
+    """Caption ``fig`` with ``note`` (e.g. "REHEARSAL: random models, synthetic data")
+    above everything in it (saved with the tight bounding box), unless its title or a text
+    already says it."""
     texts = [t.get_text() for t in fig.texts] + [fig.get_suptitle()]
-    if any(CAPTION in text for text in texts):
+    if any(note in text for text in texts):
         return
     style = {"fontsize": 9, "color": "#b2182b", "fontweight": "bold"}
-    fig.text(0.5, 1.0, CAPTION, ha="center", va="bottom", **style)
+    fig.text(0.5, 1.0, note, ha="center", va="bottom", **style)
 
 
 def show(fig: plt.Figure, dpi: int = 110) -> None:

@@ -99,8 +99,8 @@ def model_family(model: str, revision: str | None = None, trust_remote_code: boo
     from transformers import AutoConfig
 
     from vgutils.models.families import family_of
-    from vgutils.models.loading import resolve
     from vgutils.models.original import original_config
+    from vgutils.models.sources import resolve
 
     source = resolve(model)
     original = original_config(source, revision)

@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from vgutils.context import current as current_context
 from vgutils.errors import DataError, UsageError
 from vgutils.geometry import TokenLayout
 
@@ -72,9 +73,6 @@ RUN_FILE = "run.json"
 ERRORS_FILE = "errors.jsonl"
 LOCK_FILE = ".lock"
 KINDS = ("metrics", "head_metrics")
-KILL_AT_STEP = "VGUTILS_KILL_AT_STEP"
-"""Fault injection: SIGKILL the process right after write step k of ``finalize``."""
-
 FaultHook = Callable[[int, str], None]
 fault_hook: FaultHook | None = None
 """In-process fault injection (tests): called after each write step of ``finalize``."""
@@ -529,7 +527,7 @@ class RunStore:
         self._steps += 1
         if fault_hook is not None:
             fault_hook(self._steps, what)
-        if os.environ.get(KILL_AT_STEP) == str(self._steps):
+        if current_context().kill_at_step == self._steps:  # $VGUTILS_KILL_AT_STEP
             os.kill(os.getpid(), signal.SIGKILL)
 
     def finalize(self, run: dict, counts: dict) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vgutils import checks
+from vgutils.context import current as current_context
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.images import image_size
 from vgutils.data.manifest import sha256
@@ -33,9 +34,6 @@ from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
 from vgutils.results import RunStore, images_digest
 from vgutils.scoring import head_scores, layer_maps, layer_scores
-
-KILL_AFTER_PARTS = "VGUTILS_KILL_AFTER_PARTS"
-"""Crash-recovery tests: SIGKILL the run itself after this many parts were written."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def folder_hash(folder: Path, full_below: int = 64 * 2**20) -> str:
 def model_identity(name: str, revision: str | None = None) -> dict:
     """What identifies the weights, without loading them: the sha256 of a local (or
     tiny) model folder, else the Hub commit the config resolves to."""
-    from vgutils.models.loading import resolve
+    from vgutils.models.sources import resolve
 
     source = resolve(name)
     folder = Path(source)
@@ -223,7 +221,8 @@ def extract(
     if shard is not None:
         options = ExtractOptions(**{**asdict(options), "shard": shard})
         out = out / f"shard-{shard[0]}-of-{shard[1]}"
-    from vgutils.models.loading import check_model_name, load_model
+    from vgutils.models.loading import load_model
+    from vgutils.models.sources import check_model_name
 
     check_model_name(options.model)
     dataset = resolve_dataset(
@@ -287,7 +286,7 @@ def extract(
         }
         if dataset.entry is not None and dataset.entry.domain:
             context["domain"] = dataset.entry.domain
-        kill_after = int(os.environ.get(KILL_AFTER_PARTS, "0"))
+        kill_after = current_context().kill_after_parts  # $VGUTILS_KILL_AFTER_PARTS
         computed = parts = 0
         bar = tqdm(
             total=sum(len(g) for g in todo),

@@ -91,7 +91,8 @@ def _layouts(model: str, processor_kwargs: dict | None):
 
     from vgutils.geometry import scaled_layout
     from vgutils.models.families import family_of
-    from vgutils.models.loading import _pad_to_square, resolve
+    from vgutils.models.loading import _pad_to_square
+    from vgutils.models.sources import resolve
 
     source = resolve(model)
     config = AutoConfig.from_pretrained(source)

@@ -181,7 +181,8 @@ def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
 def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
     ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
-    from vgutils.models.loading import check_model_name, load_model
+    from vgutils.models.loading import load_model
+    from vgutils.models.sources import check_model_name
     from vgutils.refine import answer
 
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,20 +80,28 @@ def resolve_dataset(
     )
 
 
+def _build_sample_sets(root: Path) -> None:
+    from vgutils.data.samples import build_sample_sets
+
+    build_sample_sets(root)
+
+
+_builders: dict[str, Callable[[Path], object]] = {"sample-": _build_sample_sets}
+"""Generated datasets: manifest-name prefix -> builder writing them under a data root."""
+
+
+def register_builder(prefix: str, build: Callable[[Path], object]) -> None:
+    """Datasets whose manifest name starts with ``prefix`` are generated, when absent, by
+    ``build(data_root)`` (the longest matching prefix wins; the embedded sample sets are
+    ``sample-``, the teaching scenes register theirs, :mod:`vgutils.teach.sources`)."""
+    _builders[prefix] = build
+
+
 def _build_on_demand(name: str, base: Path) -> None:
-    """The generated datasets (embedded samples, teaching scenes) are built when absent."""
-    if name.startswith("sample-"):
-        from vgutils.data.samples import build_sample_sets
-
-        build_sample_sets(base)
-    elif name == "teach-nonsquare":
-        from vgutils.teach.nonsquare import build_nonsquare_set
-
-        build_nonsquare_set(base)
-    elif name.startswith("teach-"):
-        from vgutils.teach.datasets import build_teach_sets
-
-        build_teach_sets(base)
+    """A generated dataset (:func:`register_builder`) is built when absent."""
+    matches = [prefix for prefix in _builders if name.startswith(prefix)]
+    if matches:
+        _builders[max(matches, key=len)](base)
 
 
 def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:

@@ -1,20 +1,21 @@
 """The data manifest (``data_manifest/manifest.yaml``) and its hash registry
 (``data_manifest/registry.txt``, pooch's ``name sha256 [url]`` format, ``unpinned`` where
-the hash is not known yet)."""
+the hash is not known yet). The data root and any registries laid over this one come from
+the context in force (:mod:`vgutils.context`)."""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from vgutils import context
 from vgutils.errors import DataError, UsageError
-from vgutils.paths import DATA_MANIFEST, REPO_ROOT
+from vgutils.paths import DATA_MANIFEST
 
 UNPINNED = "unpinned"
 MANIFEST_FILE = DATA_MANIFEST / "manifest.yaml"
@@ -48,10 +49,11 @@ class DatasetEntry:
 
 
 def data_root(override: str | Path | None = None) -> Path:
-    """``override``, else ``$VGUTILS_DATA``, else ``data/`` in the repository."""
+    """``override``, else the context's data root (``$VGUTILS_DATA``, else ``data/`` in
+    the repository)."""
     if override is not None:
         return Path(override)
-    return Path(os.environ.get("VGUTILS_DATA", REPO_ROOT / "data"))
+    return context.current().data_root
 
 
 def load_manifest(path: Path | None = None) -> dict[str, DatasetEntry]:
@@ -111,18 +113,15 @@ def manifest_models(path: Path | None = None) -> dict[str, dict]:
 
 def read_registry(path: Path | None = None) -> dict[str, tuple[str, str | None]]:
     """``{relative path: (sha256 or "unpinned", url or None)}`` of ``path``; by default
-    ``registry.txt``, where during a rehearsal (:mod:`vgutils.rehearsal`) the synthetic
-    files' own hashes stand in for the real release's."""
+    ``registry.txt`` with the hashes of the context's registries standing in for the names
+    they list (e.g. a rehearsal's synthetic files, :mod:`vgutils.context`)."""
     if path is None:
         registry = read_registry(REGISTRY_FILE)
-        from vgutils.rehearsal import active_scale, rehearsal_data_root
-        from vgutils.rehearsal.data import REGISTRY_FILE as SYNTHETIC
-
-        synthetic = rehearsal_data_root() / SYNTHETIC
-        if active_scale() and synthetic.is_file():
-            registry.update(
-                {name: (digest, None) for name, (digest, _) in read_registry(synthetic).items()}
-            )
+        for overlay in context.current().registries:
+            if overlay.is_file():
+                registry.update(
+                    {name: (digest, None) for name, (digest, _) in read_registry(overlay).items()}
+                )
         return registry
     registry = {}
     try:
@@ -196,14 +195,14 @@ def missing_message(name: str, root: Path) -> str:
 
 def fetch(name: str, root: Path) -> Path:
     """Make registry file ``name`` present under ``root``: verify it, or download it with
-    pooch when it has a URL and the network allows (not with ``$VGUTILS_OFFLINE`` set);
-    otherwise say where to put it."""
+    pooch when it has a URL and the network allows (not when the context is offline,
+    ``$VGUTILS_OFFLINE``); otherwise say where to put it."""
     registry = read_registry()
     path = root / name
     if path.exists():
         return verify_file(name, root, registry)
     digest, url = registry.get(name, (UNPINNED, None))
-    if url is None or os.environ.get("VGUTILS_OFFLINE"):
+    if url is None or context.current().offline:
         raise DataError(missing_message(name, root))
     import pooch
 

@@ -1,92 +1,18 @@
-"""``load_model``: a Hub id, a local folder or ``tiny:<family>`` -> VisionLanguageModel."""
+"""``load_model``: a Hub id, a local folder or ``tiny:<family>`` -> VisionLanguageModel
+(the name resolved through :mod:`vgutils.models.sources`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from vgutils.errors import UsageError, choices_hint
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
 from vgutils.models.original import BACKBONES, ensure_converted, original_config
-from vgutils.models.tiny import TINY_FAMILIES, build_tiny
+from vgutils.models.sources import cache_dir, resolve
 from vgutils.models.vlm import VisionLanguageModel
-
-TINY_PREFIX = "tiny:"
-
-
-def _teach_recipe():
-    from vgutils.teach.train import Recipe
-
-    return Recipe()
-
-
-def _teach_smoke_recipe():
-    from vgutils.teach.train import SMOKE
-
-    return SMOKE
-
-
-TEACH_RECIPES = {"teach": _teach_recipe, "teach-smoke": _teach_smoke_recipe}
-"""``tiny:teach`` (the teaching model) and ``tiny:teach-smoke`` (seconds, for CI)."""
-
-
-def cache_dir() -> Path:
-    """``$VGUTILS_CACHE`` or ``~/.cache/vgutils``: where tiny models are built."""
-    return Path(os.environ.get("VGUTILS_CACHE", Path.home() / ".cache" / "vgutils"))
-
-
-def tiny_names() -> list[str]:
-    """Every ``tiny:<name>`` model: the tiny families and the teaching models."""
-    return [f"{TINY_PREFIX}{n}" for n in (*TINY_FAMILIES, *TEACH_RECIPES)]
-
-
-def check_model_name(name_or_path: str) -> None:
-    """A ``tiny:`` name must be a known one (UsageError listing them all)."""
-    if name_or_path.startswith(TINY_PREFIX) and name_or_path not in tiny_names():
-        raise UsageError(
-            f"--model {name_or_path!r}: no such tiny model; "
-            + choices_hint(name_or_path, tiny_names())
-        )
-
-
-def resolve(name_or_path: str) -> str:
-    """A Hub id or folder as given; ``tiny:<family>`` built on first use into the cache.
-    During a rehearsal (:mod:`vgutils.rehearsal`) a Hub id is its random stand-in, built
-    on first use (UsageError for an id without one)."""
-    if not name_or_path.startswith(TINY_PREFIX):
-        return _rehearsal_stand_in(name_or_path) or name_or_path
-    family = name_or_path[len(TINY_PREFIX) :]
-    check_model_name(name_or_path)
-    folder = cache_dir() / "tiny" / family
-    if family in TEACH_RECIPES:  # trained on first use (minutes), retrained when stale
-        from vgutils.teach.train import is_current, train_teaching_model
-
-        recipe = TEACH_RECIPES[family]()
-        if not is_current(folder, recipe):
-            train_teaching_model(folder, recipe)
-    elif not (folder / "config.json").exists():
-        build_tiny(family, folder)
-    return str(folder)
-
-
-def _rehearsal_stand_in(name_or_path: str) -> str | None:
-    """The rehearsal build of a Hub id while a rehearsal is active, else ``None``."""
-    from vgutils.rehearsal import active_scale
-    from vgutils.rehearsal.models import REAL_MODELS, ensure_model
-
-    scale = active_scale()
-    if scale is None or Path(name_or_path).exists():
-        return None
-    if name_or_path not in REAL_MODELS:
-        raise UsageError(
-            f"--model {name_or_path!r}: no rehearsal build for this id; "
-            + choices_hint(name_or_path, list(REAL_MODELS))
-        )
-    return str(ensure_model(name_or_path, scale, cache_dir()))
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str | None, torch.dtype | str]:

@@ -1,7 +1,7 @@
 """Randomly initialised models with the shapes of real checkpoints, for benchmarks.
 
 They load nothing from the Hub: the sizes are the published checkpoint's
-(:data:`vgutils.rehearsal.models.REAL_MODELS`), the depth can be cut, and the processor and
+(:data:`vgutils.models.published.REAL_MODELS`), the depth can be cut, and the processor and
 tokenizer come from the tiny build of the same family (real image processor, real sizes
 set here).
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoProcessor
 
-from vgutils.models.loading import resolve, wrap_model
+from vgutils.models.loading import wrap_model
+from vgutils.models.sources import resolve
 from vgutils.models.vlm import VisionLanguageModel
 
 
@@ -26,8 +27,8 @@ def llava_1_5_7b(
     layers, random weights."""
     from transformers import LlavaForConditionalGeneration
 
+    from vgutils.models.published import REAL_MODELS
     from vgutils.models.tiny import llava_config, llava_processor
-    from vgutils.rehearsal.models import REAL_MODELS
 
     tokenizer = AutoProcessor.from_pretrained(resolve("tiny:llava")).tokenizer
     real = REAL_MODELS["llava-hf/llava-1.5-7b-hf"]
@@ -56,7 +57,7 @@ def qwen2_5_vl_7b(
     The processor allows up to ``max_image_tokens`` image tokens."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from vgutils.rehearsal.models import REAL_MODELS
+    from vgutils.models.published import REAL_MODELS
 
     processor = AutoProcessor.from_pretrained(resolve("tiny:qwen2_5_vl"))
     tiny = Qwen2_5_VLConfig.from_pretrained(resolve("tiny:qwen2_5_vl"))

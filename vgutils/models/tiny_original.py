@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 if TYPE_CHECKING:
-    from vgutils.models.tiny import BuildShape
+    from vgutils.models.tiny_parts import BuildShape
 
 ORIGINAL_FAMILIES: tuple[str, ...] = ("llava_qwen2", "llava_mistral")
 
@@ -91,7 +91,7 @@ def _preprocessor(size: int) -> dict:
 def _tokenizer(qwen2: bool):
     from tokenizers import processors
 
-    from vgutils.models.tiny import train_tokenizer
+    from vgutils.models.tiny_parts import train_tokenizer
 
     if qwen2:
         return train_tokenizer(

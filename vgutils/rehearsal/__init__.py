@@ -14,27 +14,29 @@ only (:func:`rehearse_settings`):
   mapped onto the rehearsal build's depth by :data:`LAYER_RULE`;
 - the caption says ``REHEARSAL: random models, synthetic data``.
 
-While a rehearsal is active (:func:`activate`, done by ``jobs`` and ``notebook.setup``),
-``$VGUTILS_REHEARSAL`` holds its scale: :func:`vgutils.models.loading.resolve` then maps a
-Hub id to its rehearsal build (the same resolution code a download goes through), and
-``$VGUTILS_DATA`` points at the synthetic data root (:func:`rehearsal_data_root`).
+A plug-in: nothing below the figure side imports it. Importing it registers the virtual
+profile suffixes (:func:`vgutils.paths.register_profile_suffix`). :func:`activate` (done
+by ``jobs`` and ``notebook.setup`` through :func:`enter`) registers a model source that
+maps every Hub id to its random stand-in (:class:`StandIns`, asked before the Hub) and
+makes a context (:func:`vgutils.context.activate`, inherited by child processes) whose
+data root is the synthetic one under the cache (:func:`rehearsal_data_root`), whose
+registry overlay is the synthetic files' hashes, and whose figure note is
+:data:`CAPTION`. :func:`deactivate` undoes both.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
-from vgutils.errors import DataError
-from vgutils.paths import REPO_ROOT
+from vgutils import context, paths
+from vgutils.errors import DataError, UsageError, choices_hint
+from vgutils.models.sources import register_source, unregister_source
 
-REHEARSAL_VARIABLE = "VGUTILS_REHEARSAL"
-DATA_VARIABLE = "VGUTILS_REHEARSAL_DATA"
-SAVED_DATA_VARIABLE = "VGUTILS_REHEARSAL_SAVED_DATA"
-"""``$VGUTILS_DATA`` as it was before :func:`activate` (restored by :func:`deactivate`)."""
 SUFFIXES = {"-rehearsal-full": "full", "-rehearsal": "small"}
 """Profile-name suffix -> scale (longest first)."""
+PLUGIN = "rehearsal"
+"""The plug-in's name in a context's ``plugins`` (``rehearsal:<scale>``)."""
 CAPTION = "REHEARSAL: random models, synthetic data"
 LAYER_RULE = (
     "a layer index l of a model with L language layers becomes round(l*(R-1)/(L-1)) in "
@@ -45,70 +47,120 @@ LAYER_RULE = (
 LINKED = ("samples", "teach", "teach-mc")
 """Folders of the embedded data that a rehearsal data root links to (not synthetic)."""
 
+for _suffix, _scale in SUFFIXES.items():
+    paths.register_profile_suffix(_suffix, _scale)
+
 
 def split_profile(profile: str) -> tuple[str, str | None]:
     """``paper-rehearsal`` -> ``("paper", "small")``; a plain profile -> ``(profile,
     None)``."""
-    for suffix, scale in SUFFIXES.items():
-        if isinstance(profile, str) and profile.endswith(suffix) and len(profile) > len(suffix):
-            return profile[: -len(suffix)], scale
-    return profile, None
+    base, scale = paths.split_profile(profile)
+    return (base, scale) if scale in SUFFIXES.values() else (profile, None)
 
 
 def active_scale() -> str | None:
-    """The scale of the active rehearsal (``$VGUTILS_REHEARSAL``), else ``None``."""
-    return os.environ.get(REHEARSAL_VARIABLE) or None
+    """The scale of the rehearsal in force (the context's ``rehearsal:<scale>``), else
+    ``None``."""
+    for plugin in context.current().plugins:
+        name, _, scale = plugin.partition(":")
+        if name == PLUGIN:
+            return scale
+    return None
 
 
 def rehearsal_data_root() -> Path:
-    """``$VGUTILS_REHEARSAL_DATA``, else ``data/rehearsal`` in the repository (absolute)."""
-    return Path(os.environ.get(DATA_VARIABLE) or REPO_ROOT / "data" / "rehearsal").resolve()
+    """Where the synthetic data is built: ``<cache>/rehearsal/data`` (absolute), never
+    inside a real data root."""
+    return (context.current().cache_dir / "rehearsal" / "data").resolve()
+
+
+class StandIns:
+    """A model source (:mod:`vgutils.models.sources`): a Hub id of
+    :data:`~vgutils.rehearsal.models.REAL_MODELS` -> its random stand-in at ``scale``,
+    built on first use; any other Hub id is refused (UsageError)."""
+
+    name = PLUGIN
+
+    def __init__(self, scale: str):
+        self.scale = scale
+
+    def names(self) -> list[str]:
+        return []
+
+    def resolve(self, name_or_path: str, cache: Path) -> str | None:
+        from vgutils.models.published import REAL_MODELS
+        from vgutils.rehearsal.models import ensure_model
+
+        if name_or_path not in REAL_MODELS:
+            raise UsageError(
+                f"--model {name_or_path!r}: no rehearsal build for this id; "
+                + choices_hint(name_or_path, list(REAL_MODELS))
+            )
+        return str(ensure_model(name_or_path, self.scale, cache))
+
+
+_pushed = 0
+"""How many contexts the :func:`activate` calls in force pushed."""
 
 
 def activate(scale: str) -> Path:
-    """Make this process (and its children) rehearse at ``scale``: model ids resolve to
+    """Make this process (and its children) rehearse at ``scale``: Hub ids resolve to
     rehearsal builds, the data root is the synthetic one (built here on first use, with
     links to the embedded sample and teaching data where those exist). Returns the data
-    root. :func:`deactivate` undoes it."""
-    from vgutils.data.manifest import data_root
-    from vgutils.errors import UsageError
-    from vgutils.rehearsal.data import build_rehearsal_data
+    root. A rehearsal context inherited from a parent process is kept (its stand-ins
+    registered again). :func:`deactivate` undoes it."""
+    global _pushed
+    from vgutils.rehearsal.data import REGISTRY_FILE, build_rehearsal_data
 
+    deactivate()
+    outer = context.current()
     root = rehearsal_data_root()
-    if active_scale() and os.environ.get("VGUTILS_DATA") == str(root):
-        embedded = Path(os.environ.get(SAVED_DATA_VARIABLE) or data_root(REPO_ROOT / "data"))
-    else:
-        embedded = data_root()
-    if embedded.resolve() == root:
+    register_source(StandIns(scale))
+    if active_scale() is not None and outer.data_root.resolve() == root:  # inherited
+        plugins = tuple(p for p in outer.plugins if p.partition(":")[0] != PLUGIN)
+        context.activate(outer.replace(plugins=(*plugins, f"{PLUGIN}:{scale}")))
+        _pushed += 1
+        return root
+    if outer.data_root.resolve() == root:
+        unregister_source(PLUGIN)
         raise UsageError(
-            f"rehearsal data root {root} is the data root itself; set ${DATA_VARIABLE} to "
-            "a folder of its own (the synthetic files would overwrite real ones)"
+            f"rehearsal data root {root} is the data root itself; point $VGUTILS_DATA or "
+            "$VGUTILS_CACHE elsewhere (the synthetic files would overwrite real ones)"
         )
     build_rehearsal_data(root)
     for name in LINKED:
-        target, link = (embedded / name).resolve(), root / name
+        target, link = (outer.data_root / name).resolve(), root / name
         if link.is_symlink() and link.resolve() != target:
             link.unlink()
         if target.is_dir() and not link.exists():  # else built on demand in the root
             link.symlink_to(target, target_is_directory=True)
-    if not active_scale():
-        os.environ[SAVED_DATA_VARIABLE] = os.environ.get("VGUTILS_DATA", "")
-    os.environ[REHEARSAL_VARIABLE] = scale
-    os.environ["VGUTILS_DATA"] = str(root)
+    rehearsing = outer.replace(
+        data_root=root,
+        registries=(*outer.registries, root / REGISTRY_FILE),
+        figure_note=CAPTION,
+        plugins=(*outer.plugins, f"{PLUGIN}:{scale}"),
+    )
+    context.activate(rehearsing)
+    _pushed += 1
     return root
 
 
 def deactivate() -> None:
-    """End a rehearsal in this process: Hub ids are Hub ids again and ``$VGUTILS_DATA`` is
-    what it was before :func:`activate` (nothing to do when none is active)."""
-    if not active_scale():
-        return
-    saved = os.environ.pop(SAVED_DATA_VARIABLE, "")
-    os.environ.pop(REHEARSAL_VARIABLE, None)
-    if saved:
-        os.environ["VGUTILS_DATA"] = saved
-    else:
-        os.environ.pop("VGUTILS_DATA", None)
+    """End a rehearsal in this process: Hub ids are Hub ids again and the context is the
+    one before :func:`activate` (nothing to do when none is in force)."""
+    global _pushed
+    unregister_source(PLUGIN)
+    for _ in range(_pushed):
+        context.deactivate()
+    _pushed = 0
+
+
+def resume() -> None:
+    """In a child process whose inherited context names a rehearsal (the CLI calls this):
+    register its stand-ins again."""
+    scale = active_scale()
+    if scale is not None:
+        register_source(StandIns(scale))
 
 
 def enter(settings: dict) -> None:
@@ -168,9 +220,9 @@ def check_names(settings: dict, path: Path) -> None:
     """Every model id, dataset and benchmark the profile names is known to the rehearsal;
     else a ``DataError`` naming the file and the key (one line)."""
     from vgutils.data.manifest import load_benchmarks, load_manifest
-    from vgutils.models.loading import tiny_names
+    from vgutils.models.published import REAL_MODELS
+    from vgutils.models.sources import tiny_names
     from vgutils.rehearsal.data import MC_DATASETS
-    from vgutils.rehearsal.models import REAL_MODELS
 
     models = [*REAL_MODELS, *tiny_names()]
     datasets = list(load_manifest())
@@ -207,7 +259,8 @@ def map_heads(k: int, real_heads: int, heads: int) -> int:
 def _map_spec(spec: dict, model: str, scale: str, where: str, default_top_k: int) -> list[str]:
     """Map ``spec``'s ``top_k`` (default ``default_top_k``) and integer ``layers`` in place
     for ``model``; returns one line per mapped value."""
-    from vgutils.rehearsal.models import real_model, rehearsal_layers
+    from vgutils.models.published import real_model
+    from vgutils.rehearsal.models import rehearsal_layers
 
     if model.startswith("tiny:"):
         return []

@@ -1,8 +1,9 @@
 """The rehearsal's stand-ins for the paper's checkpoints: random models of the same family
 with the real vision geometry, built offline and loaded through the real code path.
 
-Every Hub id the paper profile names has an entry in :data:`REAL_MODELS` with the sizes
-of its published ``config.json`` (image size, patch, merge, tiles, image tokens, and the
+Every Hub id the paper profile names has an entry in
+:data:`vgutils.models.published.REAL_MODELS` with the sizes of its published
+``config.json`` (image size, patch, merge, tiles, image tokens, and the
 depths and widths). A rehearsal build keeps the image side exactly (so preprocessing,
 token counts, box-to-token geometry and the attention's length are the real ones) and
 either narrows the layers (``small``: 4 language layers of width 64 with 4 heads, 2
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from vgutils.models.tiny import TINY_TEXT, TINY_VISION, BuildShape, gemma3_layer_types
+from vgutils.models.published import RealModel, real_model
+from vgutils.models.tiny import gemma3_layer_types
+from vgutils.models.tiny_parts import TINY_TEXT, TINY_VISION, BuildShape
 
 SCALES = ("small", "full")
 SMALL_TEXT = {**TINY_TEXT, "num_hidden_layers": 4}
@@ -31,151 +34,6 @@ SMALL_VISION = {k: v for k, v in TINY_VISION.items() if k != "num_hidden_layers"
 """The vision tower's width in every ``small`` build (the tiny one; geometry kept)."""
 SMALL_VISION_LAYERS = TINY_VISION["num_hidden_layers"]
 
-
-@dataclass(frozen=True)
-class RealModel:
-    """A published checkpoint's family and sizes. ``vision`` / ``text``: config arguments
-    of the vision tower and language model (pixels for ``image_size``); ``processor``:
-    image-processor arguments; ``extra``: family settings (Gemma 3 ``tokens_per_side``)."""
-
-    family: str
-    vision: dict
-    text: dict
-    processor: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def layers(self) -> int:
-        """Language layers of the real checkpoint."""
-        return self.text["num_hidden_layers"]
-
-    @property
-    def heads(self) -> int:
-        """Attention heads of the real language model, all layers together."""
-        return self.text["num_hidden_layers"] * self.text["num_attention_heads"]
-
-
-_CLIP_L_336 = {  # openai/clip-vit-large-patch14-336 (LLaVA-1.5, HuatuoGPT-Vision, LLaVA-Med)
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 336,
-    "patch_size": 14,
-}
-_QWEN2_7B = {  # Qwen2-7B / Qwen2.5-7B language models
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-}
-_QWEN2_5_VL_7B = RealModel(
-    family="qwen2_5_vl",
-    vision={
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-        "out_hidden_size": 3584,
-    },
-    text={
-        **_QWEN2_7B,
-        "vocab_size": 152064,
-        "max_position_embeddings": 128000,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": [16, 24, 24],
-        },
-    },
-    processor={"min_pixels": 3136, "max_pixels": 12845056},
-)
-
-REAL_MODELS: dict[str, RealModel] = {
-    "llava-hf/llava-1.5-7b-hf": RealModel(
-        family="llava",
-        vision={**_CLIP_L_336, "projection_dim": 768},
-        text={
-            "vocab_size": 32064,
-            "hidden_size": 4096,
-            "intermediate_size": 11008,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-        },
-    ),
-    "Qwen/Qwen2.5-VL-7B-Instruct": _QWEN2_5_VL_7B,
-    "FreedomIntelligence/HuatuoGPT-Vision-7B-Qwen2.5VL": _QWEN2_5_VL_7B,
-    "lingshu-medical-mllm/Lingshu-7B": _QWEN2_5_VL_7B,
-    "OpenGVLab/InternVL3-8B-hf": RealModel(
-        family="internvl",
-        vision={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": [448, 448],
-            "patch_size": [14, 14],
-        },
-        text={
-            **_QWEN2_7B,
-            "vocab_size": 151674,
-            "max_position_embeddings": 32768,
-            "tie_word_embeddings": False,
-        },
-        processor={"min_patches": 1, "max_patches": 12},
-        extra={"config": {"tie_word_embeddings": False}},
-    ),
-    "google/medgemma-4b-it": RealModel(
-        family="gemma3",
-        vision={
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 27,
-            "num_attention_heads": 16,
-            "image_size": 896,
-            "patch_size": 14,
-            "vision_use_head": False,
-        },
-        text={
-            "vocab_size": 262208,
-            "hidden_size": 2560,
-            "intermediate_size": 10240,
-            "num_hidden_layers": 34,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
-            "head_dim": 256,
-            "query_pre_attn_scalar": 256,
-            "sliding_window": 1024,
-            "max_position_embeddings": 131072,
-        },
-        extra={"tokens_per_side": 16},
-    ),
-    "FreedomIntelligence/HuatuoGPT-Vision-7B": RealModel(
-        family="llava_qwen2",
-        vision={**_CLIP_L_336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
-        text={**_QWEN2_7B, "vocab_size": 152064, "max_position_embeddings": 32768},
-    ),
-    "microsoft/llava-med-v1.5-mistral-7b": RealModel(
-        family="llava_mistral",
-        vision={**_CLIP_L_336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
-        text={
-            "vocab_size": 32000,
-            "hidden_size": 4096,
-            "intermediate_size": 14336,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 8,
-            "max_position_embeddings": 32768,
-        },
-    ),
-}
-"""Published sizes of every model the paper profile can name, by Hub id."""
 
 _GEOMETRY_KEYS = {
     "image_size",
@@ -186,11 +44,6 @@ _GEOMETRY_KEYS = {
     "layer_norm_eps",
 }
 """Vision settings a ``small`` build keeps (they fix preprocessing and token layout)."""
-
-
-def real_model(model: str) -> RealModel:
-    """The :data:`REAL_MODELS` entry of a Hub id; ``KeyError`` when it has none."""
-    return REAL_MODELS[model]
 
 
 def build_shape(real: RealModel, scale: str) -> BuildShape:

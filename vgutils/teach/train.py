@@ -87,7 +87,8 @@ SMOKE = Recipe(steps=24, warmup_steps=8, batch_size=8, pool=48, lr_warmup=2)
 def build_processor():
     """Processor with the teaching vocabulary: tokenizer trained on every question-answer
     turn as the model sees it, so each answer word is one token with its leading space."""
-    from vgutils.models.tiny import LLAVA_SPECIAL_TOKENS, llava_processor, train_tokenizer
+    from vgutils.models.tiny import LLAVA_SPECIAL_TOKENS, llava_processor
+    from vgutils.models.tiny_parts import train_tokenizer
 
     corpus = [
         f"USER: {head}{question} {ANSWER_INSTRUCTION} ASSISTANT: {answer}"
