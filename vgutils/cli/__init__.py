@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from vgutils.errors import VgError
+from vgutils.errors import VgError, did_you_mean
 
 
 class Command(NamedTuple):
@@ -45,11 +45,23 @@ COMMANDS: dict[str, Command] = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``error: ...`` line (exit status 2)."""
+    """argparse whose usage errors are one ``error: ...`` line (exit status 2); a mistyped
+    subcommand gets the closest one (``; did you mean 'extract'?``)."""
 
     def error(self, message: str):
         message = re.sub(r"^argument ([^:]+): (?=\1 )", "", message)  # said once
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as err:
+            hint = ""
+            if isinstance(action, argparse._SubParsersAction):
+                hint = did_you_mean(value, action.choices)
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, err.message + hint) from None
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
