@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from vgutils.errors import VgError, did_you_mean
 
@@ -48,17 +48,17 @@ class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``error: ...`` line (exit status 2); a mistyped
     subcommand gets the closest one (``; did you mean 'extract'?``)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         message = re.sub(r"^argument ([^:]+): (?=\1 )", "", message)  # said once
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
 
-    def _check_value(self, action: argparse.Action, value) -> None:
+    def _check_value(self, action: argparse.Action, value: object) -> None:
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError as err:
             hint = ""
             if isinstance(action, argparse._SubParsersAction):
-                hint = did_you_mean(value, action.choices)
+                hint = did_you_mean(str(value), action.choices)
             if not hint:
                 raise
             raise argparse.ArgumentError(action, err.message + hint) from None
