@@ -118,3 +118,18 @@ def test_bogus_profile_fails_before_writing_figures(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "figures").exists()
     code, _, err = run(capsys, "jobs", "smok")
     assert code == 2 and "did you mean 'smoke'?" in one_line(err)
+
+
+def test_mistyped_subcommand_says_the_closest_one(capsys):
+    """Issue #29: argparse's one line, then the closest subcommand (if one is close)."""
+    code, _, err = run(capsys, "extrct", "--model", "m")
+    assert code == 2
+    assert one_line(err).startswith(
+        "error: python -m vgutils: argument command: invalid choice: 'extrct' (choose from "
+    )
+    assert err.endswith("'merge', 'data'); did you mean 'extract'?\n")
+    code, _, err = run(capsys, "teach", "trian")
+    assert code == 2 and one_line(err).startswith("error: python -m vgutils teach: ")
+    assert err.endswith("'evaluate'); did you mean 'train'?\n")
+    code, _, err = run(capsys, "zzzz")
+    assert code == 2 and "did you mean" not in one_line(err)

@@ -36,6 +36,10 @@ class DataError(VgError, RuntimeError):
 def choices_hint(value: str, choices: Iterable[str]) -> str:
     """``"valid: a, b, c; did you mean 'b'?"`` (the closest match, if any is close)."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-    hint = f"valid: {', '.join(choices)}"
-    return hint + (f"; did you mean {close[0]!r}?" if close else "")
+    return f"valid: {', '.join(choices)}" + did_you_mean(value, choices)
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'b'?"`` with the closest of ``choices``; ``""`` if none is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""

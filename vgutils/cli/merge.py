@@ -1,0 +1,33 @@
+"""``merge``: combine the shard runs of one extraction (:func:`vgutils.results.merge_runs`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vgutils.cli import COMMANDS
+from vgutils.errors import UsageError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("merge", help=COMMANDS["merge"].help)
+    parser.add_argument("folders", nargs="+", type=Path, help="run folder(s)")
+    parser.add_argument("--out", type=Path, help="default: the single folder given")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from vgutils.results import merge_runs
+
+    folders = args.folders
+    out = args.out
+    if len(folders) == 1 and out is None:
+        out = folders[0]
+        folders = sorted(p for p in folders[0].glob("shard-*-of-*") if p.is_dir())
+        if not folders:
+            raise UsageError(f"{out} has no shard-*-of-* folders to merge")
+    if out is None:
+        raise UsageError("give --out when merging several folders")
+    print(merge_runs(folders, out))
+    return 0

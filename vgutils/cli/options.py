@@ -1,0 +1,169 @@
+"""The options several commands share, each defined once, and the argparse converters.
+
+Each ``add_*`` function adds its options where it is called, so a command keeps its own
+order of options in ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from vgutils import checks
+from vgutils.errors import UsageError
+
+
+def _arg(check: Callable, name: str) -> Callable[[str], object]:
+    """An argparse ``type`` from a :mod:`vgutils.checks` function (its message kept)."""
+
+    def convert(text: str):
+        try:
+            return check(text, name) if name else check(text)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = name.lstrip("-") or check.__name__
+    return convert
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text}: expected I/N, e.g. 0/2") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard {text}: expected I/N with 0 <= I < N")
+    return shard
+
+
+def _device(text: str) -> str:
+    return _arg(checks.device, "")(text)
+
+
+def _dtype(text: str) -> str:
+    return _arg(checks.dtype, "")(text)
+
+
+def _layers(values: list[str] | None) -> tuple[int, ...] | str | None:
+    """``--layers``: numbers, or one word ``best`` / ``heads``; None: the protocol's."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0] in ("best", "heads"):
+        return values[0]
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise UsageError(f"--layers {' '.join(values)}: expected numbers, best or heads") from None
+
+
+def _processor_kwargs(args: argparse.Namespace) -> dict | None:
+    """``--max-pixels`` / ``--min-pixels`` / ``--processor-kwarg KEY=VALUE`` as one dict
+    (None when none is given: the protocol decides)."""
+    from vgutils.protocols import parse_processor_kwarg
+
+    kwargs = dict(parse_processor_kwarg(text) for text in args.processor_kwarg or [])
+    for key in ("max_pixels", "min_pixels"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    return kwargs or None
+
+
+def add_model(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--model`` (required): what :func:`vgutils.models.load_model` loads."""
+    parser.add_argument("--model", required=True, help=help)
+
+
+def add_dataset_layout(parser: argparse.ArgumentParser, bbox_format: bool = True) -> None:
+    """``--image-root`` and (unless ``bbox_format`` is false) ``--bbox-format``: how a
+    dataset's rows are read."""
+    parser.add_argument("--image-root", type=Path)
+    if bbox_format:
+        parser.add_argument("--bbox-format", choices=("xyxy", "xywh"))
+
+
+def add_limit(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--limit N``: the first N samples."""
+    parser.add_argument("--limit", type=_arg(checks.positive_int, "--limit"), help=help)
+
+
+def add_device_dtype(parser: argparse.ArgumentParser, documented: bool = True) -> None:
+    """``--device`` and ``--dtype`` of the model (their valid values in the help unless
+    ``documented`` is false)."""
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto, cpu, cuda, cuda:1, balanced" if documented else None,
+    )
+    parser.add_argument(
+        "--dtype",
+        type=_dtype,
+        default="auto",
+        help="auto, float32, bfloat16, float16" if documented else None,
+    )
+
+
+def add_protocol(parser: argparse.ArgumentParser) -> None:
+    """The options every protocol setting of the images has (extract and vqa); read them
+    with :func:`_processor_kwargs`."""
+    from vgutils.protocols import PROTOCOLS
+
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="corrected",
+        help="preset of the settings (METHOD.md): authors | corrected (default)",
+    )
+    parser.add_argument("--max-pixels", type=int, help="processor max_pixels (Qwen family)")
+    parser.add_argument("--min-pixels", type=int, help="processor min_pixels (Qwen family)")
+    parser.add_argument(
+        "--processor-kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="processor setting, e.g. do_pad=true (repeatable; value read as YAML)",
+    )
+
+
+def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--data-root``: where the registry's files are."""
+    parser.add_argument("--data-root", type=Path, help="default: $VGUTILS_DATA or data/")
+
+
+def add_refine(parser: argparse.ArgumentParser) -> None:
+    """vqa's VGRefine options and ``--max-new-tokens`` (free-text VQA; the multiple-choice
+    benchmarks use the VGRefine ones); read ``--layers`` with :func:`_layers`."""
+    parser.add_argument("--refine", action="store_true", help="also answer with VGRefine")
+    parser.add_argument("--heads-from", type=Path, help="run folder of `extract --heads`")
+    parser.add_argument(
+        "--top-k",
+        type=_arg(checks.positive_int, "--top-k"),
+        default=20,
+        help="visually sensitive heads",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        help="knockout layers: numbers, 'best' (the single most visually sensitive layer: "
+        "the one holding the most top heads, ties to the best mean metric; printed) or "
+        "'heads' (every layer holding a top head). Default: the protocol's",
+    )
+    parser.add_argument(
+        "--percentile", type=_arg(checks.percentile, ""), default=80.0, help="low-relevance cut"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_arg(checks.positive_int, "--max-new-tokens"),
+        help="default: the protocol's (1 | 16)",
+    )
+    parser.add_argument(
+        "--denominator",
+        choices=("layer", "head"),
+        help="triage: each top head over its layer's mean generic map (authors) or its "
+        "own (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--include-generated",
+        action=argparse.BooleanOptionalAction,
+        help="knockout also blocks the generated tokens (default: the protocol's)",
+    )
