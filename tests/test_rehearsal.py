@@ -254,9 +254,13 @@ def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links
     assert not (root / "teach").exists()  # no embedded teaching data: built here on demand
     assert not (tmp_path / "embedded" / "teach").exists()  # nothing made in the real root
     assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
-    child = "from vgutils import context; print(context.current().data_root)"
+    child = (  # a child process gets the context; the CLI turns the stand-ins on there
+        "from vgutils import context; from vgutils.cli import _resume_plugins; "
+        "from vgutils.models.sources import source_names; _resume_plugins(); "
+        "print(context.current().data_root, 'rehearsal' in source_names())"
+    )
     inherited = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
-    assert inherited.stdout.strip() == str(root)  # a child process gets the context
+    assert inherited.stdout.split() == [str(root), "True"], inherited.stderr
     stamp = root / ".rehearsal-stamp.json"
     built = stamp.stat().st_mtime_ns
     assert rehearsal.activate("small") == root and stamp.stat().st_mtime_ns == built

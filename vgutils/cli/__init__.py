@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return done.code if isinstance(done.code, int) else 2
     try:
+        _resume_plugins()
         return args.run(args)
     except Exception as err:
         if debug:
@@ -108,6 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _resume_plugins() -> None:
+    """Turn on again the plug-ins that a context inherited from a parent process names
+    (``rehearsal:<scale>``: its stand-ins for Hub ids, :func:`vgutils.rehearsal.resume`)."""
+    from vgutils import context
+
+    if any(p.startswith("rehearsal:") for p in context.current().plugins):
+        from vgutils import rehearsal
+
+        rehearsal.resume()
 
 
 def _one_line(err: Exception) -> tuple[int, str]:
