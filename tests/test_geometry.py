@@ -149,3 +149,27 @@ def test_exact_cell_box_selects_exactly_that_cell(rows, cols, r, c):
     layout = TokenLayout.from_grid(rows, cols, (97, 61))
     mask = gt_mask(layout, layout.boxes[r * cols + c])
     assert mask.sum() == 1 and mask[r * cols + c]
+
+
+def test_column_major_grid_and_unplaced_tokens():
+    # a 2 x 3 grid stored column-major: token k at row k % 2, column k // 2
+    layout = TokenLayout.from_grids([(2, 3, (0, 0, 30, 20), "column")], (30, 20))
+    np.testing.assert_allclose(layout.boxes[1], [0, 10, 10, 20])  # row 1, column 0
+    np.testing.assert_allclose(layout.boxes[2], [10, 0, 20, 10])  # row 0, column 1
+    np.testing.assert_array_equal(layout.grid_values(np.arange(6)), [[0, 2, 4], [1, 3, 5]])
+    np.testing.assert_array_equal(gt_mask(layout, [20, 0, 30, 10]), [0, 0, 0, 0, 1, 0])
+    # two grids, the second followed by an unplaced token after each of its rows
+    two = TokenLayout.from_grids(
+        [(1, 2, (0, 0, 20, 10), "row"), (2, 2, (0, 0, 20, 10), "row")], (20, 10), (4, 7)
+    )
+    assert two.n_tokens == 6 and two.prompt_tokens == 8
+    np.testing.assert_array_equal(two.placed(), [0, 1, 2, 3, 5, 6])
+    again = TokenLayout.from_dict(two.to_dict())
+    assert again.unplaced == (4, 7) and again.orders == ("row", "row")
+    assert TokenLayout.from_dict({**two.to_dict(), "orders": [], "unplaced": []}).unplaced == ()
+    with pytest.raises(ValueError, match="orders"):
+        TokenLayout(layout.boxes, layout.grids, (30, 20), ("diagonal",))
+    with pytest.raises(ValueError, match="unplaced"):
+        TokenLayout(layout.boxes, layout.grids, (30, 20), (), (3, 3))
+    with pytest.raises(ValueError, match="past the"):
+        TokenLayout(layout.boxes, layout.grids, (30, 20), (), (7,))

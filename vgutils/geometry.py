@@ -62,13 +62,23 @@ class TokenLayout:
     - ``boxes``: float ``(N, 4)`` xyxy rectangle each token covers, in original-image
       pixels; may extend outside the image where the processor padded.
     - ``grids``: ``(start, rows, cols)`` triples; tokens ``start .. start + rows*cols - 1``
-      form one row-major display grid (tiled models have several).
+      form one display grid (tiled models have several), row-major unless ``orders`` says
+      otherwise.
     - ``image_size``: ``(width, height)`` of the original image in pixels.
+    - ``orders``: per grid ``"row"`` (token ``start + r*cols + c`` is cell ``(r, c)``) or
+      ``"column"`` (token ``start + c*rows + r``: InternVL's ``ps_version`` v1 pixel
+      shuffle leaves its grid transposed); empty = every grid row-major.
+    - ``unplaced``: indices, among the prompt's image tokens in prompt order, of tokens
+      that stand for no place in the image (LLaVA-NeXT's image-newline tokens ending each
+      row). They have no box, are not among the ``N`` tokens and count in no metric;
+      :attr:`prompt_tokens` counts them too.
     """
 
     boxes: np.ndarray
     grids: tuple[tuple[int, int, int], ...]
     image_size: tuple[int, int]
+    orders: tuple[str, ...] = ()
+    unplaced: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float64)
@@ -87,18 +97,46 @@ class TokenLayout:
         width, height = (int(v) for v in self.image_size)
         if width <= 0 or height <= 0:
             raise ValueError(f"image_size must be positive (width, height); got {self.image_size}")
+        orders = tuple(str(o) for o in self.orders) or ("row",) * len(grids)
+        if len(orders) != len(grids) or set(orders) - {"row", "column"}:
+            raise ValueError(f"orders must be 'row' or 'column' per grid; got {self.orders}")
+        unplaced = tuple(sorted(int(i) for i in self.unplaced))
+        if len(set(unplaced)) != len(unplaced) or any(i < 0 for i in unplaced):
+            raise ValueError(f"unplaced must be distinct token indices >= 0; got {self.unplaced}")
+        if unplaced and unplaced[-1] >= len(boxes) + len(unplaced):
+            raise ValueError(
+                f"unplaced index {unplaced[-1]} is past the {len(boxes) + len(unplaced)} "
+                "image tokens of the prompt"
+            )
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "image_size", (width, height))
+        object.__setattr__(self, "orders", orders)
+        object.__setattr__(self, "unplaced", unplaced)
 
     def __repr__(self) -> str:
         width, height = self.image_size
-        return f"TokenLayout(n_tokens={self.n_tokens}, grids={self.grids}, image={width}x{height})"
+        extra = f", unplaced={len(self.unplaced)}" if self.unplaced else ""
+        if "column" in self.orders:
+            extra += f", orders={self.orders}"
+        return (
+            f"TokenLayout(n_tokens={self.n_tokens}, grids={self.grids}, "
+            f"image={width}x{height}{extra})"
+        )
 
     @property
     def n_tokens(self) -> int:
-        """Number of image tokens ``N``."""
+        """Number of image tokens ``N`` (the placed ones: every metric's ``N``)."""
         return len(self.boxes)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Image tokens in the prompt: the ``N`` placed ones and the :attr:`unplaced`."""
+        return len(self.boxes) + len(self.unplaced)
+
+    def placed(self) -> np.ndarray:
+        """Indices, among the prompt's image tokens, of the ``N`` placed ones (in order)."""
+        return np.delete(np.arange(self.prompt_tokens), list(self.unplaced))
 
     @classmethod
     def from_grid(cls, rows: int, cols: int, image_size: tuple[int, int]) -> TokenLayout:
@@ -122,13 +160,33 @@ class TokenLayout:
         """
         return cls(grid_boxes(rows, cols, region_xyxy), ((0, rows, cols),), image_size)
 
+    @classmethod
+    def from_grids(
+        cls,
+        grids: list[tuple[int, int, tuple[float, float, float, float], str]],
+        image_size: tuple[int, int],
+        unplaced: tuple[int, ...] = (),
+    ) -> TokenLayout:
+        """Several grids one after the other: ``(rows, cols, region_xyxy, order)`` each,
+        ``order`` ``"row"`` or ``"column"`` (:func:`grid_boxes`)."""
+        boxes, spec, start = [], [], 0
+        for rows, cols, region, order in grids:
+            boxes.append(grid_boxes(rows, cols, region, order))
+            spec.append((start, rows, cols))
+            start += rows * cols
+        orders = tuple(order for *_, order in grids)
+        return cls(np.concatenate(boxes), tuple(spec), image_size, orders, unplaced)
+
     def grid_values(self, values: np.ndarray, grid: int = 0) -> np.ndarray:
         """Reshape per-token ``values`` (..., N) into grid ``grid`` as (..., rows, cols)."""
         values = np.asarray(values)
         if values.shape[-1] != self.n_tokens:
             raise ValueError(f"values have {values.shape[-1]} tokens; layout has {self.n_tokens}")
         start, rows, cols = self.grids[grid]
-        return values[..., start : start + rows * cols].reshape(*values.shape[:-1], rows, cols)
+        cells = values[..., start : start + rows * cols]
+        if self.orders[grid] == "column":
+            return np.swapaxes(cells.reshape(*values.shape[:-1], cols, rows), -1, -2)
+        return cells.reshape(*values.shape[:-1], rows, cols)
 
     def grid_region(self, grid: int = 0) -> np.ndarray:
         """xyxy rectangle (original pixels) covered by grid ``grid``, shape ``(4,)``."""
@@ -142,15 +200,19 @@ class TokenLayout:
             "boxes": self.boxes.tolist(),
             "grids": [list(g) for g in self.grids],
             "image_size": list(self.image_size),
+            "orders": list(self.orders),
+            "unplaced": list(self.unplaced),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> TokenLayout:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (``orders`` / ``unplaced`` optional)."""
         return cls(
             np.asarray(data["boxes"], dtype=np.float64),
             tuple(tuple(g) for g in data["grids"]),
             tuple(data["image_size"]),
+            tuple(data.get("orders", ())),
+            tuple(data.get("unplaced", ())),
         )
 
 
@@ -166,8 +228,10 @@ def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayo
     ``rows x cols`` grid is inside box ``[x0, y0, x1, y1]`` (clamped to the image) exactly
     when ``floor(x0 * cols / W) <= c < ceil(x1 * cols / W)`` and the same for rows: the
     authors' scaling of the box onto the stretched grid. Equal to ``layout`` for
-    families that only resize (Qwen2.5-VL, Gemma 3). Undefined, ``ValueError`` naming
-    ``family``, for a layout with several grids (tiled InternVL)."""
+    families that only resize (Qwen2.5-VL, Gemma 3); the grid keeps its token order (a
+    column-major InternVL ``ps_version`` v1 grid stays column-major). Undefined,
+    ``ValueError`` naming ``family``, for a layout with several grids (tiled InternVL,
+    LLaVA-NeXT's base grid and high-resolution grid)."""
     if len(layout.grids) != 1 or layout.grids[0][0] != 0:
         raise ValueError(
             f"box_mapping='scaled' is undefined for family {family!r}: its image gives "
@@ -176,16 +240,27 @@ def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayo
     _, rows, cols = layout.grids[0]
     if rows * cols != layout.n_tokens:
         raise ValueError(f"box_mapping='scaled' is undefined for family {family!r}")
-    return TokenLayout.from_grid(rows, cols, layout.image_size)
+    region = (0.0, 0.0, *map(float, layout.image_size))
+    return TokenLayout.from_grids(
+        [(rows, cols, region, layout.orders[0])], layout.image_size, layout.unplaced
+    )
 
 
-def grid_boxes(rows: int, cols: int, region_xyxy: tuple[float, float, float, float]) -> np.ndarray:
-    """xyxy boxes ``(rows*cols, 4)``, row-major, tiling ``region_xyxy`` evenly."""
+def grid_boxes(
+    rows: int, cols: int, region_xyxy: tuple[float, float, float, float], order: str = "row"
+) -> np.ndarray:
+    """xyxy boxes ``(rows*cols, 4)`` tiling ``region_xyxy`` evenly, row-major (``order``
+    ``"row"``) or column-major (``"column"``: cell ``(r, c)`` is box ``c*rows + r``)."""
     if rows <= 0 or cols <= 0:
         raise ValueError(f"grid must have positive rows and cols; got {rows} x {cols}")
+    if order not in ("row", "column"):
+        raise ValueError(f"grid order must be 'row' or 'column'; got {order!r}")
     x0, y0, x1, y1 = (float(v) for v in region_xyxy)
     xs = x0 + (x1 - x0) * np.arange(cols + 1) / cols
     ys = y0 + (y1 - y0) * np.arange(rows + 1) / rows
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    if order == "row":
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    else:
+        c, r = np.meshgrid(np.arange(cols), np.arange(rows), indexing="ij")
     r, c = r.ravel(), c.ravel()
     return np.stack([xs[c], ys[r], xs[c + 1], ys[r + 1]], axis=1)

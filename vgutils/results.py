@@ -517,6 +517,8 @@ class RunStore:
             layout_boxes=layout.boxes,
             layout_grids=np.asarray(layout.grids, dtype=np.int64),
             layout_image_size=np.asarray(layout.image_size, dtype=np.int64),
+            layout_orders=np.asarray(layout.orders, dtype=str),
+            layout_unplaced=np.asarray(layout.unplaced, dtype=np.int64),
             **arrays,
         )
         os.replace(tmp, path)
@@ -619,6 +621,8 @@ def load_maps(folder: str | Path, sample_id: str) -> dict:
             data["layout_boxes"],
             tuple(tuple(int(v) for v in g) for g in data["layout_grids"]),
             tuple(int(v) for v in data["layout_image_size"]),
+            tuple(str(v) for v in data["layout_orders"]) if "layout_orders" in data else (),
+            tuple(int(v) for v in data["layout_unplaced"]) if "layout_unplaced" in data else (),
         )
     return out
 

@@ -51,9 +51,10 @@ def prefix_signature(prompts: list[Prepared]) -> tuple | None:
     image_positions = first.image_positions
     if not all(np.array_equal(p.image_positions, image_positions) for p in prompts):
         return None
-    if common_prefix_length(prompts) <= image_positions[-1]:
+    image_end = _question_start(first)  # after the prompt's last image token
+    if common_prefix_length(prompts) < image_end:
         return None
-    head = first.inputs["input_ids"][0, : int(image_positions[-1]) + 1].cpu().numpy()
+    head = first.inputs["input_ids"][0, :image_end].cpu().numpy()
     shapes = tuple(
         (key, tuple(value.shape))
         for key, value in sorted(first.inputs.items())
@@ -106,6 +107,12 @@ def batched_prefix_attention(
     return results
 
 
+def _question_start(prepared: Prepared) -> int:
+    """The first row after the prompt's last image token (an unplaced one included,
+    e.g. LLaVA-NeXT's final row end): where strategy ``question`` starts."""
+    return len(prepared.query_positions["all"]) - len(prepared.query_positions["question"])
+
+
 def _fill(results: list, indices: list[int], values: list) -> None:
     for index, value in zip(indices, values, strict=True):
         results[index] = value
@@ -146,7 +153,7 @@ def _run_images(vlm, groups: list[list[Prepared]], strategy: str, batch_size: in
     image_positions = groups[0][0].image_positions
     prefix = common_prefix_length([p for prompts in groups for p in prompts])
     positions = [[_position_ids(vlm, p) for p in prompts] for prompts in groups]
-    question_start = int(image_positions[-1]) + 1
+    question_start = _question_start(groups[0][0])
     prefix_rows = {"question": np.arange(question_start, prefix), "all": np.arange(prefix)}
     specs = {}
     if strategy in prefix_rows and len(prefix_rows[strategy]):

@@ -40,9 +40,10 @@ class Prepared:
     """A prompt ready for the model.
 
     - ``inputs``: BatchFeature for ``vlm.model(**inputs)`` (batch of one).
-    - ``image_positions``: ``(N,)`` sequence indices of the image tokens.
+    - ``image_positions``: ``(N,)`` sequence indices of the image tokens that have a place
+      in the image (``layout.unplaced`` ones, LLaVA-NeXT's row ends, left out).
     - ``query_positions``: ``"last"`` (final prompt row), ``"question"`` (rows after the
-      last image token), ``"all"`` (every row) -> sequence indices.
+      last image token of the prompt), ``"all"`` (every row) -> sequence indices.
     - ``layout``: where the ``N`` image tokens lie in the original image.
     - ``prompt``: the exact text given to the processor.
     """
@@ -115,19 +116,20 @@ class VisionLanguageModel:
         )
         inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
         ids = inputs["input_ids"][0].numpy()
-        image_positions = np.flatnonzero(ids == self.image_token_id)
+        image_tokens = np.flatnonzero(ids == self.image_token_id)
         layout = self.adapter.layout(self.processor, image.size, inputs)
-        if len(image_positions) != layout.n_tokens:
+        if len(image_tokens) != layout.prompt_tokens:
             raise RuntimeError(
-                f"{self.family}: the prompt has {len(image_positions)} image tokens but the "
-                f"processor geometry gives {layout.n_tokens}"
+                f"{self.family}: the prompt has {len(image_tokens)} image tokens but the "
+                f"processor geometry gives {layout.prompt_tokens}"
             )
+        image_positions = image_tokens[layout.placed()]
         if box_mapping == "scaled":
             layout = scaled_layout(layout, self.family)
         length = len(ids)
         query_positions = {
             "last": np.array([length - 1]),
-            "question": np.arange(image_positions[-1] + 1, length),
+            "question": np.arange(image_tokens[-1] + 1, length),
             "all": np.arange(length),
         }
         return Prepared(
