@@ -1,7 +1,9 @@
-"""Original-format LLaVA (HuatuoGPT-Vision-7B, LLaVA-Med): conversion, equivalence with an
-independent forward of the original architecture, key errors, preprocessing, cache, CLI."""
+"""Original-format LLaVA (HuatuoGPT-Vision-7B, LLaVA-Med, LLaVA-Tri with and without S2):
+conversion, equivalence with an independent forward of the original architecture, key
+errors, preprocessing, cache, CLI."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -23,8 +25,11 @@ from vgutils.models.original import (
     weight_files,
 )
 from vgutils.models.sources import cache_dir, resolve
-from vgutils.models.tiny import build_tiny
+from vgutils.models.tiny import build_tiny, tiny_family
 from vgutils.models.tiny_original import ORIGINAL_FAMILIES
+
+LLAVA_TINY = ["llava_qwen2", "llava_mistral", "llava_llama", "llava_llama-no-s2"]
+"""The tiny original-format LLaVA builds (``llava_llama``: LLaVA-Tri with S2)."""
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -96,18 +101,23 @@ def original_vision(source, config: dict):
 
 
 def original_text_model(source, config: dict):
-    """Qwen2ForCausalLM / MistralForCausalLM with the ``model.*`` + ``lm_head`` keys."""
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    qwen2 = config["model_type"] == "llava_qwen2"
-    config_class, model_class = (
-        (Qwen2Config, Qwen2ForCausalLM) if qwen2 else (MistralConfig, MistralForCausalLM)
+    """Qwen2 / Mistral / LlamaForCausalLM with the ``model.*`` + ``lm_head`` keys."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
     )
-    kwargs = {
-        k: v
-        for k, v in config.items()
-        if not k.startswith("mm_") and k not in ("architectures", "model_type")
-    }
+
+    config_class, model_class = {
+        "llava_qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llava_mistral": (MistralConfig, MistralForCausalLM),
+        "llava_llama": (LlamaConfig, LlamaForCausalLM),
+    }[config["model_type"]]
+    skip = ("architectures", "model_type", "s2", "s2_scales", "rope_scaling")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in skip}
     model = model_class(config_class(**kwargs, attn_implementation="eager")).eval()
     state = {
         k: v
@@ -118,10 +128,35 @@ def original_text_model(source, config: dict):
     return model
 
 
+LLAMA3_SYSTEM = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nA chat between a curious "
+    "user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions.<|eot_id|>"
+)
+
+
+def llava_image_token_ids(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
+    """The original LLaVA code's ``tokenizer_image_token``: each chunk around ``<image>``
+    tokenised on its own with the tokenizer's special tokens; when the first chunk starts
+    with BOS that BOS is kept once and every chunk loses its first token. Returns the ids
+    before and after the image."""
+    chunks = [tokenizer(chunk)["input_ids"] for chunk in prompt.split("<image>")]
+    assert len(chunks) == 2
+    offset = int(bool(chunks[0]) and chunks[0][0] == tokenizer.bos_token_id)
+    head = chunks[0][:1] if offset else []
+    return head + chunks[0][offset:], chunks[1][offset:]
+
+
 def original_prompt_ids(source, config: dict, text: str) -> tuple[list[int], list[int]]:
     """Token ids before / after the image placeholder, tokenised chunk by chunk without
-    special tokens, as the original code does (one BOS first for Mistral)."""
+    special tokens, as the original code does (one BOS first for Mistral); LLaVA-Tri with
+    its ``llama3`` conversation through ``tokenizer_image_token``."""
     tokenizer = AutoTokenizer.from_pretrained(source)
+    if config["model_type"] == "llava_llama":  # MPT separator style, roles with headers
+        user = "<|start_header_id|>user<|end_header_id|>\n\n"
+        assistant = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        prompt = f"{LLAMA3_SYSTEM}{user}<image>\n{text}<|eot_id|>{assistant}"
+        return llava_image_token_ids(tokenizer, prompt)
     if config["model_type"] == "llava_qwen2":
         before, after = "<|user|>\n", f"\n{text}\n<|assistant|>\n"
         head = []
@@ -132,15 +167,67 @@ def original_prompt_ids(source, config: dict, text: str) -> tuple[list[int], lis
     return head + encode(before), encode(after)
 
 
+def chessboard_split(x: torch.Tensor, n: int) -> torch.Tensor:
+    """s2wrapper's ``split_chessboard``: n x n sub-squares stacked on the batch, row by
+    row (written here with slices)."""
+    h, w = x.shape[-2] // n, x.shape[-1] // n
+    return torch.cat(
+        [x[..., i * h : (i + 1) * h, j * w : (j + 1) * w] for i in range(n) for j in range(n)]
+    )
+
+
+def chessboard_merge(x: torch.Tensor, n: int) -> torch.Tensor:
+    """s2wrapper's ``merge_chessboard`` (the inverse of :func:`chessboard_split`)."""
+    b = x.shape[0] // (n * n)
+    rows = [
+        torch.cat([x[(i * n + j) * b : (i * n + j + 1) * b] for j in range(n)], -1)
+        for i in range(n)
+    ]
+    return torch.cat(rows, dim=-2)
+
+
+def s2_features(tower, pixels: torch.Tensor, scales: list[int]) -> torch.Tensor:
+    """LLaVA's ``CLIPVisionTowerS2.forward``: ``multiscale_forward(forward_feature, images,
+    img_sizes=scales, max_split_size=scales[0])``. ``tower(tiles)`` gives the tiles' patch
+    features ``(B, side*side, C)``; every scale is area-pooled to the first scale's grid,
+    the scales concatenated along the channels: ``(B, side*side, C * len(scales))``."""
+    maps = []
+    for size in scales:
+        n = math.ceil(size / scales[0])
+        x = F.interpolate(pixels.float(), size=size, mode="bicubic")
+        out = tower(chessboard_split(x, n))
+        side = int(out.shape[1] ** 0.5)
+        out = out.reshape(out.shape[0], side, side, -1).permute(0, 3, 1, 2)  # b c h w
+        maps.append(chessboard_merge(out, n))
+    grid = maps[0].shape[-2]
+    out = torch.cat([F.interpolate(m.float(), size=grid, mode="area") for m in maps], dim=1)
+    return out.flatten(2).transpose(1, 2)
+
+
+def config_s2_scales(config: dict) -> list[int] | None:
+    if not config.get("s2"):
+        return None
+    return sorted(int(v) for v in config.get("s2_scales", "336,672,1008").split(","))
+
+
 @torch.no_grad()
-def original_forward(source, image: Image.Image, text: str):
-    """Logits and eager attentions of the original architecture, and the image span."""
+def original_forward(source, image: Image.Image, text: str, select_layer=None, scales=None):
+    """Logits and eager attentions of the original architecture, and the image span.
+    ``select_layer`` / ``scales``: other values than the config's (the tests show a
+    changed one gives other outputs)."""
     config = json.loads((source / "config.json").read_text())
     state = original_state(source)
     vision = original_vision(source, config)
-    size = vision.config.image_size
-    hidden = vision(original_pixels(image, size), output_hidden_states=True).hidden_states
-    features = hidden[config["mm_vision_select_layer"]][:, 1:]  # patch: CLS dropped
+    layer = config["mm_vision_select_layer"] if select_layer is None else select_layer
+    scales = config_s2_scales(config) if scales is None else scales
+
+    def tower(x):  # the original CLIPVisionTower.forward_feature: patch features of a layer
+        return vision(x, output_hidden_states=True).hidden_states[layer][:, 1:]
+
+    if scales:  # S2: the padded image preprocessed at the largest scale
+        features = s2_features(tower, original_pixels(image, scales[-1]), scales)
+    else:
+        features = tower(original_pixels(image, vision.config.image_size))
     features = F.linear(
         features, state["model.mm_projector.0.weight"], state["model.mm_projector.0.bias"]
     )
@@ -159,13 +246,15 @@ def original_forward(source, image: Image.Image, text: str):
     return out.logits[0], torch.stack([a[0] for a in out.attentions]), span, before + after
 
 
-@pytest.mark.parametrize("family", ORIGINAL_FAMILIES)
+QUESTION = "Is there a lesion in the liver? Answer the question using a single word or phrase."
+
+
+@pytest.mark.parametrize("family", LLAVA_TINY)
 def test_converted_equals_independent_original_forward(family, vlms):
     vlm = vlms[family]
     source = Path(resolve(f"tiny:{family}"))
-    text = "Is there a lesion in the liver? Answer the question using a single word or phrase."
     image = scene()
-    logits, attentions, span, text_ids = original_forward(source, image, text)
+    logits, attentions, span, text_ids = original_forward(source, image, QUESTION)
 
     prepared = vlm.prepare(image, "Is there a lesion in the liver?")
     ids = prepared.inputs["input_ids"][0].numpy()
@@ -181,6 +270,63 @@ def test_converted_equals_independent_original_forward(family, vlms):
     expected = attentions[:, :, -1, span].numpy()
     assert expected.std() > 1e-3  # far from uniform: a wrong mapping would show
     np.testing.assert_allclose(maps, expected, atol=1e-5)
+    print(  # the numbers the README quotes
+        f"{family}: max |logits diff| {(converted[:, :vocab] - logits).abs().max():.2e}, "
+        f"max |last-row attention diff| {np.abs(maps - expected).max():.2e}"
+    )
+
+
+def test_llava_tri_mistakes_change_the_outputs(vlms):
+    """The comparison above would catch a converter that took another vision layer or
+    left out an S2 scale (the independent forward with that mistake differs)."""
+    vlm = vlms["llava_llama"]
+    source = Path(resolve("tiny:llava_llama"))
+    image = scene()
+    prepared = vlm.prepare(image, "Is there a lesion in the liver?")
+    with torch.no_grad():
+        converted = vlm.model(**prepared.inputs).logits[0]
+    logits, *_ = original_forward(source, image, QUESTION)
+    vocab = logits.shape[-1]
+    torch.testing.assert_close(converted[:, :vocab], logits, rtol=1e-4, atol=1e-4)
+    for mistake in ({"select_layer": -1}, {"scales": [64, 128, 128]}, {"scales": [64, 64, 192]}):
+        wrong, *_ = original_forward(source, image, QUESTION, **mistake)
+        assert (converted[:, :vocab] - wrong).abs().max() > 1e-2, mistake
+    assert vlm.model.config.s2_scales == [64, 128, 192]
+    assert type(vlm.model).__name__ == "LlavaS2ForConditionalGeneration"
+    plain = vlms["llava_llama-no-s2"]
+    assert type(plain.model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_llava_tri_top_right_box_lights_the_tokens_the_original_puts_there(vlms):
+    """A white box at the top right of a black, non-square image. The original S2 path
+    (tiles at every scale, merged back, area-pooled), with a tower that only reports how
+    white each patch is, lights some tokens; they are exactly the tokens of the layout
+    over the box (which the converted model's prompt uses, checked equal above)."""
+    vlm = vlms["llava_llama"]
+    image = Image.new("RGB", (300, 150), "black")
+    box = np.array([225, 0, 300, 75])  # the image's top-right quarter of its right half
+    ImageDraw.Draw(image).rectangle([225, 0, 299, 74], fill="white")
+    prepared = vlm.prepare(image, "Where is the box?")
+    patch = 8  # the tiny tower's patch
+
+    def whiteness(tiles):  # (B, 3, 64, 64) -> (B, 64 patches, 1): mean brightness
+        rgb = tiles * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+        gray = rgb.mean(1)
+        b, h, w = gray.shape
+        cells = gray.reshape(b, h // patch, patch, w // patch, patch).mean((2, 4))
+        return cells.reshape(b, -1, 1)
+
+    pixels = original_pixels(image, 192)
+    torch.testing.assert_close(prepared.inputs["pixel_values"], pixels, rtol=0, atol=0)
+    lit = (s2_features(whiteness, pixels, [64, 128, 192])[0] > 0.75).any(-1).numpy()
+    from vgutils.metrics import gt_mask
+
+    truth = gt_mask(prepared.layout, box)
+    assert truth.sum() == 4 and lit.sum() == 4
+    np.testing.assert_array_equal(lit, truth)
+    top_right = np.zeros((8, 8), dtype=bool)
+    top_right[2:4, 6:8] = True  # padded to 300 x 300 (image rows 75-224): cells of 37.5 px
+    np.testing.assert_array_equal(truth, top_right.ravel())
 
 
 def test_mistral_added_row_tower_weights_and_suppression(vlms):
@@ -218,37 +364,44 @@ def test_qwen2_unused_row_and_checkpoint_vision(vlms):
     assert vlm.model.config.projector_hidden_act == "gelu"
 
 
-@pytest.mark.parametrize("family", ORIGINAL_FAMILIES)
+@pytest.mark.parametrize("family", LLAVA_TINY)
 def test_prompt_is_the_models_own(family, vlms):
     vlm = vlms[family]
     prepared = vlm.prepare(scene(), "Is there a cat?")
     text = "Is there a cat? Answer the question using a single word or phrase."
     if family == "llava_qwen2":
         assert prepared.prompt == f"<|user|>\n<image>\n{text}\n<|assistant|>\n"
-    else:
+    elif family == "llava_mistral":
         assert prepared.prompt == f"[INST] <image>\n{text} [/INST]"
+    else:  # LLaVA-Tri's llama3 conversation
+        user = "<|start_header_id|>user<|end_header_id|>\n\n"
+        assistant = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        assert prepared.prompt == f"{LLAMA3_SYSTEM}{user}<image>\n{text}<|eot_id|>{assistant}"
     ids = prepared.inputs["input_ids"][0].tolist()
+    bos = vlm.processor.tokenizer.bos_token_id
     if family == "llava_mistral":  # exactly one BOS, first
-        bos = vlm.processor.tokenizer.bos_token_id
         assert ids[0] == bos and ids.count(bos) == 1
+    if tiny_family(family) == "llava_llama":  # two BOS, as the original code's prompt
+        assert ids[:2] == [bos, bos] and ids.count(bos) == 2
     assert len(prepared.image_positions) == 64  # (64 / 8)^2: the CLS token is dropped
     tokenizer = vlm.processor.tokenizer
     assert tokenizer.convert_ids_to_tokens(vlm.image_token_id) == "<image>"
     assert "<|user|>" not in tokenizer.get_vocab()  # plain text, as in the real tokenizer
 
 
-@pytest.mark.parametrize("family", ORIGINAL_FAMILIES)
+@pytest.mark.parametrize("family", LLAVA_TINY)
 def test_pixels_equal_expand2square_then_clip(family, vlms):
     vlm = vlms[family]
     processor = vlm.processor.image_processor
     assert type(processor).__name__ == "LlavaImageProcessorPil" and processor.do_pad
+    size = 192 if family == "llava_llama" else 64  # S2: the largest scale
     for width, height in ((150, 90), (60, 170), (77, 77)):
         image = scene(width, height, seed=width)
         ours = processor(image, return_tensors="pt")["pixel_values"]
-        torch.testing.assert_close(ours, original_pixels(image, 64), rtol=0, atol=0)
+        torch.testing.assert_close(ours, original_pixels(image, size), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ORIGINAL_FAMILIES)
+@pytest.mark.parametrize("family", ["llava_qwen2", "llava_mistral", "llava_llama-no-s2"])
 def test_pad_colour_and_box_geometry(family, vlms):
     """A white box on a black 200x100 image: the pad bands carry the CLIP-mean colour and
     the tokens the layout puts inside the box see white pixels."""

@@ -10,8 +10,8 @@ from transformers import AutoModelForImageTextToText, LlavaImageProcessor
 
 from vgutils.metrics import gt_mask
 from vgutils.models import GENERIC_QUESTION, load_model
-from vgutils.models.tiny import TINY_FAMILIES, build_tiny
-from vgutils.models.tiny_original import ORIGINAL_FAMILIES
+from vgutils.models.tiny import TINY_FAMILIES, build_tiny, tiny_family
+from vgutils.models.tiny_original import LLAVA_FAMILIES, ORIGINAL_FAMILIES
 
 FAMILIES = list(TINY_FAMILIES)
 
@@ -32,9 +32,9 @@ def test_tiny_build_is_small_deterministic_and_complete(family, tmp_path):
     for shard in shards:
         assert (a / shard).read_bytes() == (b / shard).read_bytes()
     names = {p.name for p in a.iterdir()}
-    if family in ORIGINAL_FAMILIES:  # original LLaVA format: no processor, no template
+    if tiny_family(family) in ORIGINAL_FAMILIES:  # original format: no processor, no template
         assert len(shards) == 3 and "model.safetensors.index.json" in names
-        assert json.loads((a / "config.json").read_text())["model_type"] == family
+        assert json.loads((a / "config.json").read_text())["model_type"] == tiny_family(family)
         return
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert "chat_template.jinja" in names or "chat_template" in json.dumps(
@@ -45,7 +45,7 @@ def test_tiny_build_is_small_deterministic_and_complete(family, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loads_through_from_pretrained_with_capture_attention(family, vlms):
     vlm = vlms[family]
-    assert vlm.family == family
+    assert vlm.family == tiny_family(family)
     assert vlm.model.config.get_text_config()._attn_implementation == "vgutils"
     assert vlm.num_layers == 3 and vlm.num_heads == 4
 
@@ -93,13 +93,14 @@ def test_positions(family, vlms):
     vlm = vlms[family]
     prepared = vlm.prepare(noise_image(), "Is there a lesion in the liver?")
     ids = prepared.inputs["input_ids"][0].numpy()
-    np.testing.assert_array_equal(
-        prepared.image_positions, np.flatnonzero(ids == vlm.image_token_id)
-    )
+    image_tokens = np.flatnonzero(ids == vlm.image_token_id)  # placed or not (newlines)
+    placed = np.delete(image_tokens, list(prepared.layout.unplaced))
+    np.testing.assert_array_equal(prepared.image_positions, placed)
     assert prepared.layout.n_tokens == len(prepared.image_positions)
+    assert prepared.layout.prompt_tokens == len(image_tokens)
     np.testing.assert_array_equal(prepared.query_positions["last"], [len(ids) - 1])
     question = prepared.query_positions["question"]
-    assert question[0] == prepared.image_positions[-1] + 1 and question[-1] == len(ids) - 1
+    assert question[0] == image_tokens[-1] + 1 and question[-1] == len(ids) - 1
     np.testing.assert_array_equal(question, np.arange(question[0], len(ids)))
     np.testing.assert_array_equal(prepared.query_positions["all"], np.arange(len(ids)))
     # the question text sits in those rows, after the image
@@ -134,16 +135,38 @@ def token_brightness(vlm, prepared) -> np.ndarray:
     lo, hi = pixels.min(), pixels.max()
     pixels = ((pixels - lo) / (hi - lo)).numpy()
     layout = prepared.layout
-    if vlm.family == "qwen2_5_vl":
+    if vlm.family in ("qwen2_5_vl", "qwen3_vl"):
         merge = vlm.processor.image_processor.merge_size
         return pixels.reshape(layout.n_tokens, merge * merge, -1).mean(axis=(1, 2))
+    if vlm.family == "llava_next":
+        return llava_next_brightness(vlm, prepared, pixels)
     values = []
-    for tile, (_, rows, cols) in zip(pixels, layout.grids, strict=True):
+    for tile, (_, rows, cols), order in zip(pixels, layout.grids, layout.orders, strict=True):
         gray = tile.mean(axis=0)
         h, w = gray.shape
         blocks = gray.reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3))
-        values.append(blocks.ravel())
+        values.append((blocks.T if order == "column" else blocks).ravel())
     return np.concatenate(values)
+
+
+def llava_next_brightness(vlm, prepared, pixels) -> np.ndarray:
+    """LLaVA-NeXT: each tile's patch brightness put in prompt order by the model's own
+    ``pack_image_features`` (base grid, then the unpadded high-resolution grid with a
+    newline value of -1 ending each row); the newlines are then dropped, as the layout
+    leaves them out."""
+    patch = vlm.processor.patch_size
+    tiles = pixels[0].mean(axis=1)  # (tiles, h, w)
+    n, h, w = tiles.shape
+    per_patch = tiles.reshape(n, h // patch, patch, w // patch, patch).mean(axis=(2, 4))
+    features = torch.from_numpy(per_patch.reshape(n, -1, 1))
+    packed, _ = vlm.model.model.pack_image_features(
+        [features], prepared.inputs["image_sizes"], "default", torch.tensor([-1.0])
+    )
+    values = packed[0][:, 0].numpy()
+    unplaced = np.zeros(len(values), dtype=bool)
+    unplaced[list(prepared.layout.unplaced)] = True
+    assert np.all(values[unplaced] == -1) and np.all(values[~unplaced] >= 0)
+    return values[~unplaced]
 
 
 def fully_inside(layout, box):
@@ -159,6 +182,8 @@ CASES = [(f, s, False) for f in FAMILIES for s in SIZES] + [("llava", s, True) f
 def test_geometry_round_trip(family, shape, pad, vlms):
     vlm = vlms[family]
     width, height = SIZES[shape]
+    if family == "qwen3_vl":  # 32-px cells: an 80-px wide image is only 2 tokens wide
+        width, height = 2 * width, 2 * height
     box = np.array([0.2 * width, 0.3 * height, 0.9 * width, 0.85 * height]).round()
     image = Image.new("RGB", (width, height), "black")
     ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill="white")
@@ -179,7 +204,7 @@ def test_geometry_round_trip(family, shape, pad, vlms):
     assert (~truth).any(), "test box must leave some token outside"
     np.testing.assert_array_equal(bright & ~truth, False, err_msg="bright token outside GT")
     np.testing.assert_array_equal(inside & ~bright, False, err_msg="covered token not bright")
-    if pad or family in ORIGINAL_FAMILIES:  # their own processor pads to square
+    if pad or tiny_family(family) in LLAVA_FAMILIES:  # their own processor pads to square
         side = max(width, height)
         region = layout.grid_region()
         np.testing.assert_allclose(region[2] - region[0], side)

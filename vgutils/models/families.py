@@ -3,19 +3,24 @@ image, and how to find the family's image tokens in the prompt.
 
 A family adapter is a small object with ``name``, ``model_types`` (the transformers
 ``config.model_type`` values it serves), ``image_token_id(model)`` and
-``layout(processor, image_size, inputs)``. :func:`register_family` adds one, so users can
-plug in remote-code models (``trust_remote_code``) without this package vendoring them.
+``layout(processor, image_size, inputs)``; optionally ``for_config(config)``, the adapter
+for one model's config (InternVL-Chat's ``ps_version``). :func:`register_family` adds one,
+so users can plug in remote-code models (``trust_remote_code``) without this package
+vendoring them. Importing this module also registers the package's own model classes with
+transformers' Auto classes (:mod:`vgutils.models.architectures`: LLaVA with S2 features,
+InternVL-Chat with the ``ps_version`` v1 pixel shuffle), so their converted folders load.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
-from vgutils.geometry import TokenLayout, grid_boxes
+from vgutils.geometry import TokenLayout
+from vgutils.models import architectures  # noqa: F401  (registers the vgutils model classes)
 
 
 class FamilyAdapter(Protocol):
@@ -57,9 +62,11 @@ def family_for(model_type: str) -> FamilyAdapter:
 
 def family_of(config) -> FamilyAdapter:
     """The adapter of a model ``config``: its ``vgutils_family`` marker (set by the
-    original-format converter, whose output has ``model_type`` ``llava``) or its
-    ``model_type``."""
-    return family_for(getattr(config, "vgutils_family", None) or config.model_type)
+    original-format converters, whose output has another ``model_type``) or its
+    ``model_type``; configured for this config when the adapter has ``for_config``."""
+    adapter = family_for(getattr(config, "vgutils_family", None) or config.model_type)
+    for_config = getattr(adapter, "for_config", None)
+    return for_config(config) if for_config is not None else adapter
 
 
 def _size_pair(size) -> tuple[int | None, int | None, int | None]:
@@ -149,6 +156,17 @@ class Qwen2_5VLFamily:
 
 
 @dataclass(frozen=True)
+class Qwen3VLFamily(Qwen2_5VLFamily):
+    """Qwen3-VL: Qwen2.5-VL's geometry with 16-px patches merged 2 x 2 into one token
+    (32-px cells; ``image_grid_thw`` counts patches), multimodal RoPE positions from the
+    model's own ``get_rope_index``. Its DeepStack features are added to the image tokens'
+    hidden states in the first language layers; they change no token's place."""
+
+    name: str = "qwen3_vl"
+    model_types: tuple[str, ...] = ("qwen3_vl",)
+
+
+@dataclass(frozen=True)
 class InternVLFamily:
     """InternVL3: tiles of the resized image (closest aspect-ratio grid, row-major), then a
     thumbnail of the whole image; each tile gives ``image_seq_length`` tokens after the
@@ -156,6 +174,8 @@ class InternVLFamily:
 
     name: str = "internvl"
     model_types: tuple[str, ...] = ("internvl",)
+    grid_order: str = "row"
+    """Token order inside a tile's grid (``"column"``: InternVL's ``ps_version`` v1)."""
 
     def position_ids(self, model, inputs) -> None:
         return None
@@ -187,10 +207,90 @@ class InternVLFamily:
             regions.append((0.0, 0.0, float(width), float(height)))
         if len(regions) != n_tiles:
             raise RuntimeError(f"expected {len(regions)} tiles from the geometry, got {n_tiles}")
-        per_tile = side * side
-        boxes = np.concatenate([grid_boxes(side, side, region) for region in regions])
-        grids = tuple((i * per_tile, side, side) for i in range(len(regions)))
-        return TokenLayout(boxes, grids, image_size)
+        grids = [(side, side, region, self.grid_order) for region in regions]
+        return TokenLayout.from_grids(grids, image_size)
+
+
+@dataclass(frozen=True)
+class InternVLChatFamily(InternVLFamily):
+    """InternVL-Chat in its original format (``internvl_chat`` remote code, converted by
+    :mod:`vgutils.models.original_internvl`): MedRegA, built on InternVL-Chat-V1-2. One
+    448-px tile of the whole image resized without keeping its aspect (tiles and a
+    thumbnail only with ``dynamic_image_size``), 256 tokens after the pixel shuffle. With
+    ``ps_version`` ``v1`` (the default of InternVL-Chat's code, MedRegA's) the shuffle
+    leaves each tile's grid transposed: token ``k`` lies at row ``k % 16``, column
+    ``k // 16`` (column-major), which the layout says."""
+
+    name: str = "internvl_chat"
+    model_types: tuple[str, ...] = ("internvl_chat",)
+    grid_order: str = "column"
+
+    def for_config(self, config) -> InternVLChatFamily:
+        version = getattr(config, "ps_version", "v1")
+        if version not in ("v1", "v2"):
+            raise ValueError(f"internvl_chat: unknown ps_version {version!r} (v1 or v2)")
+        return replace(self, grid_order="column" if version == "v1" else "row")
+
+
+@dataclass(frozen=True)
+class LlavaNextFamily:
+    """LLaVA-NeXT (LLaVA-v1.6) "anyres": a base grid of the whole image resized to one
+    tile (aspect not kept), then the high-resolution grid: the image resized into the best
+    canvas of ``image_grid_pinpoints`` (aspect kept, centred, zero padding), cut into
+    tiles, their feature grids joined and the rows / columns of padding cut off again
+    (``unpad_image``), with an image-newline token ending every row. The newline tokens
+    have no place in the image: the layout lists them as ``unplaced`` (not in ``N``)."""
+
+    name: str = "llava_next"
+    model_types: tuple[str, ...] = ("llava_next",)
+
+    def position_ids(self, model, inputs) -> None:
+        return None
+
+    def image_token_id(self, model) -> int:
+        return model.config.image_token_id
+
+    def layout(self, processor, image_size, inputs) -> TokenLayout:
+        from transformers.image_processing_utils import (
+            get_patch_output_size,
+            select_best_resolution,
+        )
+        from transformers.image_utils import ChannelDimension
+
+        if processor.vision_feature_select_strategy != "default":
+            raise NotImplementedError("llava_next: only the 'default' selection (no CLS)")
+        ip = processor.image_processor
+        width, height = image_size
+        patch = processor.patch_size
+        tile_h, tile_w = (int(v) for v in inputs["pixel_values"].shape[-2:])
+        rows, cols = tile_h // patch, tile_w // patch  # one tile's feature grid
+        best_h, best_w = select_best_resolution((height, width), ip.image_grid_pinpoints)
+        shape = np.broadcast_to(np.zeros((), np.uint8), (1, height, width))  # sizes only
+        new_h, new_w = get_patch_output_size(shape, (best_h, best_w), ChannelDimension.FIRST)
+        pad_y, pad_x = (best_h - new_h) // 2, (best_w - new_w) // 2
+        # the feature grid of the whole canvas, unpadded as the model's unpad_image does
+        grid_h, grid_w = best_h // tile_h * rows, best_w // tile_w * cols
+        r0, r1, c0, c1 = 0, grid_h, 0, grid_w
+        if width / height > grid_w / grid_h:
+            padding = (grid_h - int(round(height * (grid_w / width), 7))) // 2
+            r0, r1 = padding, grid_h - padding
+        else:
+            padding = (grid_w - int(round(width * (grid_h / height), 7))) // 2
+            c0, c1 = padding, grid_w - padding
+        cell_w, cell_h = best_w / grid_w, best_h / grid_h  # canvas pixels per feature cell
+        sx, sy = width / new_w, height / new_h  # canvas -> original pixels
+        region = (
+            (c0 * cell_w - pad_x) * sx,
+            (r0 * cell_h - pad_y) * sy,
+            (c1 * cell_w - pad_x) * sx,
+            (r1 * cell_h - pad_y) * sy,
+        )
+        kept_rows, kept_cols = r1 - r0, c1 - c0
+        base = rows * cols
+        newlines = tuple(base + r * (kept_cols + 1) + kept_cols for r in range(kept_rows))
+        whole = (0.0, 0.0, float(width), float(height))
+        grids = [(rows, cols, whole, "row"), (kept_rows, kept_cols, region, "row")]
+        return TokenLayout.from_grids(grids, image_size, unplaced=newlines)
 
 
 @dataclass(frozen=True)
@@ -237,9 +337,15 @@ class OriginalLlavaFamily(LlavaFamily):
 for _adapter in (
     LlavaFamily(),
     Qwen2_5VLFamily(),
+    Qwen3VLFamily(),
     InternVLFamily(),
+    InternVLChatFamily(),
     Gemma3Family(),
+    LlavaNextFamily(),
     OriginalLlavaFamily(),
     OriginalLlavaFamily(name="llava_mistral", model_types=("llava_mistral",)),
+    # LLaVA-Tri (llava_llama): the padded square resized to S2's largest scale; the
+    # processor's patch_size is that size / the token grid's side, so the grid is 24 x 24
+    OriginalLlavaFamily(name="llava_llama", model_types=("llava_llama",)),
 ):
     register_family(_adapter)

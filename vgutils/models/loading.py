@@ -4,13 +4,24 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
-from vgutils.models.original import BACKBONES, ensure_converted, original_config
+from vgutils.models.original import (
+    ORIGINAL_FORMATS,
+    ensure_converted,
+    original_config,
+    split_hub_id,
+)
 from vgutils.models.sources import cache_dir, resolve
 from vgutils.models.vlm import VisionLanguageModel
 
@@ -35,10 +46,12 @@ def load_model(
     trust_remote_code: bool = False,
     processor_kwargs: dict | None = None,
 ) -> VisionLanguageModel:
-    """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
-    config. Original-format LLaVA checkpoints (``llava_qwen2``: HuatuoGPT-Vision-7B,
-    ``llava_mistral``: LLaVA-Med v1.5) are converted once into
-    ``cache_dir()/converted`` (:mod:`vgutils.models.original`) and loaded from there.
+    """Load a model by Hub id (``org/name``, or ``org/name/subfolder`` for a checkpoint in
+    a subfolder of a repository), local folder or ``tiny:<family>``; the family comes from
+    the config. Original-format checkpoints (``llava_qwen2``: HuatuoGPT-Vision-7B,
+    ``llava_mistral``: LLaVA-Med v1.5, ``llava_llama``: LLaVA-Tri, ``internvl_chat``:
+    MedRegA) are converted once into ``cache_dir()/converted``
+    (:mod:`vgutils.models.original`; no remote code runs) and loaded from there.
     ``device``: ``auto`` (cuda if present, ``cuda:$LOCAL_RANK`` under torchrun),
     ``cpu``, ``cuda``, ``cuda:1`` or
     ``balanced`` (accelerate's ``device_map="auto"`` over every GPU); ``dtype``: ``auto``
@@ -54,9 +67,14 @@ def load_model(
     if original_config(source, revision) is not None:  # original-format LLaVA: convert once
         source, revision = str(ensure_converted(source, cache_dir(), revision)), None
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if not Path(source).exists():
+        source, subfolder = split_hub_id(source)
+        if subfolder:
+            options["subfolder"] = subfolder
     config = AutoConfig.from_pretrained(source, **options)
-    if getattr(config, "vgutils_family", None) in BACKBONES:  # a converted checkpoint
-        processor_kwargs.setdefault("backend", "pil")  # the original code's exact pixels
+    # a converted checkpoint: the original code's exact pixels come from the PIL backend
+    pil_pixels = getattr(config, "vgutils_family", None) in ORIGINAL_FORMATS
+    pil_pixels = pil_pixels and "backend" not in processor_kwargs
     family_of(config)  # fail early, before loading weights, on an unknown family
     device, torch_dtype = _device_and_dtype(device, dtype)
     device_map = "auto" if device == "balanced" else device
@@ -64,6 +82,10 @@ def load_model(
         source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
     )
     processor = AutoProcessor.from_pretrained(source, **options, **processor_kwargs)
+    if pil_pixels:  # (not for the whole processor: a video processor has no PIL backend)
+        processor.image_processor = AutoImageProcessor.from_pretrained(
+            source, backend="pil", **options, **processor_kwargs
+        )
     if processor_kwargs.get("do_pad"):
         processor = _pad_to_square(processor, config.model_type)
     tokenizer = getattr(processor, "tokenizer", None)

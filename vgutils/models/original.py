@@ -1,28 +1,39 @@
-"""Original-format LLaVA checkpoints -> transformers ``LlavaForConditionalGeneration``.
+"""Original-format checkpoints -> folders that transformers loads.
 
-``FreedomIntelligence/HuatuoGPT-Vision-7B`` (``llava_qwen2``) and
-``microsoft/llava-med-v1.5-mistral-7b`` (``llava_mistral``) are saved in the original LLaVA
-code's format, which transformers does not load (CHECKPOINTS-AND-BENCHMARKS.md section 1).
-:func:`convert` writes a folder that stock ``from_pretrained`` loads:
+``FreedomIntelligence/HuatuoGPT-Vision-7B`` (``llava_qwen2``),
+``microsoft/llava-med-v1.5-mistral-7b`` (``llava_mistral``) and LLaVA-Tri
+(``UCSC-VLAA/LLaVA-Med-pp/<benchmark>``, ``llava_llama``) are saved in the original LLaVA
+code's format, MedRegA (``Luxuriant16/medrega``) in InternVL-Chat's (``internvl_chat``,
+remote code); transformers loads none of them as they are (CHECKPOINTS-AND-BENCHMARKS.md
+section 1). :func:`convert` reads the original files (no remote code runs) and writes a
+folder that ``from_pretrained`` loads; InternVL-Chat's part is
+:mod:`vgutils.models.original_internvl`, the shared file handling
+:mod:`vgutils.models.original_files`. For the LLaVA formats:
 
-- weights: one key table (:data:`KEY_MAP`, prefix renames) serves both text backbones;
+- weights: one key table (:data:`KEY_MAP`, prefix renames) serves every text backbone;
   tensors are streamed shard by shard (``safe_open``) into output shards written as they
   fill, so a 7B model needs neither two copies in memory nor a GPU. Every source key must
   land on a parameter of the target model with its exact shape, and every parameter must
   be filled: a dropped, renamed or transposed key stops the conversion with a one-line
   :class:`ConversionError` naming it.
 - vision tower: from the checkpoint's own copy, or from a separate CLIP folder
-  (``vision_tower=``; LLaVA-Med's code runs ``openai/clip-vit-large-patch14-336``'s
-  weights, so that is the ``llava_mistral`` default, :data:`VISION_WEIGHTS`).
-- config: CLIP vision config + Qwen2 / Mistral text config, ``vision_feature_layer``
-  from ``mm_vision_select_layer`` (-2), ``"default"`` selection (CLS dropped), exact GELU
-  projector, ``image_token_id`` a real embedding row (an unused row when the matrix has one,
-  else one added zero row in ``embed_tokens`` and ``lm_head``, suppressed in generation),
-  and ``vgutils_family`` naming the family adapter.
+  (``vision_tower=``; LLaVA-Med's and LLaVA-Tri's code run the ``mm_vision_tower``
+  folder's weights, ``openai/clip-vit-large-patch14-336``, so that is their default).
+- config: CLIP vision config + Qwen2 / Mistral / Llama text config,
+  ``vision_feature_layer`` from ``mm_vision_select_layer`` (-2), ``"default"`` selection
+  (CLS dropped), exact GELU projector, ``image_token_id`` a real embedding row (an unused
+  row when the matrix has one, else one added zero row in ``embed_tokens`` and
+  ``lm_head``, suppressed in generation), and ``vgutils_family`` naming the family
+  adapter. With S2 (``s2: true``, ``s2_scales``, LLaVA-Tri's base model) the target is
+  :class:`vgutils.models.architectures.LlavaS2ForConditionalGeneration` (transformers'
+  LLaVA cannot express S2), else transformers' ``LlavaForConditionalGeneration``.
 - processor: ``LlavaImageProcessorPil(do_pad=True)`` with the tower's CLIP settings (the
   same pixels as the original ``expand2square`` + ``CLIPImageProcessor``; load it with
-  ``backend="pil"``), ``num_additional_image_tokens=1``, the tokenizer with one added
-  ``<image>`` token and a chat template rendering the model's own prompt.
+  ``backend="pil"``; with S2 resized and cropped to the largest scale, as
+  ``CLIPVisionTowerS2`` sets it), ``num_additional_image_tokens=1`` and ``patch_size``
+  such that the image gives one tile's grid (S2: largest scale / grid side), the
+  tokenizer with one added ``<image>`` token and a chat template rendering the model's
+  own prompt.
 - ``vgutils_conversion.json``: source, revision, sha256 of every source file, converter
   version.
 """
@@ -31,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -40,16 +50,46 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vgutils.models import chat_templates
+from vgutils.models import chat_templates, original_internvl
+from vgutils.models.architectures import expected_shapes
+from vgutils.models.original_files import (
+    CHECKPOINT_FILES,
+    CONVERTER_VERSION,
+    RECORD_NAME,
+    SHARD_BYTES,
+    TOWER_FILES,
+    ConversionError,
+    ShardWriter,
+    file_keys,
+    hashes,
+    hub_file,
+    hub_snapshot,
+    inside,
+    iter_tensors,
+    read_config,
+    record_matches,
+    snapshot_revision,
+    split_hub_id,
+    weight_files,
+)
 
-CONVERTER_VERSION = "1"
-RECORD_NAME = "vgutils_conversion.json"
-SHARD_BYTES = 2 * 2**30
-"""Output shard size: peak memory is about this plus the largest single tensor."""
-
-
-class ConversionError(ValueError):
-    """An original-format checkpoint that cannot be converted (one line, naming the key)."""
+__all__ = [
+    "CHECKPOINT_FILES",
+    "CONVERTER_VERSION",
+    "RECORD_NAME",
+    "SHARD_BYTES",
+    "TOWER_FILES",
+    "ConversionError",
+    "ShardWriter",
+    "convert",
+    "ensure_converted",
+    "hub_snapshot",
+    "original_config",
+    "original_model_type",
+    "record_matches",
+    "split_hub_id",
+    "weight_files",
+]
 
 
 @dataclass(frozen=True)
@@ -64,10 +104,18 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     "llava_qwen2": Backbone("qwen2", chat_templates.HUATUOGPT_VISION, "checkpoint"),
     "llava_mistral": Backbone("mistral", chat_templates.LLAVA_MED_MISTRAL, "tower"),
+    "llava_llama": Backbone("llama", chat_templates.LLAVA_TRI_LLAMA3, "tower"),
 }
 """``model_type`` of the original config -> its backbone. ``vision_weights``: HuatuoGPT-
-Vision's code loads the vision tower from the checkpoint; LLaVA-Med's ignores the
-checkpoint's copy and loads ``mm_vision_tower`` (equality of the two copies not verified)."""
+Vision's code loads the vision tower from the checkpoint; LLaVA-Med's and LLaVA-Tri's
+(MedTrinity-25M's fork: ``build_vision_tower(..., delay_load=True)``, then ``load_model``
+from ``mm_vision_tower``) ignore the checkpoint's copy and load ``mm_vision_tower``
+(equality of the two copies not verified)."""
+ORIGINAL_FORMATS: tuple[str, ...] = (*BACKBONES, original_internvl.MODEL_TYPE)
+"""Every original ``model_type`` :func:`convert` takes (the family adapters' names)."""
+S2_DEFAULT = "336,672,1008"
+"""``s2_scales`` when the config says ``s2: true`` without scales (LLaVA's
+``CLIPVisionTowerS2`` default)."""
 
 VISION_TARGET = "model.vision_tower."
 KEY_MAP: tuple[tuple[str, str, str], ...] = (
@@ -114,6 +162,8 @@ _LLAVA_KEYS = {
     "_name_or_path",
     "torch_dtype",
     "dtype",
+    "s2",
+    "s2_scales",
 }
 
 
@@ -139,73 +189,22 @@ def source_key(target: str, source: str) -> str:
 # --- reading the original folder ---------------------------------------------------------
 
 
-def read_config(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / "config.json").read_text())
-
-
 def original_model_type(config: dict) -> str | None:
-    """``llava_qwen2`` / ``llava_mistral`` when ``config`` is an original-format one."""
+    """The ``model_type`` when ``config`` is an original-format one (:data:`ORIGINAL_FORMATS`:
+    ``llava_qwen2``, ``llava_mistral``, ``llava_llama``, ``internvl_chat``), else ``None``."""
     model_type = config.get("model_type")
-    return model_type if model_type in BACKBONES else None
+    return model_type if model_type in ORIGINAL_FORMATS else None
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors (or ``.bin``) weight files of ``folder``, in index order."""
-    for index_name, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index = folder / index_name
-        if index.exists():
-            names = json.loads(index.read_text())["weight_map"].values()
-            return [folder / name for name in dict.fromkeys(names)]
-        if (folder / single).exists():
-            return [folder / single]
-    return []
-
-
-def iter_tensors(path: Path):
-    """``(key, tensor)`` of one weight file, one tensor in memory at a time for safetensors
-    (``.bin`` files are memory-mapped)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
-                yield key, handle.get_tensor(key)
-    else:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        yield from state.items()
-
-
-def file_keys(path: Path) -> list[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as handle:
-            return list(handle.keys())
-    return list(torch.load(path, map_location="meta", mmap=True, weights_only=True))
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file; free for Hub cache symlinks (their blob is named by it)."""
-    target = Path(os.path.realpath(path))
-    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
-        return target.name
-    digest = hashlib.sha256()
-    with open(target, "rb") as handle:
-        for block in iter(lambda: handle.read(2**24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(folder: Path) -> dict[str, dict]:
-    """``{relative path: {size, mtime_ns}}`` of every file under ``folder``."""
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        stat = path.stat()
-        out[str(path.relative_to(folder))] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return out
+def s2_scales(config: dict) -> list[int] | None:
+    """LLaVA's S2 scales in pixels, ascending (``s2`` and ``s2_scales`` as
+    ``CLIPVisionTowerS2`` reads them: a comma-separated string), or ``None`` without S2."""
+    if not config.get("s2"):
+        return None
+    scales = config.get("s2_scales") or S2_DEFAULT
+    if isinstance(scales, str):
+        scales = scales.split(",")
+    return sorted(int(v) for v in scales)
 
 
 def resolve_tower(folder: Path, config: dict, vision_tower: str | Path | None) -> Path:
@@ -220,33 +219,6 @@ def resolve_tower(folder: Path, config: dict, vision_tower: str | Path | None) -
     if vision_tower is not None:
         raise ConversionError(f"vision tower folder {name!r} has no config.json")
     return Path(hub_snapshot(name, patterns=TOWER_FILES))
-
-
-CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "vit/**"]
-TOWER_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt"]
-"""What is downloaded of a Hub checkpoint / CLIP tower (``.bin`` weights only for towers:
-``openai/clip-vit-large-patch14-336`` may have no safetensors)."""
-
-
-def hub_snapshot(
-    repo_id: str, revision: str | None = None, patterns: list[str] = CHECKPOINT_FILES
-) -> str:
-    """``huggingface_hub.snapshot_download`` with a clear message when it cannot."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
-    except Exception as err:
-        raise ConversionError(
-            f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); on an offline machine download "
-            "it elsewhere and pass the local folder"
-        ) from err
-
-
-def snapshot_revision(folder: Path) -> str | None:
-    """The commit of a Hub cache snapshot folder (``.../snapshots/<commit>``)."""
-    return folder.name if folder.parent.name == "snapshots" else None
 
 
 # --- config, processor, tokenizer ------------------------------------------------------
@@ -269,13 +241,14 @@ def _edge(value) -> int:
     return int(value)
 
 
-def image_processor(tower: Path, pad: bool):
-    """LLaVA's pad-to-square (CLIP-mean colour) + the tower's CLIP resize / crop / norm."""
+def image_processor(tower: Path, pad: bool, size: int | None = None):
+    """LLaVA's pad-to-square (CLIP-mean colour) + the tower's CLIP resize / crop / norm;
+    ``size``: resize and crop to this side instead (S2: the largest scale)."""
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
     data = json.loads((tower / "preprocessor_config.json").read_text())
-    size = _edge(data.get("size", 336))
-    crop = _edge(data.get("crop_size", size))
+    crop = size or _edge(data.get("crop_size", data.get("size", 336)))
+    size = size or _edge(data.get("size", 336))
     return LlavaImageProcessorPil(
         do_pad=pad,
         size={"shortest_edge": size},
@@ -291,6 +264,8 @@ def _text_config(config: dict, backbone: Backbone, vocab_size: int):
     from transformers import CONFIG_MAPPING
 
     kwargs = {k: v for k, v in config.items() if k not in _LLAVA_KEYS and not k.startswith("mm_")}
+    if kwargs.get("rope_scaling", 0) is None:  # Llama-3's null: the deprecated key, empty
+        del kwargs["rope_scaling"]
     kwargs["vocab_size"] = vocab_size
     kwargs["tie_word_embeddings"] = bool(config.get("tie_word_embeddings", False))
     return CONFIG_MAPPING[backbone.text_model_type](**kwargs)
@@ -309,6 +284,9 @@ def _check_supported(config: dict) -> None:
     for key in ("mm_use_im_start_end", "mm_use_im_patch_token"):
         if config.get(key):
             raise ConversionError(f"config.json {key}=true is not supported")
+    merge = config.get("mm_patch_merge_type", "flat")
+    if merge != "flat":
+        raise ConversionError(f"config.json mm_patch_merge_type={merge!r}: only 'flat'")
 
 
 @dataclass
@@ -316,13 +294,27 @@ class Plan:
     """Everything decided before any tensor is read."""
 
     family: str
-    config: object  # LlavaConfig
+    config: object  # LlavaConfig (LlavaS2Config with S2)
     processor: object  # LlavaProcessor
     generation_config: object
     vision_from: str  # "checkpoint" or "tower"
     tower: Path
     added_row: bool
     text_vocab: int  # rows of the original embedding matrix
+
+    def record(self, src: Path) -> dict:
+        """What ``vgutils_conversion.json`` says about this conversion beyond the source."""
+        return {
+            "vision_tower": str(self.tower),
+            "vision_weights_from": self.vision_from,
+            "image_token_id": self.config.image_token_id,
+            "added_embedding_row": self.added_row,
+            "s2_scales": getattr(self.config, "s2_scales", None),
+            "tower_files": {} if inside(self.tower, src) else hashes(self.tower),
+        }
+
+    def stream(self, src: Path, out: Path, shard_bytes: int) -> None:
+        stream_weights(src, self, out, shard_bytes)
 
 
 def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
@@ -363,7 +355,26 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
     vision_config = _vision_config(tower)
     text_config = _text_config(config, backbone, text_vocab + added_row)
     side = vision_config.image_size // vision_config.patch_size
-    target = LlavaConfig(
+    scales = s2_scales(config)
+    width = vision_config.hidden_size * (len(scales) if scales else 1)
+    if config.get("mm_hidden_size", width) != width:
+        raise ConversionError(
+            f"config.json mm_hidden_size={config['mm_hidden_size']}: the tower's width "
+            f"{vision_config.hidden_size} x {len(scales) if scales else 1} scale(s) is {width}"
+        )
+    image_size, patch_size, extra = vision_config.image_size, vision_config.patch_size, {}
+    target_class = LlavaConfig
+    if scales:  # S2: split into tiles of the tower's own size, so the smallest is that size
+        if scales[0] != vision_config.image_size or any(v % scales[0] for v in scales):
+            raise ConversionError(
+                f"config.json s2_scales={scales}: the scales must be multiples of the tower's "
+                f"image size {vision_config.image_size}, the smallest equal to it"
+            )
+        from vgutils.models.architectures import LlavaS2Config as target_class
+
+        image_size, patch_size = scales[-1], scales[-1] // side
+        extra = {"s2_scales": scales}
+    target = target_class(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=image_token_id,
@@ -374,14 +385,16 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
         multimodal_projector_bias=True,
         tie_word_embeddings=text_config.tie_word_embeddings,
         vgutils_family=family,
+        **extra,
     )
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype:
         target.dtype = dtype
+    pad = config.get("image_aspect_ratio") == "pad"
     processor = LlavaProcessor(
-        image_processor=image_processor(tower, pad=config.get("image_aspect_ratio") == "pad"),
+        image_processor=image_processor(tower, pad=pad, size=image_size if scales else None),
         tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=backbone.chat_template,
@@ -405,56 +418,6 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
 
 
 # --- streaming the weights -------------------------------------------------------------
-
-
-class ShardWriter:
-    """Collects tensors and writes a safetensors shard whenever ``max_bytes`` is reached;
-    :meth:`close` names the shards ``model-0000i-of-0000n`` and writes the index."""
-
-    def __init__(self, out: Path, max_bytes: int = SHARD_BYTES):
-        self.out, self.max_bytes = out, max_bytes
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.parts: list[list[str]] = []
-        self.total = 0
-
-    def add(self, key: str, tensor: torch.Tensor) -> None:
-        self.buffer[key] = tensor.contiguous()
-        nbytes = tensor.numel() * tensor.element_size()
-        self.size += nbytes
-        self.total += nbytes
-        if self.size >= self.max_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.buffer:
-            return
-        path = self.out / f"part-{len(self.parts):05d}.tmp"
-        save_file(self.buffer, path, {"format": "pt"})
-        self.parts.append(list(self.buffer))
-        self.buffer, self.size = {}, 0
-
-    def close(self) -> None:
-        self.flush()
-        count = len(self.parts)
-        weight_map = {}
-        for i, keys in enumerate(self.parts):
-            name = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-            (self.out / f"part-{i:05d}.tmp").rename(self.out / name)
-            weight_map.update(dict.fromkeys(keys, name))
-        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
-        (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the target model (built on the meta device)."""
-    from transformers import LlavaForConditionalGeneration
-
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def stream_weights(src: Path, conversion: Plan, out: Path, shard_bytes: int = SHARD_BYTES):
@@ -515,17 +478,22 @@ def convert(
 ) -> Path:
     """Convert the original-format checkpoint in folder ``src`` into ``out`` (a new or
     empty folder; written to ``out.partial`` first, then renamed). ``vision_tower``: a CLIP
-    folder to take the vision tower from. ``source_name`` / ``revision`` are recorded (the
-    Hub id and commit when ``src`` is a Hub snapshot)."""
+    folder to take the vision tower from (LLaVA formats). ``source_name`` / ``revision``
+    are recorded (the Hub id and commit when ``src`` is a Hub snapshot)."""
     src, out = Path(src).resolve(), Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConversionError(f"{out} exists and is not empty")
-    conversion = plan(src, vision_tower)
+    if read_config(src).get("model_type") == original_internvl.MODEL_TYPE:
+        if vision_tower is not None:
+            raise ConversionError("internvl_chat keeps its vision tower in the checkpoint")
+        conversion = original_internvl.plan(src)
+    else:
+        conversion = plan(src, vision_tower)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        stream_weights(src, conversion, partial, shard_bytes)
+        conversion.stream(src, partial, shard_bytes)
         conversion.config.save_pretrained(partial)
         conversion.generation_config.save_pretrained(partial)
         conversion.processor.save_pretrained(partial)
@@ -536,12 +504,8 @@ def convert(
             "source": source_name or str(src),
             "source_path": str(src),
             "revision": revision or snapshot_revision(src),
-            "vision_tower": str(conversion.tower),
-            "vision_weights_from": conversion.vision_from,
-            "image_token_id": conversion.config.image_token_id,
-            "added_embedding_row": conversion.added_row,
-            "source_files": _hashes(src),
-            "tower_files": {} if _inside(conversion.tower, src) else _hashes(conversion.tower),
+            **conversion.record(src),
+            "source_files": hashes(src),
         }
         (partial / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     except BaseException:
@@ -554,52 +518,19 @@ def convert(
     return out
 
 
-def _hashes(folder: Path) -> dict[str, dict]:
-    prints = fingerprint(folder)
-    for name, entry in prints.items():
-        entry["sha256"] = sha256_file(folder / name)
-    return prints
-
-
-def record_matches(converted: Path, src: Path, tower: Path | None = None) -> bool:
-    """Whether ``converted`` was made by this converter version from ``src`` as it is now:
-    same files, sizes and sha256 (re-hashed only for files whose size or time changed)."""
-    record_path = converted / RECORD_NAME
-    if not record_path.exists():
-        return False
-    record = json.loads(record_path.read_text())
-    if record.get("converter_version") != CONVERTER_VERSION:
-        return False
-    pairs = [(src, record.get("source_files", {}))]
-    if record.get("tower_files"):
-        pairs.append((Path(tower or record["vision_tower"]), record["tower_files"]))
-    for folder, files in pairs:
-        now = fingerprint(folder)
-        if set(now) != set(files):
-            return False
-        for name, entry in files.items():
-            if now[name]["size"] != entry["size"]:
-                return False
-            if now[name]["mtime_ns"] != entry["mtime_ns"]:
-                if sha256_file(folder / name) != entry["sha256"]:
-                    return False
-    return True
-
-
 # --- load_model: detect, convert once into the cache, reuse ---------------------------
 
 
 def original_config(source: str, revision: str | None = None) -> dict | None:
-    """The ``config.json`` of a local folder or Hub id when it is original-format LLaVA,
-    else ``None`` (also when it cannot be read: transformers then reports the problem)."""
+    """The ``config.json`` of a local folder or Hub id (``org/name`` or
+    ``org/name/subfolder``) when it is an original format (:data:`ORIGINAL_FORMATS`), else
+    ``None`` (also when it cannot be read: transformers then reports the problem)."""
     folder = Path(source)
     if folder.is_dir():
         path = folder / "config.json"
     else:
         try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(source, "config.json", revision=revision))
+            path = hub_file(source, "config.json", revision)
         except Exception:
             return None
     if not path.exists():
@@ -608,19 +539,15 @@ def original_config(source: str, revision: str | None = None) -> dict | None:
     return config if original_model_type(config) else None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def ensure_converted(
     source: str,
     cache_root: Path,
     revision: str | None = None,
     vision_tower: str | Path | None = None,
 ) -> Path:
-    """The converted folder of original-format ``source`` (local folder or Hub id) under
-    ``cache_root/converted/<slug>-<hash>``: converted on first use, reused while the
-    recorded source files still match."""
+    """The converted folder of original-format ``source`` (local folder, Hub id or Hub id
+    with a subfolder) under ``cache_root/converted/<slug>-<hash>``: converted on first use,
+    reused while the recorded source files still match."""
     folder = Path(source)
     if folder.is_dir():
         src, name, commit = folder.resolve(), str(folder.resolve()), None

@@ -10,6 +10,7 @@ the pipeline (shapes, positions, geometry, capture); their attention is noise.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,9 +26,30 @@ TINY_FAMILIES: tuple[str, ...] = (
     "gemma3",
     "llava_qwen2",
     "llava_mistral",
+    "qwen3_vl",
+    "llava_next",
+    "llava_llama",
+    "llava_llama-no-s2",
+    "internvl_chat",
+    "internvl_chat-v2",
 )
-"""Every tiny build; ``llava_qwen2`` / ``llava_mistral`` are original-format LLaVA
-checkpoints (:mod:`vgutils.models.tiny_original`) that ``load_model`` converts."""
+"""Every tiny build (``tiny:<name>``); ``llava_qwen2`` / ``llava_mistral`` /
+``llava_llama`` / ``internvl_chat`` are original-format checkpoints
+(:mod:`vgutils.models.tiny_original`) that ``load_model`` converts. A name with a suffix
+is a variant of its family (:data:`VARIANTS`)."""
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "llava_llama-no-s2": ("llava_llama", {"s2_scales": None}),
+    "internvl_chat-v2": ("internvl_chat", {"ps_version": "v2"}),
+}
+"""Tiny variants: name -> (family, ``BuildShape.extra`` settings). ``llava_llama`` is
+LLaVA-Tri's format with S2 (the default), ``-no-s2`` without; ``internvl_chat`` is
+MedRegA's with ``ps_version`` v1, ``-v2`` with the corrected pixel shuffle."""
+
+
+def tiny_family(name: str) -> str:
+    """The family (adapter name) of the tiny build ``name``."""
+    return VARIANTS[name][0] if name in VARIANTS else name
 
 
 def _text_kwargs(tokenizer_size: int, **overrides) -> dict:
@@ -277,6 +299,135 @@ def _gemma3(shape: BuildShape):
     return Gemma3ForConditionalGeneration(config), processor
 
 
+def _qwen3_vl(shape: BuildShape):
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    im = ["<|im_start|>", "<|im_end|>"]
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = train_tokenizer(
+        ["<|endoftext|>", *im, *vision_tokens],
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text = _text_kwargs(
+        len(tokenizer),
+        **{
+            "head_dim": 16,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": None,
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+            **shape.text,
+        },
+    )
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [0],
+        "out_hidden_size": text["hidden_size"],
+        **shape.vision,
+    }
+    patch, merge = vision["patch_size"], vision["spatial_merge_size"]
+    cell = patch * merge
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    pixels = {"min_pixels": 4 * cell * cell, "max_pixels": 64 * cell * cell, **shape.processor}
+    normalise = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=patch, merge_size=merge, temporal_patch_size=2, **normalise, **pixels
+        ),
+        video_processor=Qwen3VLVideoProcessor(patch_size=patch, merge_size=merge, **normalise),
+        tokenizer=tokenizer,
+        chat_template=chat_templates.QWEN3_VL,
+    )
+    return Qwen3VLForConditionalGeneration(config), processor
+
+
+def llava_next_pinpoints(tile: int) -> list[list[int]]:
+    """LLaVA-v1.6's ``image_grid_pinpoints`` for tiles of ``tile`` px: (height, width) of
+    1 x 2, 2 x 1, 2 x 2, 1 x 3 and 3 x 1 tiles (336 px: the published list)."""
+    return [[tile * h, tile * w] for h, w in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
+
+
+def _llava_next(shape: BuildShape):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tokenizer = train_tokenizer(*LLAVA_SPECIAL_TOKENS)
+    vision = {  # 32-px tiles of 4 x 4 tokens: up to 3 tiles + the base, short prompts
+        **TINY_VISION,
+        "image_size": 32,
+        "patch_size": 8,
+        "projection_dim": 32,
+        **shape.vision,
+    }
+    size, patch = vision["image_size"], vision["patch_size"]
+    pinpoints = shape.processor.get("image_grid_pinpoints") or llava_next_pinpoints(size)
+    text = LlamaConfig(
+        **_text_kwargs(len(tokenizer), **shape.text),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=text,
+        image_token_index=tokenizer.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=(size // patch) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    clip = {"image_mean": [0.48145466, 0.4578275, 0.40821073]}
+    clip["image_std"] = [0.26862954, 0.26130258, 0.27577711]
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_grid_pinpoints=pinpoints,
+            **clip,
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_templates.LLAVA_NEXT_VICUNA,
+    )
+    return LlavaNextForConditionalGeneration(config), processor
+
+
 def gemma3_layer_types(layers: int) -> list[str]:
     """Gemma 3's pattern: five sliding-window layers, then one global (MedGemma-4B's 34:
     global at 5, 11, 17, 23, 29); a model too shallow for a global layer gets its last
@@ -292,6 +443,8 @@ _BUILDERS: dict[str, Callable] = {
     "qwen2_5_vl": _qwen2_5_vl,
     "internvl": _internvl,
     "gemma3": _gemma3,
+    "qwen3_vl": _qwen3_vl,
+    "llava_next": _llava_next,
 }
 
 
@@ -303,14 +456,18 @@ def build_tiny(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Build the tiny model of ``family`` into ``out_dir`` (weights, config, processor,
-    tokenizer, chat template; original-format checkpoints for ``llava_qwen2`` and
-    ``llava_mistral``) and return the folder. Deterministic for a ``seed``. ``shape``
-    overrides the tiny sizes (the rehearsal builds real image geometry); ``dtype``: the
-    saved weights' dtype (default float32)."""
+    tokenizer, chat template; original-format checkpoints for ``llava_qwen2``,
+    ``llava_mistral``, ``llava_llama`` and ``internvl_chat``) and return the folder.
+    Deterministic for a ``seed``. ``family`` may be a variant (:data:`VARIANTS`).
+    ``shape`` overrides the tiny sizes (the rehearsal builds real image geometry);
+    ``dtype``: the saved weights' dtype (default float32)."""
+    shape = shape or BuildShape()
+    if family in VARIANTS:
+        family, settings = VARIANTS[family]
+        shape = replace(shape, extra={**shape.extra, **settings})
     if family not in _BUILDERS and family not in ORIGINAL_FAMILIES:
         raise ValueError(f"no tiny build for family {family!r}; known: {TINY_FAMILIES}")
     out_dir = Path(out_dir)
-    shape = shape or BuildShape()
     torch.manual_seed(seed)
     if family in ORIGINAL_FAMILIES:
         return build_original(family, out_dir, shape, dtype)
