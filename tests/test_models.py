@@ -226,3 +226,34 @@ def test_device_and_dtype_choice(monkeypatch):
 def test_remote_code_needs_a_revision():
     with pytest.raises(ValueError, match="pinned revision"):
         load_model("some/remote-model", trust_remote_code=True)
+
+
+def test_llava_next_row_ends_are_the_newline_embedding_and_not_in_n(vlms):
+    """LLaVA-NeXT's image tokens include an image-newline token after each row of the
+    high-resolution grid: the model puts its ``image_newline`` vector there, whatever the
+    pixels. The layout lists exactly those tokens as unplaced, and they are not among the
+    N tokens the attention is read from."""
+    vlm = vlms["llava_next"]
+    prepared = vlm.prepare(noise_image(150, 70), "Where is the box?")
+    layout = prepared.layout
+    ids = prepared.inputs["input_ids"][0].numpy()
+    image_tokens = np.flatnonzero(ids == vlm.image_token_id)
+    start, rows, cols = layout.grids[1]
+    assert layout.unplaced == tuple(start + r * (cols + 1) + cols for r in range(rows))
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"][0]
+
+    handle = vlm.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            vlm.model(**prepared.inputs)
+    finally:
+        handle.remove()
+    newline = vlm.model.model.image_newline.detach()
+    is_newline = torch.all(seen["embeds"] == newline, dim=-1).numpy()
+    np.testing.assert_array_equal(np.flatnonzero(is_newline), image_tokens[list(layout.unplaced)])
+    assert not is_newline[prepared.image_positions].any()
+    assert layout.n_tokens == len(prepared.image_positions) == len(image_tokens) - rows
+    assert vlm.attention(prepared).shape[-1] == layout.n_tokens

@@ -36,9 +36,11 @@ def test_profiles_have_the_jobs_their_figures_need(profile):
     jobs = {
         (j.model, j.dataset, j.strategy): j for j in profile_jobs(settings) if j.setting == plain
     }
-    for model in settings["layer_maps"]["models"]:
-        for dataset in settings["layer_maps"]["samples"]:
-            assert jobs[(model, dataset, "last")].save_maps
+    maps = settings["layer_maps"]
+    for panel in maps.get("panels") or [maps]:  # panels: one figure, several model groups
+        for model in panel["models"]:
+            for dataset in panel["samples"]:
+                assert jobs[(model, dataset, "last")].save_maps
     curves = settings["curves"]
     for model in curves["models"]:
         for domain in ("medical", "natural"):

@@ -15,6 +15,7 @@ from vgutils.__main__ import main
 from vgutils.data.manifest import manifest_models
 from vgutils.errors import DataError, UsageError
 from vgutils.jobs import load_profile
+from vgutils.models.original import ORIGINAL_FORMATS
 from vgutils.models.published import REAL_MODELS
 from vgutils.models.sources import register_source, source_names, unregister_source
 from vgutils.rehearsal import map_heads, map_layer, rehearse_settings, split_profile
@@ -83,8 +84,10 @@ def test_explicit_layers_are_mapped():
          "curves.medical[1]", "vgmed-atribute"),
         (lambda s: s["refine"].__setitem__("calibration", "vgmed-localisation"),
          "refine.calibration", "vgmed-localisation"),
-        (lambda s: s["layer_maps"]["samples"].__setitem__("coco-localisation", 2),
-         "layer_maps.samples.coco-localisation", "coco-localisation"),
+        (lambda s: s["layer_maps"]["panels"][0]["samples"].__setitem__("coco-localisation", 2),
+         "layer_maps.panels[0].samples.coco-localisation", "coco-localisation"),
+        (lambda s: s["layer_maps"]["panels"][0]["models"].__setitem__(2, "Luxuriant16/medreg"),
+         "layer_maps.panels[0].models[2]", "Luxuriant16/medreg"),
         (lambda s: s["benchmarks"]["runs"][1].__setitem__("model", "microsoft/llava-med"),
          "benchmarks.runs[1].model", "microsoft/llava-med"),
         (lambda s: s["benchmarks"]["datasets"].__setitem__(0, "VQA-RAD"),
@@ -128,6 +131,10 @@ def test_every_manifest_model_has_a_stand_in_of_its_family():
         ("OpenGVLab/InternVL3-8B-hf", 7.94e9),
         ("FreedomIntelligence/HuatuoGPT-Vision-7B", 7.94e9),
         ("microsoft/llava-med-v1.5-mistral-7b", 7.57e9),
+        ("Qwen/Qwen3-VL-8B-Instruct", 8.77e9),
+        ("llava-hf/llava-v1.6-vicuna-7b-hf", 7.06e9),
+        ("llava-hf/llava-v1.6-mistral-7b-hf", 7.57e9),
+        ("Luxuriant16/medrega", 40e9),  # InternVL-Chat-V1-2's card: "40 billion"
     ],
 )
 def test_full_scale_stand_ins_have_the_published_size(model, published):
@@ -157,6 +164,12 @@ IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1500, 3)
         ("Qwen/Qwen2.5-VL-7B-Instruct", {}, 54 * 32),  # native: 1500 x 900 -> 1512 x 896 px
         ("OpenGVLab/InternVL3-8B-hf", {}, 7 * 256),  # 6 tiles of 448 px + thumbnail
         ("google/medgemma-4b-it", {}, 256),  # 896 px pooled to 16 x 16
+        ("Qwen/Qwen3-VL-8B-Instruct", {"max_pixels": 50176, "min_pixels": 784}, 5 * 9),
+        # base 24 x 24, then 672 x 672 (2 x 2 tiles: 48 x 48) unpadded to 28 rows; the 28
+        # row ends are unplaced (not counted)
+        ("llava-hf/llava-v1.6-vicuna-7b-hf", {}, 576 + 28 * 48),
+        ("UCSC-VLAA/LLaVA-Med-pp/SLAKE", {}, 576),  # S2: 1008 px, pooled to 336's grid
+        ("Luxuriant16/medrega", {}, 256),  # one 448-px tile, pixel shuffle 0.5
     ],
 )
 def test_stand_ins_load_through_the_real_path_with_the_real_geometry(
@@ -168,7 +181,7 @@ def test_stand_ins_load_through_the_real_path_with_the_real_geometry(
     prepared = vlm.prepare(IMAGE, "Where is the liver?")
     assert prepared.layout.n_tokens == tokens
     assert vlm.num_layers == 4
-    if REAL_MODELS[model].family.startswith("llava_"):  # went through the converter
+    if REAL_MODELS[model].family in ORIGINAL_FORMATS:  # went through the converter
         converted = rehearsal_cache(tmp_path).parent.parent / "converted"
         assert list(converted.glob("*/vgutils_conversion.json"))
 

@@ -19,7 +19,11 @@ METRICS = ("attention_ratio", "kl", "js")
 
 def layer_map_rows(profile: str, spec: dict) -> list[dict]:
     """Rows for :func:`vgutils.plots.layer_maps_figure`. ``spec``: ``models`` (list),
-    ``samples`` ({dataset: [sample ids] or a count of first finished samples})."""
+    ``samples`` ({dataset: [sample ids] or a count of first finished samples}); or
+    ``panels``, a list of such specs drawn one after the other (the supplement's Fig 1:
+    three medical models on COCO, then LLaVA-1.5 on VGMed)."""
+    if "panels" in spec:
+        return [row for panel in spec["panels"] for row in layer_map_rows(profile, panel)]
     rows = []
     for model in spec["models"]:
         for dataset, chosen in spec["samples"].items():

@@ -153,6 +153,7 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
             protocol=job.protocol,
             box_mapping=job.box_mapping,
             processor_kwargs=dict(job.processor) or None,
+            revision=(settings.get("revisions") or {}).get(job.model),
         )
         folder = job_dir(profile, job)
         run = dict(

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 
 DEFAULT_PROTOCOL = "corrected"
 
-SCALED_UNDEFINED = ("internvl",)
-"""Families whose images give several token grids (tiles): the authors' stretched-grid
-mapping does not exist for them, so a protocol's ``scaled`` means the processor's
-geometry there (an explicit ``box_mapping="scaled"`` still refuses)."""
+SCALED_UNDEFINED = ("internvl", "llava_next")
+"""Families whose images give several token grids (InternVL's tiles, LLaVA-NeXT's base
+and high-resolution grids): the authors' stretched-grid mapping does not exist for them,
+so a protocol's ``scaled`` means the processor's geometry there (an explicit
+``box_mapping="scaled"`` still refuses)."""
 
 QWEN_CAP = {"max_pixels": 50176, "min_pixels": 784}
-"""The authors' Qwen2.5-VL image size (at most 64 image tokens)."""
+"""The authors' Qwen2.5-VL image size (at most 64 image tokens); the same pixel cap for
+Qwen3-VL, whose 32-px cells make it at most 49 tokens."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "authors": Protocol(
         name="authors",
         box_mapping="scaled",
-        processor_kwargs={"qwen2_5_vl": QWEN_CAP},
+        processor_kwargs={"qwen2_5_vl": QWEN_CAP, "qwen3_vl": QWEN_CAP},
         denominator="layer",
         knockout_layers="best",
         include_generated=False,

@@ -123,9 +123,12 @@ def model_identity(name: str, revision: str | None = None) -> dict:
         return {"model": name, "model_folder_sha256": folder_hash(folder)}
     from transformers.utils import cached_file
 
-    # the Hub cache keeps each download under snapshots/<commit>/
-    config = Path(cached_file(source, "config.json", revision=revision))
-    commit = config.parent.name if config.parent.parent.name == "snapshots" else None
+    from vgutils.models.original import snapshot_revision, split_hub_id
+
+    # the Hub cache keeps each download under snapshots/<commit>/ (a subfolder: below it)
+    repo, subfolder = split_hub_id(source)
+    config = Path(cached_file(repo, "config.json", subfolder=subfolder, revision=revision))
+    commit = snapshot_revision(config.parent)
     return {"model": name, "model_revision": commit or revision}
 
 

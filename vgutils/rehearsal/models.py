@@ -8,8 +8,10 @@ depths and widths). A rehearsal build keeps the image side exactly (so preproces
 token counts, box-to-token geometry and the attention's length are the real ones) and
 either narrows the layers (``small``: 4 language layers of width 64 with 4 heads, 2
 vision layers of width 32; seconds on a CPU) or keeps every size (``full``: a GPU run).
-``HuatuoGPT-Vision-7B`` and ``LLaVA-Med`` are built as original-format LLaVA checkpoints,
-so :func:`vgutils.models.load_model` converts them as it converts the real ones.
+``HuatuoGPT-Vision-7B``, ``LLaVA-Med`` and ``LLaVA-Tri`` are built as original-format LLaVA
+checkpoints (LLaVA-Tri with S2 at 336, 672 and 1008 px) and ``MedRegA`` as an
+original-format InternVL-Chat one (``ps_version`` v1), so :func:`vgutils.models.load_model`
+converts them as it converts the real ones.
 
 The build lands in ``cache_dir()/rehearsal/<scale>/<family>-<hash>``: the hash covers the
 sizes and the builders' source, so checkpoints of one shape (Qwen2.5-VL-7B and
@@ -39,6 +41,7 @@ _GEOMETRY_KEYS = {
     "image_size",
     "patch_size",
     "spatial_merge_size",
+    "temporal_patch_size",
     "window_size",
     "hidden_act",
     "layer_norm_eps",
@@ -62,10 +65,14 @@ def build_shape(real: RealModel, scale: str) -> BuildShape:
         )
     vision = {k: v for k, v in real.vision.items() if k in _GEOMETRY_KEYS}
     vision.update(SMALL_VISION)
-    if real.family == "qwen2_5_vl":
+    if real.family in ("qwen2_5_vl", "qwen3_vl"):
         depth = {"depth": SMALL_VISION_LAYERS, "num_heads": SMALL_VISION["num_attention_heads"]}
         vision = {k: v for k, v in vision.items() if k != "num_attention_heads"}
-        vision.update(depth, fullatt_block_indexes=[SMALL_VISION_LAYERS - 1])
+        vision.update(depth)
+        if real.family == "qwen2_5_vl":
+            vision["fullatt_block_indexes"] = [SMALL_VISION_LAYERS - 1]
+        else:  # DeepStack features from the first vision layer
+            vision["deepstack_visual_indexes"] = [0]
     else:
         vision["num_hidden_layers"] = SMALL_VISION_LAYERS
     return BuildShape(
@@ -133,23 +140,51 @@ def _original_modules(family: str, shape: BuildShape) -> list:
     from transformers import (
         CLIPVisionConfig,
         CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
         MistralConfig,
         MistralForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
     )
 
-    from vgutils.models.tiny_original import TEXT, VISION
+    from vgutils.models.tiny_original import S2_SCALES, TEXT, VISION
 
+    if family == "internvl_chat":  # the converted model (InternVL classes)
+        return [_internvl_chat_model(shape)]
     text = {**TEXT, **shape.text}
     vision = {**VISION, **shape.vision}
+    scales = shape.extra.get("s2_scales", S2_SCALES) if family == "llava_llama" else None
     if family == "llava_qwen2":
         language = Qwen2ForCausalLM(Qwen2Config(**text, tie_word_embeddings=False))
+    elif family == "llava_llama":
+        language = LlamaForCausalLM(LlamaConfig(**text, tie_word_embeddings=False))
     else:
         language = MistralForCausalLM(MistralConfig(**text, tie_word_embeddings=False))
     projector = torch.nn.Sequential(
-        torch.nn.Linear(vision["hidden_size"], text["hidden_size"]),
+        torch.nn.Linear(
+            vision["hidden_size"] * (len(scales) if scales else 1), text["hidden_size"]
+        ),
         torch.nn.GELU(),
         torch.nn.Linear(text["hidden_size"], text["hidden_size"]),
     )
     return [language, CLIPVisionModel(CLIPVisionConfig(**vision)), projector]
+
+
+def _internvl_chat_model(shape: BuildShape):
+    """The converted model of an ``internvl_chat`` build of ``shape`` (on the current
+    device: meta when counting)."""
+    from vgutils.models.architectures import model_class
+    from vgutils.models.original_internvl import target_config
+    from vgutils.models.tiny_original import INTERNVIT, TEXT
+
+    vision = {**INTERNVIT, **shape.vision}
+    text = {"architectures": ["LlamaForCausalLM"], **TEXT, **shape.text}
+    text.setdefault("vocab_size", 64000)
+    config = {
+        "vision_config": vision,
+        "llm_config": text,
+        **{k: shape.extra[k] for k in ("ps_version", "select_layer") if k in shape.extra},
+    }
+    target = target_config(config, image_token_id=0, vocab_size=text["vocab_size"])
+    return model_class(target)(target)
