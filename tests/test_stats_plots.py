@@ -110,3 +110,13 @@ def test_strategy_figure_has_one_line_per_strategy():
     fig = plots.strategy_curves_figure(long)
     assert len(fig.axes) == 6  # (model, domain) rows x 3 metrics
     assert len(fig.axes[0].lines) >= 3
+
+
+def test_model_labels_use_the_papers_names():
+    from vgutils.plots import model_label
+
+    assert model_label("FreedomIntelligence/HuatuoGPT-Vision-7B") == "HuatuoGPT-Vision-7B"
+    assert model_label("UCSC-VLAA/LLaVA-Med-pp/SLAKE") == "LLaVA-Tri (SLAKE)"
+    assert model_label("Luxuriant16/medrega") == "MedRegA"
+    assert model_label("org/name/sub") == "name/sub"
+    assert model_label("/tmp/models/tiny-llava") == "tiny-llava"

@@ -71,10 +71,24 @@ def _clip(text: str, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+PAPER_NAMES = {
+    "UCSC-VLAA/LLaVA-Med-pp/SLAKE": "LLaVA-Tri (SLAKE)",
+    "Luxuriant16/medrega": "MedRegA",
+}
+"""Hub ids whose repository name is not the name the paper uses."""
+
+
 def model_label(model: str) -> str:
-    """A model's name in a panel title or legend: a Hub id without its organisation
-    (``FreedomIntelligence/HuatuoGPT-Vision-7B`` -> ``HuatuoGPT-Vision-7B``)."""
-    return model.rsplit("/", 1)[-1]
+    """A model's name in a panel title or legend: the paper's name where the Hub id does
+    not say it (:data:`PAPER_NAMES`), else a Hub id without its organisation
+    (``FreedomIntelligence/HuatuoGPT-Vision-7B`` -> ``HuatuoGPT-Vision-7B``; with a
+    subfolder, ``org/name/sub`` -> ``name/sub``) or a folder's last part."""
+    if model in PAPER_NAMES:
+        return PAPER_NAMES[model]
+    parts = model.split("/")
+    if len(parts) > 2 and not model.startswith(("/", ".", "~")):  # Hub id + subfolder
+        return "/".join(parts[1:])
+    return parts[-1]
 
 
 def mark_note(fig: plt.Figure, note: str) -> None:

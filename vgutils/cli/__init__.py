@@ -36,7 +36,8 @@ COMMANDS: dict[str, Command] = {
     "teach": Command("vgutils.cli.teach", "the teaching model: train, data, evaluate"),
     "convert": Command(
         "vgutils.cli.convert",
-        "original-format LLaVA (HuatuoGPT-Vision-7B, LLaVA-Med) -> transformers",
+        "original-format LLaVA / InternVL-Chat (HuatuoGPT-Vision-7B, LLaVA-Med, "
+        "LLaVA-Tri, MedRegA) -> transformers",
     ),
     "jobs": Command("vgutils.cli.jobs", "run a profile's extraction jobs (cached)"),
     "merge": Command("vgutils.cli.merge", "combine shard runs"),
