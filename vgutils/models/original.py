@@ -44,6 +44,7 @@ import hashlib
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,7 +345,11 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
     else:
         vision_from = "checkpoint"
 
-    tokenizer = AutoTokenizer.from_pretrained(src, extra_special_tokens={"image_token": "<image>"})
+    with warnings.catch_warnings():  # it reads config.json: Llama-3's "rope_scaling": null
+        warnings.filterwarnings("ignore", "`rope_scaling` is deprecated", FutureWarning)
+        tokenizer = AutoTokenizer.from_pretrained(
+            src, extra_special_tokens={"image_token": "<image>"}
+        )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     text_vocab = int(config["vocab_size"])
     if image_token_id > text_vocab:
