@@ -257,3 +257,21 @@ def test_llava_next_row_ends_are_the_newline_embedding_and_not_in_n(vlms):
     assert not is_newline[prepared.image_positions].any()
     assert layout.n_tokens == len(prepared.image_positions) == len(image_tokens) - rows
     assert vlm.attention(prepared).shape[-1] == layout.n_tokens
+
+
+def test_qwen3_vl_authors_cap_is_49_tokens_of_32_px():
+    """The authors' Qwen pixel cap (50176 / 784) applies to Qwen3-VL too; with its 32-px
+    cells (16-px patches merged 2 x 2) that is at most 49 image tokens."""
+    from vgutils.protocols import QWEN_CAP, get_protocol
+    from vgutils.runner import ExtractOptions, resolve_options
+
+    assert get_protocol("authors").processor_kwargs_for("qwen3_vl") == QWEN_CAP
+    options = resolve_options(ExtractOptions("tiny:qwen3_vl", "x", protocol="authors"))
+    assert options.processor_kwargs == QWEN_CAP
+    vlm = load_model("tiny:qwen3_vl", device="cpu", processor_kwargs=QWEN_CAP)
+    for size in ((1500, 900), (900, 1500), (4000, 300), (224, 224)):
+        layout = vlm.prepare(noise_image(*size), "Where?").layout
+        _, rows, cols = layout.grids[0]
+        assert layout.n_tokens == rows * cols <= 49
+        assert rows * cols * 32 * 32 <= QWEN_CAP["max_pixels"]
+    assert vlm.prepare(noise_image(1500, 900), "Where?").layout.grids[0][1:] == (5, 9)
