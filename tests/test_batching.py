@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from family_cases import family_strategy_cases
 from PIL import Image
 
 from vgutils.models.prefix import batched_prefix_attention, prefix_signature
@@ -23,8 +24,7 @@ def groups_for(vlm, images, questions=QUESTIONS):
     ]
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("strategy", ["last", "question", "all"])
+@pytest.mark.parametrize(("family", "strategy"), family_strategy_cases())
 def test_batched_images_equal_one_by_one(family, strategy, vlms):
     vlm = vlms[family]
     # three images of one size (one batched prefix forward), then one of another size

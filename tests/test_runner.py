@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from family_cases import family_strategy_cases
 from PIL import Image
 
 from vgutils.__main__ import main
@@ -19,8 +20,7 @@ from vgutils.results import load_maps, load_metrics
 QUESTIONS = ["Is there a cat?", "Does this image show a kidney in the abdomen?", "Why?"]
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("strategy", ["last", "question", "all"])
+@pytest.mark.parametrize(("family", "strategy"), family_strategy_cases())
 def test_prefix_sharing_equals_full_forwards(family, strategy, vlms):
     vlm = vlms[family]
     rng = np.random.default_rng(4)

@@ -116,19 +116,22 @@ class LlavaS2Model(LlavaModel):
             raise ValueError(f"{LLAVA_S2}: vision_feature_layer must be one layer")
         scales = sorted(int(s) for s in self.config.s2_scales)
         split = scales[0]
-        batch = pixel_values.shape[0]
-        maps = []
-        for size in scales:
-            count = math.ceil(size / split)
+        counts = [math.ceil(size / split) for size in scales]
+        tiles = []
+        for size, count in zip(scales, counts, strict=True):
             resized = F.interpolate(pixel_values.to(torch.float32), size=size, mode="bicubic")
-            tiles = split_tiles(resized.to(pixel_values.dtype), count)
-            out = self.vision_tower(tiles, output_hidden_states=True, return_dict=True)
-            features = out.hidden_states[vision_feature_layer]
-            if vision_feature_select_strategy == "default":
-                features = features[:, 1:]
-            side = math.isqrt(features.shape[1])
-            features = features.transpose(1, 2).reshape(count * count * batch, -1, side, side)
-            maps.append(merge_tiles(features, count))
+            tiles.append(split_tiles(resized.to(pixel_values.dtype), count))
+        # every scale's tiles in one run of the tower (the original runs it once per
+        # scale; each tile's features are the same, the tiles never meet in the tower)
+        out = self.vision_tower(torch.cat(tiles), output_hidden_states=True, return_dict=True)
+        features = out.hidden_states[vision_feature_layer]
+        if vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+        side = math.isqrt(features.shape[1])
+        features = features.transpose(1, 2).reshape(features.shape[0], -1, side, side)
+        maps = []
+        for part, count in zip(features.split([len(t) for t in tiles]), counts, strict=True):
+            maps.append(merge_tiles(part, count))
         grid = maps[0].shape[-2]
         pooled = [
             F.interpolate(m.to(torch.float32), size=grid, mode="area").to(m.dtype) for m in maps

@@ -64,7 +64,7 @@ def load_model(
         raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
     source = resolve(name_or_path)
     processor_kwargs = dict(processor_kwargs or {})
-    if original_config(source, revision) is not None:  # original-format LLaVA: convert once
+    if original_config(source, revision) is not None:  # an original format: convert once
         source, revision = str(ensure_converted(source, cache_dir(), revision)), None
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     if not Path(source).exists():
