@@ -179,6 +179,16 @@ def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayo
     return TokenLayout.from_grid(rows, cols, layout.image_size)
 
 
+def rescaled_layout(layout: TokenLayout, image_size: tuple[int, int]) -> TokenLayout:
+    """``layout`` of a resized copy of an image, in the pixels of the image of
+    ``image_size`` it was resized from (the authors' Qwen pre-resize is a stretch: each
+    axis scaled on its own)."""
+    width, height = layout.image_size
+    sx, sy = image_size[0] / width, image_size[1] / height
+    boxes = layout.boxes * np.array([sx, sy, sx, sy])
+    return TokenLayout(boxes, layout.grids, image_size)
+
+
 def grid_boxes(rows: int, cols: int, region_xyxy: tuple[float, float, float, float]) -> np.ndarray:
     """xyxy boxes ``(rows*cols, 4)``, row-major, tiling ``region_xyxy`` evenly."""
     if rows <= 0 or cols <= 0:

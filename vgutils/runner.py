@@ -55,27 +55,32 @@ class ExtractOptions:
     protocol: str = "corrected"  # vgutils.protocols: "authors" | "corrected"
     box_mapping: str | None = None  # "processor" | "scaled"; None: the protocol's
     processor_kwargs: dict | None = None  # e.g. {"max_pixels": 50176}; None: the protocol's
+    # the protocol's value when None (vgutils.protocols):
+    image_resize: str | None = None  # "qwen_vl_utils" | "processor"
+    image_mode: str | None = None  # "composite" | "convert" | "qwen_vl_utils"
+    attention_precision: str | None = None  # "model" | "float32"
+    box_overhang: str | None = None  # "clamp" | "drop"
 
 
 def resolve_options(options: ExtractOptions) -> ExtractOptions:
     """``options`` with the protocol's value for every setting left ``None``: the box
-    mapping, and the processor kwargs for the model's family, merged under the explicit
-    ``processor_kwargs`` (an explicit key wins). What ``run.json``
-    records, so a resume with another protocol or setting refuses naming the key."""
-    from vgutils.protocols import get_protocol, model_family
+    mapping, the processor kwargs for the model's family (merged under the explicit
+    ``processor_kwargs``: an explicit key wins), the image resize and mode, the attention
+    precision and the box overhang. What ``run.json`` records, so a resume with another
+    protocol or setting refuses naming the key."""
+    from vgutils.protocols import get_protocol, model_family, resolve_settings
 
     protocol = get_protocol(options.protocol)
     changes = {"protocol": protocol.name}
     scaled = options.box_mapping is None and protocol.box_mapping == "scaled"
     family = (  # read from the config, only when a setting depends on it
         model_family(options.model, options.revision, options.trust_remote_code)
-        if protocol.processor_kwargs or scaled
+        if protocol.needs_family or scaled or options.image_resize == "qwen_vl_utils"
         else None
     )
     if options.box_mapping is None:
         changes["box_mapping"] = protocol.box_mapping_for(family)
-    preset = protocol.processor_kwargs_for(family) if family else {}
-    changes["processor_kwargs"] = {**preset, **(options.processor_kwargs or {})}
+    changes.update(resolve_settings(options, protocol, family))
     return replace(options, **changes)
 
 
@@ -158,7 +163,14 @@ def package_versions() -> dict:
 
 
 def _sample_frames(
-    sample: Sample, order: int, raw_heads, generic_heads, layout, context: dict, heads: bool
+    sample: Sample,
+    order: int,
+    raw_heads,
+    generic_heads,
+    layout,
+    context: dict,
+    heads: bool,
+    mean_dtype: str | None = None,
 ) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
     mask = gt_mask(layout, sample.boxes)
     base = {
@@ -172,7 +184,7 @@ def _sample_frames(
         **context,
     }
     layers = raw_heads.shape[0]
-    scores = layer_scores(raw_heads, generic_heads, mask)
+    scores = layer_scores(raw_heads, generic_heads, mask, mean_dtype)
     frames = {"metrics": pd.DataFrame({**base, "layer": np.arange(layers), **scores})}
     if heads:
         per_head = head_scores(raw_heads, generic_heads, mask)
@@ -228,7 +240,7 @@ def extract(
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, problems = read_dataset(dataset)
+    samples, problems = read_dataset(dataset, options.box_overhang)
     bad_rows = [p for p in problems if p.severity == "error"]
     if not samples:
         raise DataError(
@@ -277,6 +289,8 @@ def extract(
                 revision=options.revision,
                 trust_remote_code=options.trust_remote_code,
                 processor_kwargs=options.processor_kwargs,
+                image_resize=options.image_resize,
+                attention_precision=options.attention_precision,
             )
         context = {
             "model": options.model,
@@ -302,7 +316,7 @@ def extract(
             threads = default_loader_threads(vlm) if vlm is not None else 0
         ready = prefetch(
             todo,
-            lambda g: prepare_group(vlm, g, options.box_mapping),
+            lambda g: prepare_group(vlm, g, options.box_mapping, options.image_mode),
             threads,
             ahead=2 * image_batch,
         )
@@ -310,7 +324,7 @@ def extract(
             maps = batch_attention(vlm, batch, options.strategy, batch_size, prefix_sharing)
             for prepared_group, (group_maps, generic) in zip(batch, maps, strict=True):
                 frames, skipped = _score_group(
-                    prepared_group, group_maps, generic, options, store, context
+                    prepared_group, group_maps, generic, options, store, context, vlm
                 )
                 if frames:
                     store.add_part(frames)
@@ -372,11 +386,14 @@ class PreparedGroup:
     skipped: list
 
 
-def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
-    """Load the image and prepare every prompt about it (the image is processed once);
-    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`."""
+def prepare_group(
+    vlm, group, box_mapping: str = "processor", image_mode: str = "composite"
+) -> PreparedGroup:
+    """Load the image (converted by ``image_mode``, :func:`vgutils.data.images.to_rgb`)
+    and prepare every prompt about it (the image is processed once); ``box_mapping`` as
+    in :meth:`VisionLanguageModel.prepare`."""
     try:
-        image = load_image(group[0][1].image_path)
+        image = load_image(group[0][1].image_path, image_mode)
     except Exception as err:  # an unreadable image skips its questions, never the run
         return PreparedGroup(
             group, [], [], None, [(s, f"image unreadable: {err}") for _, s in group]
@@ -427,19 +444,20 @@ def batch_attention(vlm, batch, strategy, batch_size, prefix_sharing):
     return out
 
 
-def _score_group(prepared: PreparedGroup, maps, generic, options, store, context):
+def _score_group(prepared: PreparedGroup, maps, generic, options, store, context, vlm=None):
     """Metric frames of one image's questions (written as one part) and how many samples
     were skipped (logged to errors.jsonl)."""
     for sample, reason in prepared.skipped:
         store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
     skipped = len(prepared.skipped)
+    dtype = vlm.head_mean_dtype if vlm is not None else None  # model dtype or float64
     collected: dict[str, list[pd.DataFrame]] = {}
     for (order, sample), question, raw_heads in zip(
         prepared.kept, prepared.prompts, maps, strict=True
     ):
         try:
             frames, _ = _sample_frames(
-                sample, order, raw_heads, generic, question.layout, context, options.heads
+                sample, order, raw_heads, generic, question.layout, context, options.heads, dtype
             )
         except ValueError as err:  # e.g. the box covers no image token
             store.add_error(sample.id, sample.source, str(err), image=str(sample.image_path))
@@ -448,7 +466,8 @@ def _score_group(prepared: PreparedGroup, maps, generic, options, store, context
         for kind, frame in frames.items():
             collected.setdefault(kind, []).append(frame)
         if options.save_maps:
-            arrays = {k: v.astype(np.float32) for k, v in layer_maps(raw_heads, generic).items()}
+            maps = layer_maps(raw_heads, generic, dtype)
+            arrays = {k: v.astype(np.float32) for k, v in maps.items()}
             if options.heads:
                 arrays.update(raw_heads=raw_heads, generic_heads=generic)
             arrays["boxes"] = sample.boxes

@@ -33,13 +33,29 @@ from vgutils.stats import best_layers, bootstrap_ci
 
 CORRECTED, AUTHORS = "corrected", "authors"
 
-REFINE_SWITCHES: dict[str, dict] = {
-    "denominator": {"denominator": "layer"},
-    "knockout layers": {"layers": "best"},
-    "knockout rows": {"include_generated": False},
-    "decoding": {"max_new_tokens": 1},
+REFINE_SWITCHES: dict[str, str] = {
+    "denominator": "denominator",
+    "knockout layers": "layers",
+    "knockout rows": "include_generated",
+    "decoding": "decoding",
 }
-"""VGRefine settings switched one at a time from ``corrected`` to the authors' value."""
+"""VGRefine settings switched one at a time from ``corrected`` to the authors' value
+(:func:`authors_value`): variant name -> the profile key it sets. A switch whose key the
+profile's ``refine`` block sets itself (e.g. ``layers: [16]``) is not run: both protocols
+use the profile's value there."""
+
+
+def authors_value(key: str, model: str):
+    """The authors' value of a VGRefine profile ``key`` for ``model`` (per family where
+    the protocol says)."""
+    from vgutils.protocols import get_protocol, model_family
+
+    authors = get_protocol(AUTHORS)
+    if key == "decoding":
+        return authors.for_family("decoding", model_family(model))
+    if key == "layers":
+        return authors.knockout_layers
+    return getattr(authors, key)
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, column: str, n_boot: int) -> dict:
@@ -237,18 +253,16 @@ def refine_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
     (:data:`REFINE_SWITCHES`). Returns ``accuracy`` (per variant and dataset: baseline and
     VGRefine accuracy with CIs) and ``effects`` (each variant minus ``corrected``, paired
     over questions)."""
-    from dataclasses import replace
-
     from vgutils.figdata import refine_options
 
     variants = {CORRECTED: (CORRECTED, {}), AUTHORS: (AUTHORS, {})}
-    variants.update({name: (CORRECTED, change) for name, change in REFINE_SWITCHES.items()})
+    for name, key in REFINE_SWITCHES.items():
+        if spec.get(key) is None:  # a value the profile fixes is no switch
+            variants[name] = (CORRECTED, {key: authors_value(key, spec["model"])})
     answers = {}
     for dataset in spec["datasets"]:
         for name, (protocol, change) in variants.items():
-            options = refine_options(profile, spec, dataset, protocol)
-            if change:
-                options = replace(options, **change)
+            options = refine_options(profile, {**spec, **change}, dataset, protocol)
             frame = _cached_vqa(profile, options, dataset, name, change, spec.get("device", "auto"))
             answers[(name, dataset)] = frame
     rows, effects = [], []

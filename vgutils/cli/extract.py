@@ -10,6 +10,7 @@ from vgutils.cli import COMMANDS
 from vgutils.cli.options import (
     _arg,
     _processor_kwargs,
+    _protocol_settings,
     _shard,
     add_dataset_layout,
     add_device_dtype,
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         box_mapping=args.box_mapping,
         processor_kwargs=_processor_kwargs(args),
+        **_protocol_settings(args),
     )
     summary = extract(
         options,

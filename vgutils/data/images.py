@@ -1,12 +1,19 @@
 """Reading any image the datasets hold as an 8-bit RGB PIL image.
 
-Conversions (documented, deterministic):
+Conversions (documented, deterministic), by ``mode`` (:data:`MODES`; the protocols'
+``image_mode``, METHOD.md "transparent images, 16-bit"):
 
-- 8-bit RGB: as is. Grayscale (``L``), palette (``P``), ``CMYK``, ``LA``: PIL's ``convert``.
-- RGBA / LA / palette with transparency: composited onto white (as the authors' code
-  does, METHOD.md "transparent images").
-- 16-bit and 32-bit integer or float images (``I;16``, ``I``, ``F``): scaled linearly from
-  the image's own [min, max] to [0, 255] (a constant image becomes black).
+- ``composite`` (ours, the default, every family): 8-bit RGB as is; grayscale (``L``),
+  palette (``P``), ``CMYK``: PIL's ``convert``; RGBA / LA / PA / palette with
+  transparency: composited onto white; 16-bit and 32-bit integer or float images
+  (``I;16``, ``I``, ``F``): scaled linearly from the image's own [min, max] to [0, 255]
+  (a constant image becomes black).
+- ``convert`` (the authors' HuatuoGPT-Vision path): PIL's ``convert('RGB')`` for every
+  mode: the alpha channel is dropped (what lies under a transparent pixel shows) and
+  16-bit values are clipped to [0, 255] by PIL, never rescaled.
+- ``qwen_vl_utils`` (the authors' Qwen path, ``qwen_vl_utils.vision_process.to_rgb``):
+  RGBA pasted onto white through its alpha; every other mode ``convert('RGB')`` (LA and
+  palette transparency dropped, 16-bit clipped).
 - DICOM (``.dcm``): modality LUT (rescale slope/intercept), then the first VOI window
   (WindowCenter/WindowWidth) if the file has one, else the [min, max] of the pixels;
   MONOCHROME1 is inverted; a multi-frame file gives its first frame; colour DICOM (RGB,
@@ -69,10 +76,22 @@ def read_dicom(path: Path) -> Image.Image:
     return _gray_to_rgb(gray)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB (see the module docstring)."""
+MODES = ("composite", "convert", "qwen_vl_utils")
+"""How a non-RGB image becomes RGB (the module docstring)."""
+
+
+def to_rgb(image: Image.Image, mode: str = "composite") -> Image.Image:
+    """Any PIL image as 8-bit RGB, converted by ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown image mode {mode!r}; expected one of {MODES}")
     if image.mode == "RGB":
         return image
+    if mode == "convert":
+        return image.convert("RGB")
+    if mode == "qwen_vl_utils":
+        from qwen_vl_utils.vision_process import to_rgb as qwen_to_rgb
+
+        return qwen_to_rgb(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         return _gray_to_rgb(_scale_to_uint8(values, values.min(), values.max()))
@@ -110,14 +129,16 @@ def check_regular_file(path: str | Path) -> Path:
     return path
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image."""
+def load_image(path: str | Path, mode: str = "composite") -> Image.Image:
+    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image, converted
+    by ``mode`` (:func:`to_rgb`; a DICOM file is windowed the same way in every mode:
+    the authors' code cannot read DICOM)."""
     path = check_regular_file(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path)
     with Image.open(path) as image:
         image.load()
-        return to_rgb(image)
+        return to_rgb(image, mode)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -104,15 +104,19 @@ def _build_on_demand(name: str, base: Path) -> None:
         _builders[max(matches, key=len)](base)
 
 
-def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:
+def read_dataset(
+    dataset: ResolvedDataset, box_overhang: str = "drop"
+) -> tuple[list[Sample], list[Problem]]:
     """All good samples of ``dataset`` and every problem found in its rows. Images that
-    the registry pins (manifest datasets) must match their sha256."""
+    the registry pins (manifest datasets) must match their sha256. ``box_overhang``:
+    :data:`vgutils.data.rows.BOX_OVERHANGS` (``drop``: ours; ``clamp``: the authors')."""
     return read_rows(
         dataset.jsonl,
         dataset.image_root,
         dataset.format_rule,
         dataset.q_type,
         pinned=pinned_images(dataset.root) if dataset.root is not None else None,
+        box_overhang=box_overhang,
     )
 
 

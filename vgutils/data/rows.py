@@ -21,7 +21,12 @@ from vgutils.geometry import BOX_FORMATS, to_xyxy
 
 Q_TYPES = ("localization", "attribute")
 MAX_CLIP_PX = 1.0
-"""A box may overhang the image by at most this many pixels; it is clipped (warning)."""
+"""Under ``box_overhang="drop"`` a box may overhang the image by at most this many pixels
+(clipped, with a warning); a row whose box overhangs more is reported and dropped."""
+BOX_OVERHANGS = ("clamp", "drop")
+"""What a box overhanging the image does (the protocols' ``box_overhang``): ``clamp``
+keeps it, clamped to the image (the authors' code; a warning says by how much), ``drop``
+reports the row and drops it when the overhang exceeds :data:`MAX_CLIP_PX` (ours)."""
 
 _KNOWN_FIELDS = {"image", "question", "bbox", "original_bboxes", "bbox_format", "id", "q_type"}
 _KNOWN_FIELDS |= {"answer", "modality"}
@@ -105,7 +110,12 @@ def _raw_boxes(row: dict) -> tuple[str, list]:
 
 
 def _checked_boxes(
-    key: str, boxes: list, fmt: str, size: tuple[int, int], warn: Callable[[str, str], None]
+    key: str,
+    boxes: list,
+    fmt: str,
+    size: tuple[int, int],
+    warn: Callable[[str, str], None],
+    box_overhang: str = "drop",
 ) -> np.ndarray:
     width, height = size
     out = []
@@ -116,7 +126,7 @@ def _checked_boxes(
         except ValueError as err:
             raise _RowError(label, str(err)) from err
         overhang = max(-xyxy[0], -xyxy[1], xyxy[2] - width, xyxy[3] - height, 0.0)
-        if overhang > MAX_CLIP_PX:
+        if overhang > MAX_CLIP_PX and box_overhang == "drop":
             raise _RowError(
                 label,
                 f"box {list(box)} ({fmt}) extends {overhang:g} px outside the "
@@ -172,11 +182,15 @@ def read_rows(
     format_rule: FormatRule,
     default_q_type: str | None = None,
     pinned: dict[Path, str] | None = None,
+    box_overhang: str = "drop",
 ) -> tuple[list[Sample], list[Problem]]:
     """Every good row of ``jsonl`` as a Sample, and every problem found (bad rows are
     skipped, never fatal). ``format_rule(row)`` gives the box format when the row has no
     ``bbox_format`` (``None``: unknown, an error). ``pinned``: ``{resolved image path:
-    sha256}`` from the registry; a row whose image does not match is an error."""
+    sha256}`` from the registry; a row whose image does not match is an error.
+    ``box_overhang``: :data:`BOX_OVERHANGS`."""
+    if box_overhang not in BOX_OVERHANGS:
+        raise ValueError(f"unknown box_overhang {box_overhang!r}; expected one of {BOX_OVERHANGS}")
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
@@ -222,7 +236,7 @@ def read_rows(
                 )
             if fmt not in BOX_FORMATS:
                 raise _RowError("bbox_format", f"{fmt!r} is not one of {BOX_FORMATS}")
-            boxes = _checked_boxes(key, raw, fmt, _read_size(image_path), warn)
+            boxes = _checked_boxes(key, raw, fmt, _read_size(image_path), warn, box_overhang)
             q_type = row.get("q_type", default_q_type)
             if q_type is not None and q_type not in Q_TYPES:
                 raise _RowError("q_type", f"{q_type!r} is not one of {Q_TYPES}")

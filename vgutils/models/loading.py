@@ -34,6 +34,8 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     processor_kwargs: dict | None = None,
+    image_resize: str = "processor",
+    attention_precision: str = "float32",
 ) -> VisionLanguageModel:
     """Load a model by Hub id, local folder or ``tiny:<family>``; the family comes from the
     config. Original-format LLaVA checkpoints (``llava_qwen2``: HuatuoGPT-Vision-7B,
@@ -46,7 +48,8 @@ def load_model(
     ``revision``. ``processor_kwargs`` go to ``AutoProcessor.from_pretrained``, e.g.
     ``{"max_pixels": 50176, "min_pixels": 784}`` for Qwen2.5-VL (the authors' cap: at most 64
     image tokens) or ``{"do_pad": True}`` for LLaVA-1.5 pad-to-square (see
-    :func:`_pad_to_square`)."""
+    :func:`_pad_to_square`). ``image_resize`` and ``attention_precision``: the protocol
+    settings the model acts on (:meth:`VisionLanguageModel.configure`)."""
     if trust_remote_code and not revision:
         raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
     source = resolve(name_or_path)
@@ -70,7 +73,8 @@ def load_model(
     for key in ("min_pixels", "max_pixels"):  # already in the image processor's size; kept
         if tokenizer is not None:  # here they would be passed again on every call (warning)
             tokenizer.init_kwargs.pop(key, None)
-    return wrap_model(model, processor, source=name_or_path)
+    vlm = wrap_model(model, processor, source=name_or_path)
+    return vlm.configure(image_resize=image_resize, attention_precision=attention_precision)
 
 
 def _pad_to_square(processor, model_type: str):
