@@ -114,7 +114,7 @@ class RefineSettings:
     ``None`` means the protocol's value; :meth:`resolve` fills them in and makes heads and
     layers concrete, with ``heads_source`` (:data:`HEADS_SOURCES`) and ``layers_source``
     (``given``, ``best``, ``heads``) saying where they came from: what ``run.json``
-    records."""
+    records (``heads_from`` only where it was read)."""
 
     heads: tuple[tuple[int, int], ...] | None = None
     heads_from: str | None = None
@@ -222,6 +222,7 @@ class RefineSettings:
         return replace(
             self,
             heads=heads,
+            heads_from=None if source == "given" and layers_source != "best" else self.heads_from,
             top_k=top_k,
             layers=tuple(int(x) for x in layers),
             percentile=float(self.percentile),
