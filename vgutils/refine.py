@@ -338,7 +338,7 @@ def triage(
     the whole user text instead of ``question`` + answer instruction (e.g. a
     multiple-choice prompt; :meth:`VisionLanguageModel.prepare_text`). Under the model's
     ``attention_precision="model"`` the layer-mean generic map is taken in the model's
-    dtype (:func:`vgutils.scoring.head_mean`), as the authors' code does."""
+    dtype (:func:`vgutils.scoring.head_mean`): the authors' order of operations (METHOD.md)."""
     if not heads:
         raise ValueError("triage needs at least one head")
     if denominator not in DENOMINATORS:
