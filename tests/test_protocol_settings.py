@@ -438,3 +438,39 @@ def test_multiple_choice_runs_take_the_profiles_protocol_and_a_runs_own_wins():
     assert len(names) == 6 and all("__authors" in n or "__corrected" in n for n in names)
     assert run_label(spec["runs"][1], "corrected", "authors").endswith("(corrected protocol)")
     assert run_label(spec["runs"][0], "authors", "authors") == spec["runs"][0]["label"]
+
+
+def test_check_runs_names_a_wrong_protocol_and_heads_that_were_not_given(tmp_path, monkeypatch):
+    """``report --runs``: every run.json against what the profile asked for."""
+    import vgutils.jobs
+    import vgutils.paths
+    from vgutils.jobs import load_profile, profile_jobs
+    from vgutils.mc_report import benchmark_folder
+    from vgutils.report import check_runs
+
+    settings = load_profile("smoke")
+    settings["benchmarks"]["runs"][0].update(heads=[[0, 1], [2, 3]], layers=[1])
+    monkeypatch.setattr(vgutils.jobs, "use_profile", lambda profile: settings)
+    monkeypatch.setattr(vgutils.paths, "results_dir", lambda profile: tmp_path)
+
+    def write(folder, protocol, refine=None):
+        (tmp_path / folder).mkdir()
+        options = {"protocol": protocol, "refine": refine}
+        run = {"status": "complete", "options": options}
+        (tmp_path / folder / "run.json").write_text(json.dumps(run))
+
+    for job in profile_jobs(settings):
+        write(job.name, job.protocol)
+    spec = settings["benchmarks"]
+    mc = benchmark_folder("smoke", spec, spec["runs"][0])
+    assert mc.endswith("__corrected__heads-given")
+    given = {"heads": [[0, 1], [2, 3]], "heads_source": "given", "layers": [1]}
+    write(mc, "corrected", given)
+    records, problems = check_runs("smoke")
+    assert problems == [] and len(records) == len(profile_jobs(settings)) + 1
+    (tmp_path / mc / "run.json").unlink()
+    (tmp_path / mc).rmdir()
+    write(mc, "authors", {**given, "heads_source": "ranked"})
+    _, problems = check_runs("smoke")
+    assert any("protocol 'authors', asked for 'corrected'" in p for p in problems)
+    assert any("(ranked), given" in p for p in problems)

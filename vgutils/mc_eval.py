@@ -86,6 +86,19 @@ class MCOptions:
     attention_precision: str | None = None
 
 
+def mc_decoding(options: MCOptions, family: str | None = None) -> str:
+    """The decoding a run of ``options`` uses: its own, else its protocol's for the
+    model's ``family`` (read from the config when needed), else ``greedy-1``."""
+    from vgutils.protocols import get_protocol, model_family
+
+    protocol = get_protocol(options.protocol)
+    if options.decoding:
+        return options.decoding
+    if family is None and protocol.needs_family:
+        family = model_family(options.model)
+    return protocol.for_family("decoding", family) or "greedy-1"
+
+
 def resolve_mc_options(options: MCOptions) -> MCOptions:
     """``options`` with the protocol's value (:mod:`vgutils.protocols`) for every setting
     left ``None`` and the VGRefine heads and layers made concrete (recorded in run.json;
@@ -101,7 +114,7 @@ def resolve_mc_options(options: MCOptions) -> MCOptions:
     return replace(
         options,
         protocol=protocol.name,
-        decoding=options.decoding or protocol.for_family("decoding", family) or "greedy-1",
+        decoding=mc_decoding(options, family),
         refine=options.refine.resolve(protocol) if options.refine is not None else None,
         **resolve_settings(options, protocol, family),
     )

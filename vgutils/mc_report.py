@@ -103,6 +103,21 @@ def benchmark_options(profile: str, spec: dict, run: dict):
     )
 
 
+def benchmark_folder(profile: str, spec: dict, run: dict) -> str:
+    """The results folder name of one run of the profile's ``benchmarks`` block
+    (:func:`run_folder_name` of its options; nothing is computed or read but the model's
+    config)."""
+    from vgutils.mc_eval import mc_decoding
+
+    options = benchmark_options(profile, spec, run)
+    heads = None
+    if options.refine is not None:
+        heads = "given" if options.refine.heads is not None else "ranked"
+    return run_folder_name(
+        run["model"], spec["benchmark"], mc_decoding(options), options.protocol, heads
+    )
+
+
 def benchmark_runs(
     profile: str, spec: dict, progress: bool = False, n_boot: int = 2000
 ) -> pd.DataFrame:
@@ -124,9 +139,7 @@ def benchmark_runs(
     for run in spec["runs"]:
         options = resolve_mc_options(benchmark_options(profile, spec, run))
         heads = options.refine.heads_source if options.refine is not None else None
-        folder = results_dir(profile) / run_folder_name(
-            run["model"], spec["benchmark"], options.decoding, options.protocol, heads
-        )
+        folder = results_dir(profile) / benchmark_folder(profile, spec, run)
         arguments = dict(device=spec.get("device", "auto"), n_boot=n_boot, progress=progress)
         try:
             answers, _, _ = run_mc(options, folder, **arguments)

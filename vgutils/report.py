@@ -68,12 +68,11 @@ def check_runs(profile: str) -> tuple[list[dict], list[str]]:
     in the folder name, else ``corrected``); and a VGRefine run of the profile's model
     with given heads records those heads and layers as ``given``. Returns the records
     (:func:`run_records`) and one line per problem (none: all good)."""
-    from vgutils.jobs import load_profile, profile_jobs
-    from vgutils.mc_eval import resolve_mc_options
-    from vgutils.mc_report import benchmark_options, run_folder_name
+    from vgutils.jobs import profile_jobs, use_profile
+    from vgutils.mc_report import benchmark_folder, benchmark_options
     from vgutils.paths import results_dir
 
-    settings = load_profile(profile)
+    settings = use_profile(profile)  # a rehearsal's stand-ins resolve the model families
     records = run_records(results_dir(profile))
     by_folder = {r["folder"]: r for r in records}
     problems = [f"{r['folder']}: no protocol recorded" for r in records if not r["protocol"]]
@@ -81,12 +80,8 @@ def check_runs(profile: str) -> tuple[list[dict], list[str]]:
     given = {}  # folder -> (heads, layers) a run was given
     benchmarks = settings.get("benchmarks") or {}
     for run in benchmarks.get("runs", []):
-        options = resolve_mc_options(benchmark_options(profile, benchmarks, run))
-        source = options.refine.heads_source if options.refine else None
-        name = run_folder_name(
-            run["model"], benchmarks["benchmark"], options.decoding, options.protocol, source
-        )
-        expected[name] = options.protocol
+        name = benchmark_folder(profile, benchmarks, run)
+        expected[name] = benchmark_options(profile, benchmarks, run).protocol
         if run.get("heads"):
             given[name] = (run["heads"], run.get("layers", benchmarks.get("layers")))
     refine = settings.get("refine") or {}

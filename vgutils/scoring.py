@@ -21,7 +21,7 @@ def head_mean(heads: np.ndarray, dtype: str | None = None, axis: int = -2) -> np
     """Mean over the heads axis, float64. ``dtype`` (e.g. ``"bfloat16"``; the protocols'
     ``attention_precision="model"``): taken in that torch dtype, as the authors' code
     takes it on the model's own attention weights, then widened; ``None``: in float64."""
-    if dtype is None or dtype in ("float32", "float64"):
+    if dtype is None or dtype == "float64":
         return np.asarray(heads, dtype=np.float64).mean(axis=axis)
     import torch
 
