@@ -64,7 +64,6 @@ def best_layer(
 HEADS_SOURCES = ("given", "ranked")
 """Where VGRefine's heads come from: ``given`` (a list, e.g. the authors' 20 heads of
 HuatuoGPT-Vision-7B) or ``ranked`` (:func:`rank_heads` on a calibration run)."""
-LAYER_CHOICES = ("best", "heads")
 
 
 def parse_heads(text: str) -> tuple[tuple[int, int], ...]:

@@ -64,9 +64,10 @@ def run_records(results: Path) -> list[dict]:
 def check_runs(profile: str) -> tuple[list[dict], list[str]]:
     """Every run of ``profile`` under ``results/<profile>/`` against what the profile
     asked for: the protocol of each extraction job (its folder), of each multiple-choice
-    run (:func:`vgutils.mc_report.benchmark_options`) and of each VQA run (``__authors``
-    in the folder name, else ``corrected``); and a VGRefine run of the profile's model
-    with given heads records those heads and layers as ``given``. Returns the records
+    run (:func:`vgutils.mc_report.benchmark_options`), of each VQA run (``__authors``
+    in the folder name, else ``corrected``) and of notebook 06's prompt-suffix runs
+    (``corrected``); and a VGRefine run that the profile gives heads records those heads
+    and layers as ``given``. Returns the records
     (:func:`run_records`) and one line per problem (none: all good)."""
     from vgutils.jobs import profile_jobs, use_profile
     from vgutils.mc_report import benchmark_folder, benchmark_options
@@ -85,12 +86,17 @@ def check_runs(profile: str) -> tuple[list[dict], list[str]]:
         if run.get("heads"):
             given[name] = (run["heads"], run.get("layers", benchmarks.get("layers")))
     refine = settings.get("refine") or {}
+    suffix = (settings.get("sensitivity") or {}).get("prompt_suffix") or {}
     for record in records:
         folder = record["folder"]
-        if folder.startswith("vqa__"):
+        if folder.startswith("vqa__"):  # notebooks 03 and 06: the protocol in the name
             want = "authors" if "__authors" in folder else "corrected"
-            if refine.get("heads") and refine.get("model", "") and record["heads_source"]:
+            if refine.get("heads") and record["heads_source"]:
                 given.setdefault(folder, (refine["heads"], refine.get("layers")))
+        elif folder.startswith("mc__") and "__sensitivity-suffix-" in folder:
+            want = "corrected"  # notebook 06: corrected with and without the suffix
+            if suffix.get("heads"):
+                given.setdefault(folder, (suffix["heads"], suffix.get("layers")))
         else:
             want = expected.get(folder)
         if want is None:
