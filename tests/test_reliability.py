@@ -1,0 +1,238 @@
+"""Issue #28: reliability, second pass. Each case of the issue is a test here.
+
+Data lost or wrong results produced silently: (1) a ratings CSV saved by Excel (UTF-8
+BOM, CRLF) or LibreOffice, (2) a duplicate (sample, rater) row, (3) a row with an extra
+field, (4) an unterminated quote, (5) a pinned image edited after ``data pin``, (6) a torn
+last line of ``errors.jsonl`` (a kill at each of its writes). Then the weak spots
+(validate, long questions, model errors, profile and notebook parameters, map files, a
+full disk) and the tiny builds whose image tokens carry no pixels.
+"""
+
+import warnings
+
+import pytest
+
+from vgutils.ratings import COLUMNS, RatingsWarning, append_rating, load_ratings
+
+# --- the ratings file (cases 1-4) ------------------------------------------------------
+
+HEADER = ",".join(COLUMNS)
+
+# Excel (Windows, "CSV UTF-8 (Comma delimited)"): a byte-order mark, CRLF after every
+# row (the last too), quotes only around a field holding a comma, a quote or a line
+# break (Alt+Enter in a cell: a bare LF inside the quotes), empty cells as empty fields.
+EXCEL_CSV = (
+    b"\xef\xbb\xbf" + HEADER.encode() + b"\r\n"
+    b"ct-head-0,localization,dr-a,5,4,3,,\r\n"
+    b'ct-head-1,attribute,dr-a,4,4,5,,"clear, but the box is wide"\r\n'
+    b'mr-abdomen-0,attribute,dr-a,3,5,4,,"the ""mass"" is obvious"\r\n'
+    b'fundus-retina-0,localization,dr-a,5,5,5,,"first line\nsecond line"\r\n'
+)
+# LibreOffice Calc (Linux, default export: UTF-8, ',' and '"'): no BOM, LF, the same
+# quoting rule; with "Quote all text cells" every text cell is quoted, numbers are not.
+LIBREOFFICE_CSV = (
+    HEADER.encode() + b"\n"
+    b"ct-head-0,localization,dr-a,5,4,3,,\n"
+    b'ct-head-1,attribute,dr-a,4,4,5,,"clear, but the box is wide"\n'
+    b'mr-abdomen-0,attribute,dr-a,3,5,4,,"the ""mass"" is obvious"\n'
+    b'fundus-retina-0,localization,dr-a,5,5,5,,"first line\nsecond line"\n'
+)
+LIBREOFFICE_QUOTED_CSV = (
+    ",".join(f'"{c}"' for c in COLUMNS).encode() + b"\n"
+    b'"ct-head-0","localization","dr-a",5,4,3,,\n'
+    b'"ct-head-1","attribute","dr-a",4,4,5,,"clear, but the box is wide"\n'
+    b'"mr-abdomen-0","attribute","dr-a",3,5,4,,"the ""mass"" is obvious"\n'
+    b'"fundus-retina-0","localization","dr-a",5,5,5,,"first line\nsecond line"\n'
+)
+EXPECTED_NOTES = [
+    "",
+    "clear, but the box is wide",
+    'the "mass" is obvious',
+    "first line\nsecond line",
+]
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data",
+    [EXCEL_CSV, LIBREOFFICE_CSV, LIBREOFFICE_QUOTED_CSV],
+    ids=["excel", "libreoffice", "libreoffice-quote-all"],
+)
+def test_ratings_csv_saved_by_excel_or_libreoffice_is_read(tmp_path, data):
+    path = write(tmp_path / "ratings.csv", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing ignored, nothing torn
+        ratings = load_ratings(path)
+    assert list(ratings.columns) == list(COLUMNS)
+    assert list(ratings["sample_id"]) == [
+        "ct-head-0",
+        "ct-head-1",
+        "mr-abdomen-0",
+        "fundus-retina-0",
+    ]
+    assert list(ratings["note"]) == EXPECTED_NOTES
+    assert ratings[
+        ["clinical_relevance", "visual_grounding", "semantic_grounding"]
+    ].values.tolist() == [
+        [5, 4, 3],
+        [4, 4, 5],
+        [3, 5, 4],
+        [5, 5, 5],
+    ]
+    assert list(load_ratings(path, history=True)["line"]) == [2, 3, 4, 5]  # where each starts
+
+
+def test_rating_appended_to_an_excel_file_is_read(tmp_path):
+    path = write(tmp_path / "ratings.csv", EXCEL_CSV)
+    append_rating(
+        path,
+        {"sample_id": "coins-0", "q_type": "attribute", "rater": "dr-b"}
+        | dict.fromkeys(COLUMNS[3:6], 4),
+    )
+    assert list(load_ratings(path)["sample_id"])[-1] == "coins-0"
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf" + HEADER.encode())  # one header
+
+
+def test_semicolon_separated_csv_is_refused_with_advice(tmp_path):
+    path = write(
+        tmp_path / "r.csv", HEADER.replace(",", ";").encode() + b"\na;attribute;x;5;5;5;;\n"
+    )
+    with pytest.raises(ValueError, match=r"r\.csv:1: .*separated by ';'"):
+        load_ratings(path)
+
+
+def test_latin1_csv_is_refused_naming_the_line(tmp_path):
+    path = write(tmp_path / "r.csv", HEADER.encode() + b"\na,attribute,dr-a,5,5,5,,tr\xe8s bien\n")
+    with pytest.raises(ValueError, match=r"r\.csv:2: not UTF-8"):
+        load_ratings(path)
+
+
+def test_duplicate_hand_made_row_is_refused_naming_both_lines(tmp_path):
+    path = write(
+        tmp_path / "r.csv",
+        (
+            HEADER + "\n"
+            "a,attribute,dr-a,5,5,5,,\n"
+            "b,attribute,dr-a,4,4,4,,\n"
+            "a,attribute,dr-a,3,3,3,,\n"
+        ).encode(),
+    )
+    with pytest.raises(ValueError, match=r"r\.csv:4: .*'a'.*'dr-a'.*lines 2 and 4"):
+        load_ratings(path)
+
+
+def test_duplicate_differing_only_in_spaces_is_a_duplicate(tmp_path):
+    """Table 1 counted ``dr-a`` and ``dr-a `` as two raters."""
+    path = write(
+        tmp_path / "r.csv",
+        (HEADER + "\na,attribute,dr-a,5,5,5,,\na ,attribute, dr-a ,3,3,3,,\n").encode(),
+    )
+    with pytest.raises(ValueError, match=r"lines 2 and 3"):
+        load_ratings(path)
+
+
+def test_widget_rerating_the_last_rating_wins(tmp_path):
+    """Rows the rating widget wrote (``append_rating`` stamps its UTC time) may repeat a
+    (sample, rater): the rater re-rated, the last row counts."""
+    path = tmp_path / "r.csv"
+    first = {"sample_id": "a", "q_type": "attribute", "rater": "dr-a"}
+    append_rating(path, first | dict.fromkeys(COLUMNS[3:6], 2))
+    append_rating(path, first | dict.fromkeys(COLUMNS[3:6], 5))
+    ratings = load_ratings(path)
+    assert len(ratings) == 1 and ratings.loc[0, "clinical_relevance"] == 5
+    assert len(load_ratings(path, history=True)) == 2
+    # a hand-made row repeating a widget row is refused all the same
+    with path.open("a") as handle:
+        handle.write("a,attribute,dr-a,1,1,1,,\n")
+    with pytest.raises(ValueError, match=r"r\.csv:4: .*lines 2 and 4"):
+        load_ratings(path)
+
+
+def test_row_with_an_extra_field_is_refused_naming_the_line(tmp_path):
+    path = write(
+        tmp_path / "r.csv",
+        (
+            HEADER + "\n"
+            "a,attribute,dr-a,5,5,5,,\n"
+            "b,attribute,dr-a,5,5,5,,,fine\n"  # one comma too many: the note would shift
+            "c,attribute,dr-a,5,5,5,,\n"
+        ).encode(),
+    )
+    with pytest.raises(ValueError, match=r"r\.csv:3: 9 fields, but the header has 8"):
+        load_ratings(path)
+
+
+def test_extra_empty_columns_of_a_spreadsheet_are_accepted(tmp_path):
+    """A spreadsheet range wider than the data: empty header cells and empty fields."""
+    path = write(
+        tmp_path / "r.csv",
+        (HEADER + ",,\r\na,attribute,dr-a,5,5,5,,,,\r\n,,,,,,,,,\r\n").encode(),
+    )
+    assert list(load_ratings(path)["sample_id"]) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        'a,attribute,dr-a,5,5,5,,"never closed\nb,attribute,dr-a,4,4,4,,\n'
+        "c,attribute,dr-a,3,3,3,,\n",
+        'a,attribute,dr-a,5,5,5,,"closed later\nb,attribute,dr-a,4,4,4,,\n'
+        'c,attribute,dr-a,3,3,3,,"x"\n',
+        'a,"attribute,dr-a,5,5,5,,\nb,attribute,dr-a,4,4,4,,\n',
+    ],
+    ids=["never-closed", "closed-by-a-later-quote", "in-an-early-column"],
+)
+def test_unterminated_quote_is_refused_naming_where_it_opens(tmp_path, rows):
+    path = write(tmp_path / "r.csv", (HEADER + "\n" + rows).encode())
+    with pytest.raises(ValueError, match=r"r\.csv:2: .*quote"):
+        load_ratings(path)
+
+
+def test_a_torn_last_line_is_still_only_a_warning(tmp_path):
+    path = write(tmp_path / "r.csv", (HEADER + "\na,attribute,dr-a,5,5,5,,\nb,attri").encode())
+    with pytest.warns(RatingsWarning, match=r"r\.csv:3: torn line ignored"):
+        assert list(load_ratings(path)["sample_id"]) == ["a"]
+
+
+def test_ratings_path_of_the_wrong_type_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"ratings file: expected a path .*got int 5"):
+        load_ratings(5)
+
+
+def test_append_keeps_the_files_column_order_and_line_ends(tmp_path):
+    """A file whose columns a spreadsheet reordered: appended rows follow its header (not
+    the default order, which would put values under the wrong axis)."""
+    order = ["rater", "sample_id", "q_type", *COLUMNS[3:6][::-1], "note", "timestamp"]
+    path = write(
+        tmp_path / "r.csv",
+        b"\xef\xbb\xbf" + ",".join(order).encode() + b"\r\ndr-a,a,attribute,3,4,5,,\r\n",
+    )
+    append_rating(
+        path,
+        {"sample_id": "b", "q_type": "attribute", "rater": "dr-b"}
+        | dict(zip(COLUMNS[3:6], (1, 2, 3), strict=True)),
+    )
+    ratings = load_ratings(path).set_index("sample_id")
+    assert ratings.loc["a", list(COLUMNS[3:6])].tolist() == [5, 4, 3]
+    assert ratings.loc["b", list(COLUMNS[3:6])].tolist() == [1, 2, 3]
+    assert path.read_bytes().endswith(b"\r\n") and b"\n\n" not in path.read_bytes()
+
+
+def test_a_torn_line_inside_quotes_is_fenced_with_the_quote_closed(tmp_path):
+    path = tmp_path / "r.csv"
+    row = {"sample_id": "a", "q_type": "attribute", "rater": "dr-a"}
+    append_rating(path, row | dict.fromkeys(COLUMNS[3:6], 5))
+    with path.open("a") as handle:  # a crash in the middle of a quoted note
+        handle.write('b,attribute,dr-a,4,4,4,2026-01-05T14:03:11+00:00,"fine, but')
+    with pytest.warns(RatingsWarning, match=r"r\.csv:3: torn line ignored"):
+        assert list(load_ratings(path)["sample_id"]) == ["a"]
+    append_rating(path, row | {"sample_id": "c"} | dict.fromkeys(COLUMNS[3:6], 3))
+    # the quote was closed: c is a row of its own. (b: its ratings were written whole
+    # before the tear, which cut its note; as for a torn unquoted note, it is read)
+    ratings = load_ratings(path)
+    assert list(ratings["sample_id"]) == ["a", "b", "c"]
+    assert ratings.loc[1, "note"] == "fine, but"
