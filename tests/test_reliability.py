@@ -236,3 +236,106 @@ def test_a_torn_line_inside_quotes_is_fenced_with_the_quote_closed(tmp_path):
     ratings = load_ratings(path)
     assert list(ratings["sample_id"]) == ["a", "b", "c"]
     assert ratings.loc[1, "note"] == "fine, but"
+
+
+# --- 5. a pinned image edited after `data pin` ------------------------------------------
+
+MODEL = "tiny:llava"
+
+
+@pytest.fixture
+def pinned_root(tmp_path, monkeypatch):
+    """A copy of the embedded sample data under its own data root, with a copy of the
+    registry in which ``samples/chelsea.png`` was unpinned and then pinned by ``data pin``
+    (what a user does with their own data)."""
+    import shutil
+
+    from vgutils.__main__ import main
+    from vgutils.data import manifest, resolve_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(resolve_dataset("sample-natural").root / "samples", root / "samples")
+    registry = tmp_path / "registry.txt"
+    registry.write_text(
+        manifest.REGISTRY_FILE.read_text().replace(
+            "samples/chelsea.png " + manifest.read_registry()["samples/chelsea.png"][0],
+            "samples/chelsea.png unpinned",
+        )
+    )
+    monkeypatch.setattr(manifest, "REGISTRY_FILE", registry)
+    monkeypatch.setenv("VGUTILS_DATA", str(root))
+    assert manifest.read_registry()["samples/chelsea.png"][0] == "unpinned"
+    assert main(["data", "pin", "samples/chelsea.png", "--data-root", str(root)]) == 0
+    pinned = manifest.read_registry()["samples/chelsea.png"][0]
+    assert pinned == manifest.sha256(root / "samples" / "chelsea.png")
+    return root, pinned
+
+
+def edit(image):
+    """An edit that keeps the image readable (one pixel changed)."""
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        changed = opened.convert("RGB")
+    changed.putpixel((0, 0), tuple(255 - v for v in changed.getpixel((0, 0))))
+    changed.save(image)
+
+
+def extract_run(dataset, out, limit=6):
+    from vgutils.runner import ExtractOptions, extract
+
+    return extract(
+        ExtractOptions(model=MODEL, dataset=str(dataset), limit=limit), out, progress=False
+    )
+
+
+def skipped_reasons(out) -> dict:
+    import json
+
+    lines = (out / "errors.jsonl").read_text().splitlines()
+    return {json.loads(line)["sample_id"]: json.loads(line)["reason"] for line in lines}
+
+
+def computed_images(out) -> set:
+    from vgutils.results import load_metrics
+
+    return set(load_metrics(out)["image"])
+
+
+@pytest.mark.parametrize("given_as", ["name", "jsonl path"])
+def test_pinned_image_edited_after_pin_is_skipped_naming_both_hashes(
+    tmp_path, pinned_root, given_as
+):
+    from vgutils.data.manifest import sha256
+
+    root, pinned = pinned_root
+    image = root / "samples" / "chelsea.png"
+    edit(image)
+    dataset = "sample-natural" if given_as == "name" else root / "samples" / "sample-natural.jsonl"
+    summary = extract_run(dataset, tmp_path / "run")
+    assert "chelsea.png" not in computed_images(tmp_path / "run")
+    reasons = [r for r in skipped_reasons(tmp_path / "run").values() if "chelsea.png" in r]
+    assert len(reasons) == 2 and summary.skipped == 2  # its two questions
+    for reason in reasons:
+        assert str(image) in reason and pinned in reason and sha256(image) in reason
+
+
+def test_pinned_image_edited_while_the_run_reads_it_is_skipped(tmp_path, pinned_root, monkeypatch):
+    """Edited after the rows were checked (and after the run hashed its images): the bytes
+    the model would see are checked again when the image is loaded."""
+    from vgutils import runner
+
+    root, pinned = pinned_root
+    image = root / "samples" / "chelsea.png"
+    hashes = runner.image_hashes
+
+    def hash_then_edit(samples):
+        out = hashes(samples)
+        edit(image)
+        return out
+
+    monkeypatch.setattr(runner, "image_hashes", hash_then_edit)
+    extract_run("sample-natural", tmp_path / "run")
+    assert "chelsea.png" not in computed_images(tmp_path / "run")
+    reasons = [r for r in skipped_reasons(tmp_path / "run").values() if "chelsea.png" in r]
+    assert len(reasons) == 2 and all(pinned in r and "changed" in r for r in reasons)

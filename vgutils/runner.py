@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
-from vgutils.data.images import image_size
+from vgutils.data.images import ImageChanged, image_size
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
 from vgutils.errors import DataError
@@ -137,6 +137,25 @@ def image_hashes(samples: list[Sample]) -> dict[str, str]:
     return {str(path): sha256(path) for path in sorted({s.image_path for s in samples})}
 
 
+def pinned_changes(images: dict[str, str], root: Path | None) -> dict[str, str]:
+    """``{image: reason}`` for the images whose sha256 (as hashed for the run) differs from
+    the one the registry pins (an image edited after the rows were checked), naming the
+    file and both hashes."""
+    from vgutils.data.loaders import pinned_images
+    from vgutils.data.manifest import data_root
+
+    pinned = pinned_images(root if root is not None else data_root())
+    changed = {}
+    for name, digest in images.items():
+        expected = pinned.get(Path(name))
+        if expected is not None and expected != digest:
+            changed[name] = (
+                f"{name} does not match its pinned sha256 in the registry (pinned {expected}, "
+                f"now {digest}): it changed after `data pin`; restore it, or pin it again"
+            )
+    return changed
+
+
 def code_fingerprint() -> str:
     """sha256 of the package sources that determine the numbers (a change recomputes)."""
     root = Path(__file__).parent
@@ -245,6 +264,10 @@ def extract(
     with RunStore(out) as store:
         store.lock()  # a read-only or busy --out fails here, before any hashing or loading
         images = image_hashes([s for g in groups for _, s in g])
+        changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+        images = {name: digest for name, digest in images.items() if name not in changed}
+        changed_samples = [s for g in groups for _, s in g if str(s.image_path) in changed]
+        groups = [g for g in groups if str(g[0][1].image_path) not in changed]
         identity = {
             **model_identity(options.model, options.revision),
             "dataset": dataset.name,
@@ -267,6 +290,10 @@ def extract(
             key = f"row:{problem.file}:{problem.line}"
             if key not in done:
                 store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+        for sample in changed_samples:
+            if sample.id not in done:
+                reason = changed[str(sample.image_path)]
+                store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
         todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
         todo = [g for g in todo if g]
         vlm = None
@@ -303,7 +330,7 @@ def extract(
             threads = default_loader_threads(vlm) if vlm is not None else 0
         ready = prefetch(
             todo,
-            lambda g: prepare_group(vlm, g, options.box_mapping),
+            lambda g: prepare_group(vlm, g, options.box_mapping, images),
             threads,
             ahead=2 * image_batch,
         )
@@ -373,11 +400,17 @@ class PreparedGroup:
     skipped: list
 
 
-def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
+def prepare_group(
+    vlm, group, box_mapping: str = "processor", hashes: dict[str, str] | None = None
+) -> PreparedGroup:
     """Load the image and prepare every prompt about it (the image is processed once);
-    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`."""
+    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`. ``hashes``: ``{image:
+    sha256}`` recorded for the run; an image whose bytes differ now is skipped."""
+    path = group[0][1].image_path
     try:
-        image = load_image(group[0][1].image_path)
+        image = load_image(path, expected_sha256=(hashes or {}).get(str(path)))
+    except ImageChanged as err:  # edited during the run: never computed on
+        return PreparedGroup(group, [], [], None, [(s, str(err)) for _, s in group])
     except Exception as err:  # an unreadable image skips its questions, never the run
         return PreparedGroup(
             group, [], [], None, [(s, f"image unreadable: {err}") for _, s in group]

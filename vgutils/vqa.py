@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
-from vgutils.errors import UsageError
+from vgutils.errors import DataError, UsageError
 from vgutils.results import RunStore, images_digest, load_metrics
 from vgutils.runner import (
     code_fingerprint,
@@ -30,6 +30,7 @@ from vgutils.runner import (
     image_hashes,
     model_identity,
     package_versions,
+    pinned_changes,
 )
 
 CLOSED = {"yes", "no"}
@@ -203,6 +204,9 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     store = RunStore(Path(out), main_kind="answers")
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
     images = image_hashes(samples)
+    changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+    if changed:
+        raise DataError(next(iter(changed.values())))
     identity = {
         **model_identity(options.model),
         "dataset_sha256": sha256(dataset.jsonl),
@@ -229,7 +233,8 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
     )
     for group in todo:
-        image = load_image(group[0][1].image_path)
+        path = group[0][1].image_path
+        image = load_image(path, expected_sha256=images.get(str(path)))  # as hashed above
         generic = (  # once per image, shared by all of its questions
             vlm.attention(vlm.prepare_generic(image), "last") if options.refine else None
         )

@@ -15,12 +15,16 @@ Conversions (documented, deterministic):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vgutils.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -45,7 +49,7 @@ def _first(value) -> float:
         return float(value)
 
 
-def read_dicom(path: Path) -> Image.Image:
+def read_dicom(path: Path | io.BytesIO) -> Image.Image:
     """A DICOM file as RGB, windowed as described in the module docstring."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
@@ -110,12 +114,27 @@ def check_regular_file(path: str | Path) -> Path:
     return path
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image."""
+class ImageChanged(DataError):
+    """An image's bytes differ from the sha256 they were checked against."""
+
+
+def load_image(path: str | Path, expected_sha256: str | None = None) -> Image.Image:
+    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image. With
+    ``expected_sha256``, the very bytes decoded must have that hash (:class:`ImageChanged`
+    naming the file and both hashes otherwise): a file changed after it was checked is
+    never used."""
     path = check_regular_file(path)
+    data = path.read_bytes()
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ImageChanged(
+                f"{path} changed after it was checked: sha256 {expected_sha256} expected, "
+                f"{actual} now"
+            )
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path)
-    with Image.open(path) as image:
+        return read_dicom(io.BytesIO(data))
+    with Image.open(io.BytesIO(data)) as image:
         image.load()
         return to_rgb(image)
 

@@ -97,13 +97,14 @@ def _build_on_demand(name: str, base: Path) -> None:
 
 def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:
     """All good samples of ``dataset`` and every problem found in its rows. Images that
-    the registry pins (manifest datasets) must match their sha256."""
+    the registry pins must match their sha256, however the dataset was named (a manifest
+    name, or a jsonl path whose rows reach into the data root)."""
     return read_rows(
         dataset.jsonl,
         dataset.image_root,
         dataset.format_rule,
         dataset.q_type,
-        pinned=pinned_images(dataset.root) if dataset.root is not None else None,
+        pinned=pinned_images(dataset.root if dataset.root is not None else data_root()),
     )
 
 

@@ -210,7 +210,8 @@ def read_rows(
                     raise _RowError(
                         "image",
                         f"{image_path} does not match its pinned sha256 in the registry "
-                        f"(expected {pinned[image_path][:12]}..., got {actual[:12]}...)",
+                        f"(pinned {pinned[image_path]}, now {actual}): it changed after "
+                        "`data pin`; restore it, or pin it again if the change is wanted",
                     )
             key, raw = _raw_boxes(row)
             fmt = row.get("bbox_format") or format_rule(row)
