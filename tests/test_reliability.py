@@ -339,3 +339,141 @@ def test_pinned_image_edited_while_the_run_reads_it_is_skipped(tmp_path, pinned_
     assert "chelsea.png" not in computed_images(tmp_path / "run")
     reasons = [r for r in skipped_reasons(tmp_path / "run").values() if "chelsea.png" in r]
     assert len(reasons) == 2 and all(pinned in r and "changed" in r for r in reasons)
+
+
+# --- 6. a kill at each write of errors.jsonl --------------------------------------------
+
+
+class Crash(BaseException):
+    """A simulated kill: nothing after it runs."""
+
+
+def tear_append(monkeypatch, k: int, cut):
+    """Make the ``k``-th append to errors.jsonl (1-based) write only ``cut(data)`` bytes of
+    its line, then crash (a kill in the middle of the write)."""
+    from vgutils import results
+
+    real = results._append_bytes
+    calls = []
+
+    def torn(path, data):
+        calls.append(path)
+        if len(calls) == k:
+            real(path, data[: cut(data)])
+            raise Crash(f"append {k}")
+        real(path, data)
+
+    monkeypatch.setattr(results, "_append_bytes", torn)
+    return calls
+
+
+def error_lines(folder):
+    import json
+
+    lines = (folder / "errors.jsonl").read_text().split("\n")
+    assert lines[-1] == "", "the last line has no newline"
+    return [json.loads(line) for line in lines[:-1]]  # every line whole
+
+
+def store_run(folder, skipped=("a", "b", "c"), done=("d",)):
+    """A run that skips three samples and computes one, through the store API."""
+    import pandas as pd
+
+    from vgutils.results import RunStore
+
+    with RunStore(folder) as store:
+        run = store.open({"model": "m", "dataset": "d", "shard": None}, {"x": 1}, {})
+        finished = store.done_ids()
+        for sample in skipped:
+            if sample not in finished:
+                store.add_error(sample, f"d:{sample}", f"bad {sample} {{x}} ok")
+        todo = [s for s in done if s not in finished]
+        if todo:
+            store.add_part({"metrics": pd.DataFrame({"sample_id": todo, "order": 0, "kl": 0.0})})
+        store.finalize(run, {"done": len(done), "skipped": len(store.errors())})
+
+
+CUTS = {
+    "one byte": lambda data: 1,
+    "before the sample id": lambda data: 8,
+    "half": lambda data: len(data) // 2,
+    "inside the reason's brace": lambda data: data.index(b"{x}") + 3,
+    "all but the newline": lambda data: len(data) - 1,
+}
+
+
+@pytest.mark.parametrize("cut", CUTS.values(), ids=CUTS.keys())
+def test_a_kill_at_each_errors_append_then_rerun_leaves_a_whole_file(tmp_path, monkeypatch, cut):
+    store_run(tmp_path / "whole")
+    reference = error_lines(tmp_path / "whole")
+    for k in (1, 2, 3):
+        folder = tmp_path / f"kill-{k}"
+        with monkeypatch.context() as patch:
+            tear_append(patch, k, cut)
+            with pytest.raises(Crash):
+                store_run(folder)
+        store_run(folder)  # the rerun repairs the file, then recomputes the torn sample
+        assert error_lines(folder) == reference, f"append {k}"
+        assert not list(folder.glob(".*.tmp")), "a temporary file left behind"
+
+
+def test_a_torn_errors_line_is_repaired_when_the_run_is_opened(tmp_path, caplog):
+    from vgutils.results import RunStore
+
+    folder = tmp_path / "run"
+    with RunStore(folder) as store:
+        store.open({"model": "m"}, {}, {})
+        store.add_error("a", "d:1", "bad")
+    with open(folder / "errors.jsonl", "a") as handle:
+        handle.write('{"sam')  # killed mid-append
+    with RunStore(folder) as store, caplog.at_level("WARNING"):
+        store.open({"model": "m"}, {}, {})
+        assert "errors.jsonl:2: torn line removed" in caplog.text
+        assert [e["sample_id"] for e in error_lines(folder)] == ["a"]
+
+
+def test_extract_killed_at_each_errors_append_reruns_to_the_same_results(tmp_path, monkeypatch):
+    """End to end: a dataset with two bad rows and an unreadable image (three appends to
+    errors.jsonl); a kill in the middle of each, then a rerun."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    from vgutils.results import load_metrics
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(data / "a.png")
+    (data / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    rows = [
+        {"image": "a.png", "question": "Is there a dot?", "bbox": [4, 4, 60, 60]},
+        {"image": "missing.png", "question": "Q?", "bbox": [4, 4, 60, 60]},
+        {"image": "b.png", "question": "Is there a dot?", "bbox": [4, 4, 60, 60]},
+        {"image": "a.png", "question": "", "bbox": [4, 4, 60, 60]},
+    ]
+    jsonl = data / "d.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(out):
+        from vgutils.runner import ExtractOptions, extract
+
+        options = ExtractOptions(model=MODEL, dataset=str(jsonl), bbox_format="xyxy")
+        return extract(options, out, progress=False)
+
+    run(tmp_path / "whole")
+    reference = sorted(e["sample_id"] for e in error_lines(tmp_path / "whole"))
+    assert len(reference) == 3
+    for k in (1, 2, 3):
+        out = tmp_path / f"kill-{k}"
+        with monkeypatch.context() as patch:
+            tear_append(patch, k, lambda data: len(data) // 2)
+            with pytest.raises(Crash):
+                run(out)
+        summary = run(out)
+        assert sorted(e["sample_id"] for e in error_lines(out)) == reference, f"append {k}"
+        assert summary.skipped == 3
+        pd.testing.assert_frame_equal(
+            load_metrics(out).drop(columns="n_tokens", errors="ignore"),
+            load_metrics(tmp_path / "whole").drop(columns="n_tokens", errors="ignore"),
+        )

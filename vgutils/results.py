@@ -23,8 +23,9 @@ Why the invariants hold under any crash point and any concurrency
 2. *Every file changes by one atomic step.* Parts, final files, ``run.json`` and the
    rewritten ``errors.jsonl`` are written to a temporary name, fsynced and renamed over the
    target (``os.replace``); readers see the old or the new file, never a mix. Only
-   ``errors.jsonl`` is appended to; a torn last line (a crash mid-append) is ignored when
-   read and fenced off with a newline before the next append.
+   ``errors.jsonl`` is appended to; a torn line (a kill mid-append) is ignored when read, fenced off with a
+   newline before the next append, and removed by the next writer's ``open`` (one atomic
+   rewrite of the whole lines), so the file never keeps an unparsable line.
 3. *One source of truth per state.* While ``run.json`` says ``running`` the parts are the
    results and final files are ignored (a crashed ``finalize`` may have left some; they
    are deleted on resume). Once it says ``complete`` the final files are the results and
@@ -114,6 +115,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+_RECORD_START = '{"sample_id": '
+
+
+def _torn_record(line: str) -> bool:
+    """Whether an unparsable errors.jsonl line is the start of a record (a torn append)."""
+    return line.startswith(_RECORD_START) or _RECORD_START.startswith(line)
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` in one write, then fsync (a kill may still tear it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -314,6 +333,7 @@ class RunStore:
             (self.folder / ERRORS_FILE).touch()
             return run
         self._check_identity(existing, options, identity, images, retry_errors)
+        self._repair_errors()
         existing["identity"] = identity  # equal, or changed only where a retry allows
         if images is not None:
             existing["images"] = images
@@ -458,15 +478,20 @@ class RunStore:
 
     def errors(self) -> list[dict]:
         """The skipped samples. A torn line (a crash mid-append) is reported and ignored
-        (its sample is computed again); any other bad line is a DataError naming it."""
+        (its sample is computed again; :meth:`open` removes it); any other bad line is a
+        DataError naming it."""
+        return self._read_errors()[0]
+
+    def _read_errors(self) -> tuple[list[dict], list[int]]:
+        """(the whole entries, the line numbers of torn lines) of errors.jsonl."""
         path = self.folder / ERRORS_FILE
         if not path.exists():
-            return []
+            return [], []
         try:
             lines = path.read_text(encoding="utf-8").split("\n")
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from err
-        entries = []
+        entries, torn = [], []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -475,16 +500,32 @@ class RunStore:
                 if not isinstance(entry, dict) or "sample_id" not in entry:
                     raise ValueError("no sample_id")
             except ValueError as err:
-                if line.startswith('{"sample_id": ') and not line.endswith("}"):
-                    # torn by a crash mid-append (fenced by a newline since): its
-                    # sample is not done and is computed again
+                if _torn_record(line):  # a prefix of a record: killed mid-append
                     log.warning("%s:%d: torn line ignored", path, number)
+                    torn.append(number)
                     continue
                 raise DataError(
                     f"{path}:{number}: not an error record ({err}); fix or delete the line"
                 ) from err
             entries.append(entry)
-        return entries
+        return entries, torn
+
+    def _repair_errors(self) -> None:
+        """The writer's first step on errors.jsonl: a line torn by a kill mid-append is
+        removed (one atomic rewrite of the whole lines, as parts are dropped), so that the
+        file never keeps an unparsable line; its sample is computed again."""
+        path = self.folder / ERRORS_FILE
+        if not path.exists():
+            return
+        entries, torn = self._read_errors()
+        with open(path, "rb") as handle:  # a whole last record whose newline was cut
+            size = handle.seek(0, os.SEEK_END)
+            unended = size > 0 and os.pread(handle.fileno(), 1, size - 1) != b"\n"
+        if not (torn or unended):
+            return
+        for number in torn:
+            log.warning("%s:%d: torn line removed (a kill mid-append)", path, number)
+        atomic_write_bytes(path, "".join(json.dumps(e) + "\n" for e in entries).encode())
 
     def add_error(self, sample_id: str, source: str, reason: str, image: str | None = None):
         """Append one skipped sample to errors.jsonl, flushed to disk at once (after a
@@ -494,15 +535,15 @@ class RunStore:
         entry = {"sample_id": sample_id, "source": source, "reason": reason}
         if image is not None:
             entry["image"] = image
-        line = json.dumps(entry) + "\n"
-        with open(self.folder / ERRORS_FILE, "a+b") as handle:
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write(line.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = (json.dumps(entry) + "\n").encode()
+        path = self.folder / ERRORS_FILE
+        with contextlib.suppress(FileNotFoundError):
+            with open(path, "rb") as handle:
+                if handle.seek(0, os.SEEK_END) > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = b"\n" + line
+        _append_bytes(path, line)
 
     def clear_errors(self) -> None:
         """Forget every skipped sample (``--retry-errors``): they are computed again."""
