@@ -477,3 +477,53 @@ def test_extract_killed_at_each_errors_append_reruns_to_the_same_results(tmp_pat
             load_metrics(out).drop(columns="n_tokens", errors="ignore"),
             load_metrics(tmp_path / "whole").drop(columns="n_tokens", errors="ignore"),
         )
+
+
+# --- weak: a full disk leaves no temporary file -----------------------------------------
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np, pandas as pd
+from vgutils.errors import DataError
+from vgutils.geometry import TokenLayout
+from vgutils.results import RunStore, atomic_write_bytes
+
+folder = Path(sys.argv[1])
+store = RunStore(folder)
+store.open({"model": "m"}, {}, {})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # as if the disk were full
+big = pd.DataFrame({"sample_id": ["s"] * 5000, "order": 0, "kl": np.random.rand(5000)})
+layout = TokenLayout(np.tile([0.0, 0.0, 1.0, 1.0], (4, 1)), ((0, 2, 2),), (2, 2))
+attempts = {
+    "atomic_write_bytes": lambda: atomic_write_bytes(folder / "x.json", b"x" * 10000),
+    "add_part": lambda: store.add_part({"metrics": big}),
+    "save_maps": lambda: store.save_maps("s", {"raw": np.random.rand(50, 40, 4)}, layout),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+    except DataError as err:
+        print(name, "DataError", err)
+    except OSError as err:
+        print(name, "OSError", err)
+    else:
+        print(name, "no error")
+"""
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(folder)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all("DataError" in line for line in lines), done.stdout
+    assert "x.json: could not write" in done.stdout
+    leftovers = [p.name for p in folder.rglob("*") if ".tmp" in p.name]
+    assert leftovers == []

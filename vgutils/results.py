@@ -22,8 +22,9 @@ Why the invariants hold under any crash point and any concurrency
    would let two processes lock two different inodes).
 2. *Every file changes by one atomic step.* Parts, final files, ``run.json`` and the
    rewritten ``errors.jsonl`` are written to a temporary name, fsynced and renamed over the
-   target (``os.replace``); readers see the old or the new file, never a mix. Only
-   ``errors.jsonl`` is appended to; a torn line (a kill mid-append) is ignored when read, fenced off with a
+   target (``os.replace``); readers see the old or the new file, never a mix (a failed
+   write, e.g. on a full disk, removes its temporary file). Only ``errors.jsonl`` is
+   appended to; a torn line (a kill mid-append) is ignored when read, fenced off with a
    newline before the next append, and removed by the next writer's ``open`` (one atomic
    rewrite of the whole lines), so the file never keeps an unparsable line.
 3. *One source of truth per state.* While ``run.json`` says ``running`` the parts are the
@@ -105,15 +106,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _temporary(path: Path, suffix: str = ".tmp"):
+    """A temporary name beside ``path`` for an atomic write: removed if the write fails
+    (e.g. a full disk), and the failure a :class:`DataError` naming ``path``."""
+    tmp = path.with_name(f".{path.name}{suffix}")
+    try:
+        yield tmp
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(
+                f"{path}: could not write ({err.strerror or err}); the file is unchanged"
+            ) from err
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, rename it onto ``path``:
     a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _temporary(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -136,12 +153,12 @@ def _append_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        frame.to_parquet(handle, index=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _temporary(path) as tmp:
+        with open(tmp, "wb") as handle:
+            frame.to_parquet(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -553,16 +570,16 @@ class RunStore:
         """``maps/<sample>.npz``: the arrays plus the TokenLayout, no pickled objects."""
         self.maps.mkdir(parents=True, exist_ok=True)
         path = self.maps / map_file_name(sample_id)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(
-            tmp,
-            sample_id=np.array(sample_id),
-            layout_boxes=layout.boxes,
-            layout_grids=np.asarray(layout.grids, dtype=np.int64),
-            layout_image_size=np.asarray(layout.image_size, dtype=np.int64),
-            **arrays,
-        )
-        os.replace(tmp, path)
+        with _temporary(path, ".tmp.npz") as tmp:
+            np.savez(
+                tmp,
+                sample_id=np.array(sample_id),
+                layout_boxes=layout.boxes,
+                layout_grids=np.asarray(layout.grids, dtype=np.int64),
+                layout_image_size=np.asarray(layout.image_size, dtype=np.int64),
+                **arrays,
+            )
+            os.replace(tmp, path)
 
     # --- the end ---
     def _step(self, what: str) -> None:
