@@ -527,3 +527,138 @@ def test_a_full_disk_leaves_no_temporary_file(tmp_path):
     assert "x.json: could not write" in done.stdout
     leftovers = [p.name for p in folder.rglob("*") if ".tmp" in p.name]
     assert leftovers == []
+
+
+# --- weak: validate -----------------------------------------------------------------------
+
+
+def validate(capsys, *args) -> tuple[int, str, str]:
+    from vgutils.__main__ import main
+
+    code = main(["validate", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Good and broken images: PNG, JPEG, DICOM, each whole and truncated."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(folder / "ok.png")
+    Image.fromarray(pixels).save(folder / "ok.jpg", quality=90)
+    pydicom.dcmread(get_testdata_file("MR_small.dcm")).save_as(folder / "ok.dcm")
+    for name in ("ok.png", "ok.jpg", "ok.dcm"):
+        data = (folder / name).read_bytes()
+        (folder / name.replace("ok", "truncated")).write_bytes(data[: len(data) * 2 // 3])
+    return folder
+
+
+def write_rows(folder, rows, name="d.jsonl"):
+    import json
+
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def row(image="ok.png", **extra):
+    return {"image": image, "question": "Is there a dot?", "bbox": [2, 2, 20, 20]} | extra
+
+
+@pytest.mark.parametrize("kind", ["png", "jpg", "dcm"])
+def test_validate_refuses_a_truncated_image(capsys, image_folder, kind):
+    jsonl = write_rows(image_folder, [row(f"ok.{kind}"), row(f"truncated.{kind}")])
+    code, out, _ = validate(capsys, jsonl, "--bbox-format", "xyxy")
+    assert code == 1, out
+    assert f"d.jsonl:2: image: unreadable image {image_folder / f'truncated.{kind}'}" in out
+    assert "d.jsonl:1" not in out
+
+
+def test_validate_refuses_an_empty_jsonl(capsys, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    code, out, _ = validate(capsys, tmp_path / "empty.jsonl", "--bbox-format", "xyxy")
+    assert code == 1 and "empty.jsonl: rows: no rows" in out
+
+
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        ([False, False, True, True], "bbox[0]: coordinate False is not a number"),
+        (["2", "2", "20", "20"], "bbox[0]: coordinate '2' is not a number"),
+        ([[2, 2, 20, 20], [True, 2, 20, 20]], "bbox[1]: coordinate True is not a number"),
+    ],
+)
+def test_validate_refuses_non_numbers_as_coordinates(capsys, image_folder, bbox, message):
+    jsonl = write_rows(image_folder, [row(bbox=bbox)])
+    code, out, _ = validate(capsys, jsonl, "--bbox-format", "xyxy")
+    assert code == 1 and f"d.jsonl:1: {message}" in out, out
+
+
+def test_validate_names_a_question_that_is_not_text(capsys, image_folder):
+    jsonl = write_rows(image_folder, [row(question=5), row(question="  ")])
+    code, out, _ = validate(capsys, jsonl, "--bbox-format", "xyxy")
+    assert code == 1
+    assert "d.jsonl:1: question: expected text, got int 5" in out
+    assert "d.jsonl:2: question: empty" in out
+
+
+def test_validate_warns_when_the_option_and_the_row_disagree_on_the_box_format(
+    capsys, image_folder
+):
+    jsonl = write_rows(image_folder, [row(bbox_format="xywh"), row(bbox_format="xyxy")])
+    code, out, _ = validate(capsys, jsonl, "--bbox-format", "xyxy")
+    assert code == 0
+    assert (
+        "d.jsonl:1: bbox_format: warning: the row says 'xywh', --bbox-format says 'xyxy'; "
+        "the row's is used" in out
+    )
+    assert "d.jsonl:2: bbox_format" not in out
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\0" * 40, b"\0" * 128 + b"DICM" + bytes(range(256)) * 3],
+    ids=["no-preamble", "preamble-then-garbage"],
+)
+def test_validate_names_a_garbage_dicom_quietly(capsys, image_folder, content):
+    (image_folder / "garbage.dcm").write_bytes(content)
+    jsonl = write_rows(image_folder, [row("garbage.dcm")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = validate(capsys, jsonl, "--bbox-format", "xyxy")
+    assert code == 1 and err == "" and not caught, (err, [str(w.message) for w in caught])
+    assert f"d.jsonl:1: image: unreadable image {image_folder / 'garbage.dcm'}: not a " in out
+    assert "object has no attribute" not in out
+
+
+def test_validate_says_which_files_are_unpinned(capsys, tmp_path, monkeypatch):
+    """The jsonl and images of a manifest dataset without a registry entry are used
+    unchecked: validate says so (the embedded sets are pinned: nothing said)."""
+    import shutil
+
+    from vgutils.data import manifest, resolve_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(resolve_dataset("sample-natural").root / "samples", root / "samples")
+    registry = tmp_path / "registry.txt"
+    kept = [
+        line
+        for line in manifest.REGISTRY_FILE.read_text().splitlines()
+        if not line.startswith(("samples/chelsea.png", "samples/sample-natural.jsonl"))
+    ]
+    registry.write_text("\n".join(kept) + "\n")
+    monkeypatch.setattr(manifest, "REGISTRY_FILE", registry)
+    code, out, _ = validate(capsys, "sample-natural", "--data-root", root)
+    assert code == 0
+    assert "sample-natural.jsonl: registry: warning: unpinned (no sha256 in the registry)" in out
+    assert "1 image(s) unpinned (no sha256 in the registry): chelsea.png" in out
+    monkeypatch.undo()
+    code, out, _ = validate(capsys, "sample-natural")
+    assert code == 0 and "unpinned" not in out

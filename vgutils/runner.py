@@ -248,7 +248,7 @@ def extract(
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, problems = read_dataset(dataset)
+    samples, problems = read_dataset(dataset, thorough=False)
     bad_rows = [p for p in problems if p.severity == "error"]
     if not samples:
         raise DataError(

@@ -199,7 +199,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, _ = read_dataset(dataset)
+    samples, _ = read_dataset(dataset, thorough=False)
     samples = [s for s in samples if s.answer is not None][: options.limit]
     store = RunStore(Path(out), main_kind="answers")
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
