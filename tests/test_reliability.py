@@ -662,3 +662,34 @@ def test_validate_says_which_files_are_unpinned(capsys, tmp_path, monkeypatch):
     monkeypatch.undo()
     code, out, _ = validate(capsys, "sample-natural")
     assert code == 0 and "unpinned" not in out
+
+
+# --- weak: a question longer than the model's context -----------------------------------
+
+
+def test_question_past_the_models_context_is_skipped_with_a_warning(tmp_path, caplog):
+    """A 16,000-character question does not fit tiny:llava's 4096 positions: the sample is
+    skipped with the reason (token count against the context) in errors.jsonl, and a
+    logged warning names it; the other question is computed."""
+    from PIL import Image
+
+    from vgutils.runner import ExtractOptions, extract
+
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(tmp_path / "a.png")
+    long_question = "Is there a lesion in the liver? " * 500
+    rows = [
+        {"id": "short", "image": "a.png", "question": "Is there a dot?", "bbox": [4, 4, 60, 60]},
+        {"id": "long", "image": "a.png", "question": long_question, "bbox": [4, 4, 60, 60]},
+    ]
+    jsonl = write_rows(tmp_path, rows)
+    with caplog.at_level("WARNING"):
+        summary = extract(
+            ExtractOptions(model=MODEL, dataset=str(jsonl), bbox_format="xyxy"),
+            tmp_path / "run",
+            progress=False,
+        )
+    assert summary.done == 1 and summary.skipped == 1
+    reason = skipped_reasons(tmp_path / "run")["long"]
+    assert "the model's context of 4096 tokens" in reason and "prompt of " in reason
+    assert "long:" in caplog.text and "4096" in caplog.text
+    assert computed_images(tmp_path / "run") == {"a.png"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import signal
 import sys
@@ -31,8 +32,11 @@ from vgutils.errors import DataError
 from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
+from vgutils.models.vlm import PromptTooLong
 from vgutils.results import RunStore, images_digest
 from vgutils.scoring import head_scores, layer_maps, layer_scores
+
+log = logging.getLogger("vgutils.runner")
 
 KILL_AFTER_PARTS = "VGUTILS_KILL_AFTER_PARTS"
 """Crash-recovery tests: SIGKILL the run itself after this many parts were written."""
@@ -420,9 +424,19 @@ def prepare_group(
         try:
             prompts.append(vlm.prepare(image, sample.question, box_mapping))
             kept.append((order, sample))
+        except PromptTooLong as err:  # never run past the model's context
+            log.warning("%s: skipped (%s): %s", sample.id, sample.source, err)
+            skipped.append((sample, f"question too long: {err}"))
         except Exception as err:
             skipped.append((sample, f"prompt preparation failed: {err}"))
-    generic = vlm.prepare_generic(image, box_mapping) if kept else None
+    generic = None
+    if kept:
+        try:
+            generic = vlm.prepare_generic(image, box_mapping)
+        except PromptTooLong as err:  # the image alone fills the context
+            log.warning("%s: skipped (%s): generic prompt: %s", path.name, path, err)
+            skipped += [(s, f"generic prompt too long: {err}") for _, s in kept]
+            kept, prompts = [], []
     return PreparedGroup(group, kept, prompts, generic, skipped)
 
 

@@ -9,6 +9,7 @@ found in the prediction).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 import time
@@ -23,6 +24,7 @@ from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
 from vgutils.errors import DataError, UsageError
+from vgutils.models.vlm import too_long
 from vgutils.results import RunStore, images_digest, load_metrics
 from vgutils.runner import (
     code_fingerprint,
@@ -32,6 +34,8 @@ from vgutils.runner import (
     package_versions,
     pinned_changes,
 )
+
+log = logging.getLogger("vgutils.vqa")
 
 CLOSED = {"yes", "no"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -240,6 +244,12 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         )
         rows = []
         for order, sample in group:
+            reason = too_long(vlm.prepare, image, sample.question)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", sample.id, sample.source, reason)
+                store.add_error(sample.id, sample.source, reason, image=str(path))
+                bar.update(1)
+                continue
             row = {
                 "sample_id": sample.id,
                 "order": order,
@@ -281,11 +291,13 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     row[f"{which}_recall"] = scores["recall"]
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
     answers = load_metrics(store.folder, "answers")
     if run["status"] != "complete":
-        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+        skipped = len(store.errors())
+        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": skipped})
     store.close()
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
