@@ -693,3 +693,99 @@ def test_question_past_the_models_context_is_skipped_with_a_warning(tmp_path, ca
     assert "the model's context of 4096 tokens" in reason and "prompt of " in reason
     assert "long:" in caplog.text and "4096" in caplog.text
     assert computed_images(tmp_path / "run") == {"a.png"}
+
+
+# --- tests that tested nothing: image tokens without pixels -----------------------------
+
+
+class _Captured(Exception):
+    pass
+
+
+def image_token_embeddings(vlm, image, question="Is there a lesion?"):
+    """The language model's input at the image tokens (``(N, hidden)``, float64): what the
+    model sees of the image. The forward stops at the first decoder layer."""
+    import torch
+
+    prepared = vlm.prepare(image, question)
+    seen = {}
+
+    def grab(module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        seen["hidden"] = hidden[0, prepared.image_positions].double().cpu()
+        raise _Captured
+
+    layer = vlm.model.model.language_model.layers[0]
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), pytest.raises(_Captured):
+            vlm.model(**prepared.inputs, use_cache=False)
+    finally:
+        handle.remove()
+    return seen["hidden"], prepared.layout
+
+
+def zero_matrices(model) -> list[str]:
+    """Weight matrices (two or more dimensions: not biases, not norms) that are all zeros."""
+    return [n for n, p in model.named_parameters() if p.ndim >= 2 and not p.detach().any()]
+
+
+def check_image_tokens_carry_pixels(vlm, size=(96, 80)):
+    """Perturbing the pixels inside a box changes the embeddings of the image tokens that
+    cover the box."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    before, layout = image_token_embeddings(vlm, Image.fromarray(pixels))
+    box = [size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4]
+    pixels[box[1] : box[3], box[0] : box[2]] = 255 - pixels[box[1] : box[3], box[0] : box[2]]
+    after, _ = image_token_embeddings(vlm, Image.fromarray(pixels))
+    tokens = layout.boxes
+    inside = (
+        (tokens[:, 0] < box[2])
+        & (tokens[:, 2] > box[0])
+        & (tokens[:, 1] < box[3])
+        & (tokens[:, 3] > box[1])
+    )
+    assert inside.any()
+    change = (after - before).abs().amax(dim=1).numpy()
+    scale = before.abs().amax().item()
+    assert scale > 0, f"{vlm.source}: the image tokens are all zeros"
+    unchanged = int((change[inside] <= 1e-4 * scale).sum())
+    assert unchanged == 0, (
+        f"{vlm.source}: {unchanged} of the {int(inside.sum())} image tokens over the changed "
+        "pixels did not change"
+    )
+
+
+def test_tiny_builds_see_the_pixels(vlms):
+    for family, vlm in vlms.items():
+        assert zero_matrices(vlm.model) == [], family
+        check_image_tokens_carry_pixels(vlm)
+
+
+def _rehearsal_builds():
+    from vgutils.rehearsal.models import REAL_MODELS, build_shape
+
+    seen, models = set(), []
+    for model, real in REAL_MODELS.items():
+        key = (real.family, repr(build_shape(real, "small")))
+        if key not in seen:
+            seen.add(key)
+            models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("model", _rehearsal_builds())
+def test_rehearsal_builds_see_the_pixels(model, tmp_path_factory, monkeypatch):
+    """Every small rehearsal build (the stand-ins of the paper's models, MedGemma's too)."""
+    from vgutils import rehearsal
+    from vgutils.models import load_model
+
+    monkeypatch.setenv("VGUTILS_CACHE", str(tmp_path_factory.getbasetemp() / "rehearsal-cache"))
+    monkeypatch.setenv(rehearsal.REHEARSAL_VARIABLE, "small")
+    vlm = load_model(model, device="cpu")
+    assert zero_matrices(vlm.model) == [], model
+    check_image_tokens_carry_pixels(vlm, size=(300, 240))
