@@ -789,3 +789,52 @@ def test_rehearsal_builds_see_the_pixels(model, tmp_path_factory, monkeypatch):
     vlm = load_model(model, device="cpu")
     assert zero_matrices(vlm.model) == [], model
     check_image_tokens_carry_pixels(vlm, size=(300, 240))
+
+
+# --- weak: model errors ------------------------------------------------------------------
+
+
+def extract_cli(capsys, *args) -> tuple[int, str, str]:
+    from vgutils.__main__ import main
+
+    code = main(["extract", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+def test_missing_hub_id_without_network_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network
+    args = ["--model", "someorg/missing-model", "--dataset", "sample-natural", "--limit", "1"]
+    code, _, err = extract_cli(capsys, *args, "--out", tmp_path / "r")
+    assert code == 1 and err.count("\n") == 0, err
+    assert "someorg/missing-model" in err and "Hugging Face cache" in err
+    assert "Retrying" not in err and "--debug" not in err
+
+
+def test_truncated_safetensors_is_named(tmp_path):
+    import shutil
+
+    from vgutils.errors import DataError
+    from vgutils.models import load_model
+    from vgutils.models.loading import resolve
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve("tiny:llava"), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(DataError) as err:
+        load_model(str(folder), device="cpu")
+    message = str(err.value)
+    assert str(weights) in message and "\n" not in message
+    assert "incomplete or damaged" in message
+
+
+def test_remote_code_without_a_pinned_revision_fails_before_any_work(tmp_path, capsys):
+    args = ["--model", MODEL, "--dataset", "sample-natural", "--trust-remote-code"]
+    code, _, err = extract_cli(capsys, *args, "--out", tmp_path / "r")
+    assert code == 2 and "--trust-remote-code needs --revision" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()  # nothing hashed, locked or written
+    code, _, err = extract_cli(capsys, *args, "--revision", "main", "--out", tmp_path / "r")
+    assert code == 2 and "a commit hash" in err and not (tmp_path / "r").exists()

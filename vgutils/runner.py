@@ -129,8 +129,11 @@ def model_identity(name: str, revision: str | None = None) -> dict:
         return {"model": name, "model_folder_sha256": folder_hash(folder)}
     from transformers.utils import cached_file
 
+    from vgutils.models.errors import model_errors
+
     # the Hub cache keeps each download under snapshots/<commit>/
-    config = Path(cached_file(source, "config.json", revision=revision))
+    with model_errors(name, source, revision):
+        config = Path(cached_file(source, "config.json", revision=revision))
     commit = config.parent.name if config.parent.parent.name == "snapshots" else None
     return {"model": name, "model_revision": commit or revision}
 
@@ -235,6 +238,7 @@ def extract(
     run at once; ``image_batch`` images of equal prefix share one prefix forward;
     ``loader_threads`` background threads load and preprocess the next images while the
     model runs (default: :func:`default_loader_threads`)."""
+    checks.remote_code(options.trust_remote_code, options.revision)
     checks.positive_int(image_batch, "--image-batch")
     start = time.perf_counter()
     checks.run_settings(
