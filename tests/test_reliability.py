@@ -838,3 +838,96 @@ def test_remote_code_without_a_pinned_revision_fails_before_any_work(tmp_path, c
     assert not (tmp_path / "r").exists()  # nothing hashed, locked or written
     code, _, err = extract_cli(capsys, *args, "--revision", "main", "--out", tmp_path / "r")
     assert code == 2 and "a commit hash" in err and not (tmp_path / "r").exists()
+
+
+# --- weak: profile and notebook parameters ------------------------------------------------
+
+
+@pytest.fixture
+def profile_dir(tmp_path, monkeypatch):
+    import shutil
+
+    from vgutils import paths
+
+    folder = tmp_path / "params"
+    shutil.copytree(paths.PARAMS_DIR, folder)
+    monkeypatch.setattr(paths, "PARAMS_DIR", folder)
+    return folder
+
+
+def write_profile(folder, name, text):
+    import textwrap
+
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("jbos: []\n", "jbos: unknown setting; valid: "),
+        (
+            "jobs:\n  - {model: [tiny:llava], datasets: [sample-natural]}\n",
+            "jobs[0].model: unknown setting; valid: ",
+        ),
+        ("limit: four\n", "limit: 'four' is not an integer >= 1 or null"),
+        ("jobs:\n  - {models: tiny:llava, datasets: [sample-natural]}\n", "jobs[0].models"),
+        (
+            "jobs:\n  - {models: [tiny:llava], datasets: [sample-natural], strategies: [lst]}\n",
+            "jobs[0].strategies: 'lst' is not a strategy; valid: all, last, question; "
+            "did you mean 'last'?",
+        ),
+        ("jobs:\n  - {models: [tiny:llava], datasets: [x], heads: 1}\n", "jobs[0].heads"),
+        ("protocol: author\n", "protocol: 'author' is not a protocol"),
+    ],
+)
+def test_bad_profile_setting_names_the_profile_and_the_key(profile_dir, text, message):
+    from vgutils.errors import VgError
+    from vgutils.jobs import load_profile
+
+    path = write_profile(profile_dir, "mine", "caption: x\n" + text)
+    with pytest.raises(VgError) as err:
+        load_profile("mine")
+    assert str(path) in str(err.value) and message in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_strategy_fails_before_any_model_loads(tmp_path, profile_dir, monkeypatch):
+    import vgutils.models.loading as loading
+    from vgutils.errors import UsageError
+    from vgutils.jobs import ensure_results
+    from vgutils.runner import ExtractOptions, extract
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    with pytest.raises(UsageError, match=r"strategy 'lst': unknown; valid: all, last, question"):
+        extract(
+            ExtractOptions(model=MODEL, dataset="sample-natural", strategy="lst"), tmp_path / "r"
+        )
+    assert not (tmp_path / "r").exists()
+    write_profile(
+        profile_dir,
+        "mine",
+        "jobs:\n  - {models: [tiny:llava], datasets: [sample-natural], strategies: [lst]}\n",
+    )
+    with pytest.raises(Exception, match=r"mine\.yaml: jobs\[0\]\.strategies: 'lst'"):
+        ensure_results("mine", progress=False)
+
+
+def test_shipped_profiles_pass_the_check():
+    from vgutils.jobs import load_profile
+
+    for profile in ("smoke", "default", "paper", "paper-rehearsal"):
+        assert load_profile(profile)["caption"]
+
+
+def test_notebook_parameter_of_the_wrong_type_is_named():
+    from vgutils.errors import UsageError
+    from vgutils.notebook import parameter
+
+    assert parameter("ratings_csv", "r.csv", str) == "r.csv"
+    with pytest.raises(UsageError, match=r"notebook parameter ratings_csv=5: expected str"):
+        parameter("ratings_csv", 5, str)

@@ -96,3 +96,12 @@ def remote_code(trust_remote_code: bool, revision: str | None) -> None:
             f"--revision {revision!r}: --trust-remote-code needs a pinned revision, a commit "
             "hash (40 hex digits), not a branch or tag (the code under them can change)"
         )
+
+
+def strategy(text: str) -> str:
+    """A query-token strategy (:data:`vgutils.models.vlm.STRATEGIES`)."""
+    from vgutils.models.vlm import STRATEGIES
+
+    if text not in STRATEGIES:
+        raise UsageError(f"--strategy {text!r}: unknown; {choices_hint(str(text), STRATEGIES)}")
+    return text

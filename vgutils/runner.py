@@ -239,6 +239,7 @@ def extract(
     ``loader_threads`` background threads load and preprocess the next images while the
     model runs (default: :func:`default_loader_threads`)."""
     checks.remote_code(options.trust_remote_code, options.revision)
+    checks.strategy(options.strategy)
     checks.positive_int(image_batch, "--image-batch")
     start = time.perf_counter()
     checks.run_settings(
