@@ -931,3 +931,32 @@ def test_notebook_parameter_of_the_wrong_type_is_named():
     assert parameter("ratings_csv", "r.csv", str) == "r.csv"
     with pytest.raises(UsageError, match=r"notebook parameter ratings_csv=5: expected str"):
         parameter("ratings_csv", 5, str)
+
+
+# --- weak: a map file whose shape does not match its layout -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"raw": (3, 5)}, "raw has 5 image tokens, its layout 4"),
+        ({"raw_heads": (3, 2, 6)}, "raw_heads has 6 image tokens, its layout 4"),
+        ({"normalized": (3, 4), "generic": (2, 4)}, "generic has 2 layers, normalized 3"),
+    ],
+)
+def test_map_file_whose_shape_does_not_match_its_layout_is_refused(tmp_path, arrays, message):
+    import numpy as np
+
+    from vgutils.errors import DataError
+    from vgutils.geometry import TokenLayout
+    from vgutils.results import RunStore, load_maps, map_file_name
+
+    layout = TokenLayout(np.tile([0.0, 0.0, 8.0, 8.0], (4, 1)), ((0, 2, 2),), (16, 16))
+    with RunStore(tmp_path / "run") as store:
+        store.open({"model": "m"}, {}, {})
+        store.save_maps("good", {"raw": np.zeros((3, 4), np.float32)}, layout)
+        store.save_maps("bad", {k: np.zeros(v, np.float32) for k, v in arrays.items()}, layout)
+    assert load_maps(tmp_path / "run", "good")["raw"].shape == (3, 4)
+    with pytest.raises(DataError) as err:
+        load_maps(tmp_path / "run", "bad")
+    assert map_file_name("bad") in str(err.value) and message in str(err.value)

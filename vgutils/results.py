@@ -669,18 +669,55 @@ def load_metrics(folder: str | Path, kind: str = "metrics") -> pd.DataFrame:
 def load_maps(folder: str | Path, sample_id: str) -> dict:
     """One sample's saved maps: ``normalized``, ``raw``, ``generic`` ``(layers, N)`` (and
     per-head ``raw_heads``/``generic_heads`` ``(layers, heads, N)`` when saved) plus
-    ``layout`` (TokenLayout)."""
+    ``layout`` (TokenLayout). A file whose arrays do not match its layout (``N`` image
+    tokens, one layer count) is a DataError naming it."""
     path = Path(folder) / "maps" / map_file_name(sample_id)
     if not path.exists():
         raise MissingResults(f"no maps for sample {sample_id!r} in {folder} (--save-maps?)")
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files if not k.startswith("layout_") and k != "sample_id"}
-        out["layout"] = TokenLayout(
-            data["layout_boxes"],
-            tuple(tuple(int(v) for v in g) for g in data["layout_grids"]),
-            tuple(int(v) for v in data["layout_image_size"]),
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {
+                k: data[k] for k in data.files if not k.startswith("layout_") and k != "sample_id"
+            }
+            out["layout"] = TokenLayout(
+                data["layout_boxes"],
+                tuple(tuple(int(v) for v in g) for g in data["layout_grids"]),
+                tuple(int(v) for v in data["layout_image_size"]),
+            )
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(
+            f"{path}: unreadable map file ({str(err)[:160]}); delete it and rerun the "
+            "extraction with --save-maps"
+        ) from err
+    problem = _maps_problem(out)
+    if problem:
+        raise DataError(
+            f"{path}: {problem}: the maps do not match their layout; delete the file and "
+            "rerun the extraction with --save-maps"
         )
     return out
+
+
+MAP_ARRAYS = {"normalized": 2, "raw": 2, "generic": 2, "raw_heads": 3, "generic_heads": 3}
+"""The map arrays of a maps file and their dimensions (layers[, heads], N)."""
+
+
+def _maps_problem(maps: dict) -> str | None:
+    tokens = maps["layout"].n_tokens
+    first = None
+    for key, ndim in MAP_ARRAYS.items():
+        if key not in maps:
+            continue
+        array = maps[key]
+        if array.ndim != ndim:
+            return f"{key} has shape {array.shape}, expected {ndim} dimensions"
+        if array.shape[-1] != tokens:
+            return f"{key} has {array.shape[-1]} image tokens, its layout {tokens}"
+        if first is None:
+            first = key
+        elif array.shape[0] != maps[first].shape[0]:
+            return f"{key} has {array.shape[0]} layers, {first} {maps[first].shape[0]}"
+    return None
 
 
 def _shard_of(folder: Path, run: dict) -> tuple[int, int]:
