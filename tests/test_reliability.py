@@ -198,6 +198,19 @@ def test_a_torn_last_line_is_still_only_a_warning(tmp_path):
         assert list(load_ratings(path)["sample_id"]) == ["a"]
 
 
+def test_a_whole_last_row_without_its_newline_is_read(tmp_path):
+    """An editor or a spreadsheet export (Google Sheets) may end the file without a newline:
+    a last row with every field is read (a tear that leaves every field can only have cut
+    the note), not dropped as torn."""
+    path = write(
+        tmp_path / "r.csv",
+        (HEADER + "\na,attribute,dr-a,5,5,5,,\nb,attribute,dr-a,4,4,4,,ok").encode(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(load_ratings(path)["sample_id"]) == ["a", "b"]
+
+
 def test_ratings_path_of_the_wrong_type_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"ratings file: expected a path .*got int 5"):
         load_ratings(5)

@@ -188,10 +188,12 @@ def _looks_like_row(text: str, width: int) -> bool:
 
 
 def _records(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]], list[str]]:
-    """The header and its line, the data records with their first line, and the ignored lines of a
-    ratings file. A record with fewer fields than the header, or a last line without its
-    newline, is a line torn by a crash (the appender fences it with a newline): reported
-    by line number, ignored. Refused (:class:`RatingsFileError`, naming the line): more
+    """The header and its line, the data records with their first line, and the ignored
+    lines of a ratings file. A record with fewer fields than the header (or a quote left
+    open on the last line, without its newline) is a line torn by a crash (the appender
+    fences it with a newline): reported by line number, ignored. A whole last row without
+    its newline (an editor, a spreadsheet export) is read: a tear that leaves every field
+    can only have cut the note. Refused (:class:`RatingsFileError`, naming the line): more
     fields than the header (the columns would shift), a quote that is never closed or
     that runs over rows, a file separated by semicolons."""
     text = _text(path)
@@ -253,11 +255,11 @@ def _records(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]], l
                 "too many (a field holding a comma must be in quotes); the columns would shift"
             )
             continue
-        if len(values) < len(header) or not record.complete:
-            why = (
-                f"{len(values)} fields" if record.complete else "no newline at the end of the file"
+        if len(values) < len(header):
+            ignored.append(
+                f"{where}: torn line ignored ({len(values)} fields): "
+                f"{','.join(record.fields)[:60]!r}"
             )
-            ignored.append(f"{where}: torn line ignored ({why}): {','.join(record.fields)[:60]!r}")
             continue
         rows.append((record.line, values[: len(header)]))
     if problems:
