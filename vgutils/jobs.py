@@ -139,8 +139,11 @@ def check_settings(settings: dict, path: Path) -> None:
             continue
         if key == "caption" and not (value is None or isinstance(value, str)):
             problems.append(f"caption: {value!r} is not text")
-        elif key == "protocol":
-            protocols(value, key)
+        elif key == "protocol":  # the figures' one protocol
+            if isinstance(value, str):
+                protocols(value, key)
+            else:
+                problems.append(f"protocol: {value!r} is not a protocol name")
         elif key == "device":
             words = checks.DEVICE_WORDS
             if not (

@@ -97,17 +97,20 @@ rater re-rated, the last one counts; any other row (a hand-made file) may not.""
 
 @dataclass
 class _Record:
-    """One CSV record: its fields, the lines it starts and ends on, whether a newline ended
-    it, and its quoted fields that hold a line break (field index, line of the quote)."""
+    """One CSV record: its fields, the lines it starts and ends on, and its quoted fields
+    that hold a line break (field index, line of the opening quote)."""
 
     fields: list[str]
     line: int
     end: int
-    complete: bool
     multiline: list[tuple[int, int]]
 
 
-def _quoted(text: str, start: int, line: int) -> tuple[str, int, int]:
+_UNQUOTED = re.compile(r"[^,\n]*")
+"""The rest of a field up to its comma or line end."""
+
+
+def _quoted(text: str, start: int) -> tuple[str, int, int]:
     """The quoted field opening at ``text[start] == '"'``: (value, index after the closing
     quote, lines crossed); ``-1`` as the index when the quote is never closed."""
     parts, index = [], start + 1
@@ -138,27 +141,22 @@ def _parse_csv(text: str) -> tuple[list[_Record], int | None]:
         start_line = line
         while True:  # one field per turn
             if index < size and text[index] == '"':
-                value, after, crossed = _quoted(text, index, line)
+                value, after, crossed = _quoted(text, index)
                 if after < 0:
                     return records, line
                 if crossed:
                     multiline.append((len(fields), line))
                 line += crossed
-                end = after
-                while end < size and text[end] not in ",\n":
-                    end += 1
+                end = _UNQUOTED.match(text, after).end()
                 value += text[after:end]  # after the closing quote: kept, as csv does
             else:
-                end = index
-                while end < size and text[end] not in ",\n":
-                    end += 1
+                end = _UNQUOTED.match(text, index).end()
                 value = text[index:end]
             fields.append(value)
             if end < size and text[end] == ",":
                 index = end + 1
                 continue
-            complete = end < size
-            records.append(_Record(fields, start_line, line, complete, multiline))
+            records.append(_Record(fields, start_line, line, multiline))
             index = end + 1
             line += 1
             break
@@ -242,7 +240,7 @@ def _records(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]], l
             column = header[index] if index < len(header) else f"field {index + 1}"
             problems.append(
                 f"{path}:{opened}: the quote opened on this line ({column}) runs on to line "
-                f"{record.end} and takes in the rows between; close it on its own line "
+                f"{record.end} and takes in the rows between; close it where the field ends "
                 '(a quote inside a quoted field is written twice: "")'
             )
             continue
