@@ -6,6 +6,9 @@ field, (4) an unterminated quote, (5) a pinned image edited after ``data pin``, 
 last line of ``errors.jsonl`` (a kill at each of its writes). Then the weak spots
 (validate, long questions, model errors, profile and notebook parameters, map files, a
 full disk) and the tiny builds whose image tokens carry no pixels.
+
+Each section below starts with a ``# --- <case>`` line; the cheap store-level and file
+tests come first, the end-to-end ones run the tiny LLaVA (seconds).
 """
 
 import warnings
