@@ -76,6 +76,7 @@ def load_profile(profile: str) -> dict:
         ) from err
     if not isinstance(settings, dict):
         raise DataError(f"{path}: expected a mapping of settings")
+    check_settings(settings, path)
     _, scale = rehearsal.split_profile(profile)
     if scale:
         settings = rehearsal.rehearse_settings(settings, path, scale)
@@ -94,6 +95,110 @@ def use_profile(profile: str) -> dict:
     settings = load_profile(profile)
     rehearsal.enter(settings)
     return settings
+
+
+SECTIONS = ("layer_maps", "curves", "strategies", "refine", "sensitivity", "teach", "benchmarks")
+"""The figures' settings (mappings read by the notebooks)."""
+JOB_KEYS = ("models", "datasets", "strategies", "save_maps", "heads", "limit", "protocol")
+JOB_KEYS += ("box_mapping", "processor")
+
+
+def check_settings(settings: dict, path: Path) -> None:
+    """A profile's keys and value types, and its jobs' (strategies, protocols, box
+    mappings by name): a DataError naming the profile file and every bad key with the
+    valid choices, raised when the profile is read, before any model loads."""
+    from vgutils import checks
+    from vgutils.errors import choices_hint
+    from vgutils.geometry import BOX_MAPPINGS
+    from vgutils.models.vlm import STRATEGIES
+    from vgutils.protocols import PROTOCOLS
+
+    problems: list[str] = []
+
+    def known(key: str, where: str, valid) -> bool:
+        if key in valid:
+            return True
+        problems.append(f"{where}: unknown setting; {choices_hint(str(key), valid)}")
+        return False
+
+    def count(value, where: str, nullable: bool = True) -> None:
+        if (value is None and nullable) or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return
+        kind = "an integer >= 1" + (" or null" if nullable else "")
+        problems.append(f"{where}: {value!r} is not {kind}")
+
+    def names(value, where: str, valid=None, what: str = "") -> None:
+        if not isinstance(value, list) or not value:
+            problems.append(f"{where}: {value!r} is not a list of names, e.g. [a, b]")
+            return
+        for item in value:
+            if not isinstance(item, str):
+                problems.append(f"{where}: {item!r} is not a name")
+            elif valid is not None and item not in valid:
+                problems.append(f"{where}: {item!r} is not a {what}; {choices_hint(item, valid)}")
+
+    def protocols(value, where: str) -> None:
+        names([value] if isinstance(value, str) else value, where, sorted(PROTOCOLS), "protocol")
+
+    top = ("caption", "protocol", "device", "dtype", "limit", "batch_size", "image_batch")
+    top += ("n_boot", "jobs", *SECTIONS)
+    for key, value in settings.items():
+        if not known(key, str(key), top):
+            continue
+        if key == "caption" and not (value is None or isinstance(value, str)):
+            problems.append(f"caption: {value!r} is not text")
+        elif key == "protocol":  # the figures' one protocol
+            if isinstance(value, str):
+                protocols(value, key)
+            else:
+                problems.append(f"protocol: {value!r} is not a protocol name")
+        elif key == "device":
+            words = checks.DEVICE_WORDS
+            if not (
+                isinstance(value, str) and (value in words or re.fullmatch(r"cuda:\d+", value))
+            ):
+                problems.append(f"device: {value!r} is not one of {', '.join(words)}, cuda:N")
+        elif key == "dtype" and value not in checks.DTYPES:
+            problems.append(f"dtype: {value!r} is not one of {', '.join(checks.DTYPES)}")
+        elif key in ("limit", "batch_size", "image_batch", "n_boot"):
+            count(value, key, nullable=key == "limit")
+        elif key in SECTIONS and not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of settings, got {value!r}")
+    jobs = settings.get("jobs", [])
+    if not isinstance(jobs, list):
+        problems.append(f"jobs: expected a list of jobs, got {jobs!r}")
+        jobs = []
+    for index, spec in enumerate(jobs):
+        where = f"jobs[{index}]"
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: expected a mapping (models, datasets, ...), got {spec!r}")
+            continue
+        for key in ("models", "datasets"):
+            if key not in spec:
+                problems.append(f"{where}.{key}: missing")
+        for key, value in spec.items():
+            if not known(key, f"{where}.{key}", JOB_KEYS):
+                continue
+            if key in ("models", "datasets"):
+                names(value, f"{where}.{key}")
+            elif key == "strategies":
+                names(value, f"{where}.{key}", STRATEGIES, "strategy")
+            elif key in ("save_maps", "heads") and not isinstance(value, bool):
+                problems.append(f"{where}.{key}: {value!r} is not true or false")
+            elif key == "limit":
+                count(value, f"{where}.{key}")
+            elif key == "protocol":
+                protocols(value, f"{where}.{key}")
+            elif key == "box_mapping" and value is not None and value not in BOX_MAPPINGS:
+                problems.append(
+                    f"{where}.{key}: {value!r} is not one of {', '.join(BOX_MAPPINGS)} or null"
+                )
+            elif key == "processor" and not isinstance(value, dict):
+                problems.append(f"{where}.{key}: expected a mapping of processor settings")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
 
 
 def profile_jobs(settings: dict) -> list[Job]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ from vgutils.benchmarks import (
     problem_counts,
 )
 from vgutils.data.manifest import sha256
+from vgutils.models.vlm import too_long
 from vgutils.results import RunStore, load_metrics
 from vgutils.runner import code_fingerprint, package_versions
 
@@ -61,6 +63,8 @@ run, so its samples depend on the order and the number of processes; here the ge
 is seeded with ``seed + record index`` before each answer, so a resumed or sharded run
 samples the same."""
 ANSWERS = ("baseline", "refined")
+
+log = logging.getLogger("vgutils.mc_eval")
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,12 @@ def run_mc(
         rows = []
         for item in group:
             text = mc_prompt_text(item.question, item.options)
+            reason = too_long(vlm.prepare_text, image, text)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", item.id, image_path, reason)
+                store.add_error(item.id, str(image_path), reason)
+                bar.update(1)
+                continue
             row = {
                 "sample_id": item.id,
                 "order": item.index,
@@ -306,7 +316,8 @@ def run_mc(
             _scored(row, "baseline", baseline, item)
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
     answers = load_metrics(store.folder, "answers")
     if run["status"] != "complete":

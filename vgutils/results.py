@@ -22,9 +22,11 @@ Why the invariants hold under any crash point and any concurrency
    would let two processes lock two different inodes).
 2. *Every file changes by one atomic step.* Parts, final files, ``run.json`` and the
    rewritten ``errors.jsonl`` are written to a temporary name, fsynced and renamed over the
-   target (``os.replace``); readers see the old or the new file, never a mix. Only
-   ``errors.jsonl`` is appended to; a torn last line (a crash mid-append) is ignored when
-   read and fenced off with a newline before the next append.
+   target (``os.replace``); readers see the old or the new file, never a mix (a failed
+   write, e.g. on a full disk, removes its temporary file). Only ``errors.jsonl`` is
+   appended to; a torn line (a kill mid-append) is ignored when read, fenced off with a
+   newline before the next append, and removed by the next writer's ``open`` (one atomic
+   rewrite of the whole lines), so the file never keeps an unparsable line.
 3. *One source of truth per state.* While ``run.json`` says ``running`` the parts are the
    results and final files are ignored (a crashed ``finalize`` may have left some; they
    are deleted on resume). Once it says ``complete`` the final files are the results and
@@ -102,25 +104,59 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _temporary(path: Path, suffix: str = ".tmp"):
+    """A temporary name beside ``path`` for an atomic write: removed if the write fails
+    (e.g. a full disk), and the failure a :class:`DataError` naming ``path``."""
+    tmp = path.with_name(f".{path.name}{suffix}")
+    try:
+        yield tmp
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(
+                f"{path}: could not write ({err.strerror or err}); the file is unchanged"
+            ) from err
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, rename it onto ``path``:
     a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _temporary(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
+_RECORD_START = '{"sample_id": '
+
+
+def _torn_record(line: str) -> bool:
+    """Whether an unparsable errors.jsonl line is the start of a record (a torn append)."""
+    return line.startswith(_RECORD_START) or _RECORD_START.startswith(line)
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` in one write, then fsync (a kill may still tear it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        frame.to_parquet(handle, index=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _temporary(path) as tmp:
+        with open(tmp, "wb") as handle:
+            frame.to_parquet(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -312,6 +348,7 @@ class RunStore:
             (self.folder / ERRORS_FILE).touch()
             return run
         self._check_identity(existing, options, identity, images, retry_errors)
+        self._repair_errors()
         existing["identity"] = identity  # equal, or changed only where a retry allows
         if images is not None:
             existing["images"] = images
@@ -456,15 +493,20 @@ class RunStore:
 
     def errors(self) -> list[dict]:
         """The skipped samples. A torn line (a crash mid-append) is reported and ignored
-        (its sample is computed again); any other bad line is a DataError naming it."""
+        (its sample is computed again; :meth:`open` removes it); any other bad line is a
+        DataError naming it."""
+        return self._read_errors()[0]
+
+    def _read_errors(self) -> tuple[list[dict], list[int]]:
+        """(the whole entries, the line numbers of torn lines) of errors.jsonl."""
         path = self.folder / ERRORS_FILE
         if not path.exists():
-            return []
+            return [], []
         try:
             lines = path.read_text(encoding="utf-8").split("\n")
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from err
-        entries = []
+        entries, torn = [], []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -473,16 +515,32 @@ class RunStore:
                 if not isinstance(entry, dict) or "sample_id" not in entry:
                     raise ValueError("no sample_id")
             except ValueError as err:
-                if line.startswith('{"sample_id": ') and not line.endswith("}"):
-                    # torn by a crash mid-append (fenced by a newline since): its
-                    # sample is not done and is computed again
+                if _torn_record(line):  # a prefix of a record: killed mid-append
                     log.warning("%s:%d: torn line ignored", path, number)
+                    torn.append(number)
                     continue
                 raise DataError(
                     f"{path}:{number}: not an error record ({err}); fix or delete the line"
                 ) from err
             entries.append(entry)
-        return entries
+        return entries, torn
+
+    def _repair_errors(self) -> None:
+        """The writer's first step on errors.jsonl: a line torn by a kill mid-append is
+        removed (one atomic rewrite of the whole lines, as parts are dropped), so that the
+        file never keeps an unparsable line; its sample is computed again."""
+        path = self.folder / ERRORS_FILE
+        if not path.exists():
+            return
+        entries, torn = self._read_errors()
+        with open(path, "rb") as handle:  # a whole last record whose newline was cut
+            size = handle.seek(0, os.SEEK_END)
+            unended = size > 0 and os.pread(handle.fileno(), 1, size - 1) != b"\n"
+        if not (torn or unended):
+            return
+        for number in torn:
+            log.warning("%s:%d: torn line removed (a kill mid-append)", path, number)
+        atomic_write_bytes(path, "".join(json.dumps(e) + "\n" for e in entries).encode())
 
     def add_error(self, sample_id: str, source: str, reason: str, image: str | None = None):
         """Append one skipped sample to errors.jsonl, flushed to disk at once (after a
@@ -492,15 +550,15 @@ class RunStore:
         entry = {"sample_id": sample_id, "source": source, "reason": reason}
         if image is not None:
             entry["image"] = image
-        line = json.dumps(entry) + "\n"
-        with open(self.folder / ERRORS_FILE, "a+b") as handle:
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write(line.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = (json.dumps(entry) + "\n").encode()
+        path = self.folder / ERRORS_FILE
+        with contextlib.suppress(FileNotFoundError):
+            with open(path, "rb") as handle:
+                if handle.seek(0, os.SEEK_END) > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = b"\n" + line
+        _append_bytes(path, line)
 
     def clear_errors(self) -> None:
         """Forget every skipped sample (``--retry-errors``): they are computed again."""
@@ -510,16 +568,16 @@ class RunStore:
         """``maps/<sample>.npz``: the arrays plus the TokenLayout, no pickled objects."""
         self.maps.mkdir(parents=True, exist_ok=True)
         path = self.maps / map_file_name(sample_id)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(
-            tmp,
-            sample_id=np.array(sample_id),
-            layout_boxes=layout.boxes,
-            layout_grids=np.asarray(layout.grids, dtype=np.int64),
-            layout_image_size=np.asarray(layout.image_size, dtype=np.int64),
-            **arrays,
-        )
-        os.replace(tmp, path)
+        with _temporary(path, ".tmp.npz") as tmp:
+            np.savez(
+                tmp,
+                sample_id=np.array(sample_id),
+                layout_boxes=layout.boxes,
+                layout_grids=np.asarray(layout.grids, dtype=np.int64),
+                layout_image_size=np.asarray(layout.image_size, dtype=np.int64),
+                **arrays,
+            )
+            os.replace(tmp, path)
 
     # --- the end ---
     def _step(self, what: str) -> None:
@@ -609,18 +667,55 @@ def load_metrics(folder: str | Path, kind: str = "metrics") -> pd.DataFrame:
 def load_maps(folder: str | Path, sample_id: str) -> dict:
     """One sample's saved maps: ``normalized``, ``raw``, ``generic`` ``(layers, N)`` (and
     per-head ``raw_heads``/``generic_heads`` ``(layers, heads, N)`` when saved) plus
-    ``layout`` (TokenLayout)."""
+    ``layout`` (TokenLayout). A file whose arrays do not match its layout (``N`` image
+    tokens, one layer count) is a DataError naming it."""
     path = Path(folder) / "maps" / map_file_name(sample_id)
     if not path.exists():
         raise MissingResults(f"no maps for sample {sample_id!r} in {folder} (--save-maps?)")
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files if not k.startswith("layout_") and k != "sample_id"}
-        out["layout"] = TokenLayout(
-            data["layout_boxes"],
-            tuple(tuple(int(v) for v in g) for g in data["layout_grids"]),
-            tuple(int(v) for v in data["layout_image_size"]),
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {
+                k: data[k] for k in data.files if not k.startswith("layout_") and k != "sample_id"
+            }
+            out["layout"] = TokenLayout(
+                data["layout_boxes"],
+                tuple(tuple(int(v) for v in g) for g in data["layout_grids"]),
+                tuple(int(v) for v in data["layout_image_size"]),
+            )
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(
+            f"{path}: unreadable map file ({str(err)[:160]}); delete it and rerun the "
+            "extraction with --save-maps"
+        ) from err
+    problem = _maps_problem(out)
+    if problem:
+        raise DataError(
+            f"{path}: {problem}: the maps do not match their layout; delete the file and "
+            "rerun the extraction with --save-maps"
         )
     return out
+
+
+MAP_ARRAYS = {"normalized": 2, "raw": 2, "generic": 2, "raw_heads": 3, "generic_heads": 3}
+"""The map arrays of a maps file and their dimensions (layers[, heads], N)."""
+
+
+def _maps_problem(maps: dict) -> str | None:
+    tokens = maps["layout"].n_tokens
+    first = None
+    for key, ndim in MAP_ARRAYS.items():
+        if key not in maps:
+            continue
+        array = maps[key]
+        if array.ndim != ndim:
+            return f"{key} has shape {array.shape}, expected {ndim} dimensions"
+        if array.shape[-1] != tokens:
+            return f"{key} has {array.shape[-1]} image tokens, its layout {tokens}"
+        if first is None:
+            first = key
+        elif array.shape[0] != maps[first].shape[0]:
+            return f"{key} has {array.shape[0]} layers, {first} {maps[first].shape[0]}"
+    return None
 
 
 def _shard_of(folder: Path, run: dict) -> tuple[int, int]:

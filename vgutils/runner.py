@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import signal
 import sys
@@ -25,15 +26,18 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.context import current as current_context
 from vgutils.data import load_image, read_dataset, resolve_dataset
-from vgutils.data.images import image_size
+from vgutils.data.images import ImageChanged, image_size
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
 from vgutils.errors import DataError
 from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
+from vgutils.models.vlm import STRATEGIES, PromptTooLong
 from vgutils.results import RunStore, images_digest
 from vgutils.scoring import head_scores, layer_maps, layer_scores
+
+log = logging.getLogger("vgutils.runner")
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,11 @@ def model_identity(name: str, revision: str | None = None) -> dict:
         return {"model": name, "model_folder_sha256": folder_hash(folder)}
     from transformers.utils import cached_file
 
+    from vgutils.models.errors import model_errors
+
     # the Hub cache keeps each download under snapshots/<commit>/
-    config = Path(cached_file(source, "config.json", revision=revision))
+    with model_errors(name, source, revision):
+        config = Path(cached_file(source, "config.json", revision=revision))
     commit = config.parent.name if config.parent.parent.name == "snapshots" else None
     return {"model": name, "model_revision": commit or revision}
 
@@ -133,6 +140,25 @@ def image_hashes(samples: list[Sample]) -> dict[str, str]:
     """``{image path: sha256}`` of the images ``samples`` use (resolved paths, as the
     rows give them; the image root is part of the options anyway)."""
     return {str(path): sha256(path) for path in sorted({s.image_path for s in samples})}
+
+
+def pinned_changes(images: dict[str, str], root: Path | None) -> dict[str, str]:
+    """``{image: reason}`` for the images whose sha256 (as hashed for the run) differs from
+    the one the registry pins (an image edited after the rows were checked), naming the
+    file and both hashes."""
+    from vgutils.data.loaders import pinned_images
+    from vgutils.data.manifest import data_root
+
+    pinned = pinned_images(root if root is not None else data_root())
+    changed = {}
+    for name, digest in images.items():
+        expected = pinned.get(Path(name))
+        if expected is not None and expected != digest:
+            changed[name] = (
+                f"{name} does not match its pinned sha256 in the registry (pinned {expected}, "
+                f"now {digest}): it changed after `data pin`; restore it, or pin it again"
+            )
+    return changed
 
 
 def code_fingerprint() -> str:
@@ -210,6 +236,8 @@ def extract(
     run at once; ``image_batch`` images of equal prefix share one prefix forward;
     ``loader_threads`` background threads load and preprocess the next images while the
     model runs (default: :func:`default_loader_threads`)."""
+    checks.remote_code(options.trust_remote_code, options.revision)
+    checks.one_of(options.strategy, STRATEGIES, "--strategy")
     checks.positive_int(image_batch, "--image-batch")
     start = time.perf_counter()
     checks.run_settings(
@@ -228,7 +256,7 @@ def extract(
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, problems = read_dataset(dataset)
+    samples, problems = read_dataset(dataset, thorough=False)
     bad_rows = [p for p in problems if p.severity == "error"]
     if not samples:
         raise DataError(
@@ -244,6 +272,10 @@ def extract(
     with RunStore(out) as store:
         store.lock()  # a read-only or busy --out fails here, before any hashing or loading
         images = image_hashes([s for g in groups for _, s in g])
+        changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+        images = {name: digest for name, digest in images.items() if name not in changed}
+        changed_samples = [s for g in groups for _, s in g if str(s.image_path) in changed]
+        groups = [g for g in groups if str(g[0][1].image_path) not in changed]
         identity = {
             **model_identity(options.model, options.revision),
             "dataset": dataset.name,
@@ -266,6 +298,10 @@ def extract(
             key = f"row:{problem.file}:{problem.line}"
             if key not in done:
                 store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+        for sample in changed_samples:
+            if sample.id not in done:
+                reason = changed[str(sample.image_path)]
+                store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
         todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
         todo = [g for g in todo if g]
         vlm = None
@@ -302,7 +338,7 @@ def extract(
             threads = default_loader_threads(vlm) if vlm is not None else 0
         ready = prefetch(
             todo,
-            lambda g: prepare_group(vlm, g, options.box_mapping),
+            lambda g: prepare_group(vlm, g, options.box_mapping, images),
             threads,
             ahead=2 * image_batch,
         )
@@ -372,11 +408,17 @@ class PreparedGroup:
     skipped: list
 
 
-def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
+def prepare_group(
+    vlm, group, box_mapping: str = "processor", hashes: dict[str, str] | None = None
+) -> PreparedGroup:
     """Load the image and prepare every prompt about it (the image is processed once);
-    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`."""
+    ``box_mapping`` as in :meth:`VisionLanguageModel.prepare`. ``hashes``: ``{image:
+    sha256}`` recorded for the run; an image whose bytes differ now is skipped."""
+    path = group[0][1].image_path
     try:
-        image = load_image(group[0][1].image_path)
+        image = load_image(path, expected_sha256=(hashes or {}).get(str(path)))
+    except ImageChanged as err:  # edited during the run: never computed on
+        return PreparedGroup(group, [], [], None, [(s, str(err)) for _, s in group])
     except Exception as err:  # an unreadable image skips its questions, never the run
         return PreparedGroup(
             group, [], [], None, [(s, f"image unreadable: {err}") for _, s in group]
@@ -386,9 +428,19 @@ def prepare_group(vlm, group, box_mapping: str = "processor") -> PreparedGroup:
         try:
             prompts.append(vlm.prepare(image, sample.question, box_mapping))
             kept.append((order, sample))
+        except PromptTooLong as err:  # never run past the model's context
+            log.warning("%s: skipped (%s): %s", sample.id, sample.source, err)
+            skipped.append((sample, f"question too long: {err}"))
         except Exception as err:
             skipped.append((sample, f"prompt preparation failed: {err}"))
-    generic = vlm.prepare_generic(image, box_mapping) if kept else None
+    generic = None
+    if kept:
+        try:
+            generic = vlm.prepare_generic(image, box_mapping)
+        except PromptTooLong as err:  # the image alone fills the context
+            log.warning("%s: skipped (%s): generic prompt: %s", path.name, path, err)
+            skipped += [(s, f"generic prompt too long: {err}") for _, s in kept]
+            kept, prompts = [], []
     return PreparedGroup(group, kept, prompts, generic, skipped)
 
 

@@ -9,6 +9,7 @@ found in the prediction).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 import time
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
-from vgutils.errors import UsageError
+from vgutils.errors import DataError, UsageError
+from vgutils.models.vlm import too_long
 from vgutils.results import RunStore, images_digest, load_metrics
 from vgutils.runner import (
     code_fingerprint,
@@ -30,7 +32,10 @@ from vgutils.runner import (
     image_hashes,
     model_identity,
     package_versions,
+    pinned_changes,
 )
+
+log = logging.getLogger("vgutils.vqa")
 
 CLOSED = {"yes", "no"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -199,11 +204,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, _ = read_dataset(dataset)
+    samples, _ = read_dataset(dataset, thorough=False)
     samples = [s for s in samples if s.answer is not None][: options.limit]
     store = RunStore(Path(out), main_kind="answers")
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
     images = image_hashes(samples)
+    changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+    if changed:
+        raise DataError(next(iter(changed.values())))
     identity = {
         **model_identity(options.model),
         "dataset_sha256": sha256(dataset.jsonl),
@@ -230,12 +238,19 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
     )
     for group in todo:
-        image = load_image(group[0][1].image_path)
+        path = group[0][1].image_path
+        image = load_image(path, expected_sha256=images.get(str(path)))  # as hashed above
         generic = (  # once per image, shared by all of its questions
             vlm.attention(vlm.prepare_generic(image), "last") if options.refine else None
         )
         rows = []
         for order, sample in group:
+            reason = too_long(vlm.prepare, image, sample.question)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", sample.id, sample.source, reason)
+                store.add_error(sample.id, sample.source, reason, image=str(path))
+                bar.update(1)
+                continue
             row = {
                 "sample_id": sample.id,
                 "order": order,
@@ -277,11 +292,13 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     row[f"{which}_recall"] = scores["recall"]
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
     answers = load_metrics(store.folder, "answers")
     if run["status"] != "complete":
-        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+        skipped = len(store.errors())
+        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": skipped})
     store.close()
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]

@@ -8,6 +8,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from vgutils import checks
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
 from vgutils.models.original import BACKBONES, ensure_converted, original_config
@@ -47,23 +48,28 @@ def load_model(
     ``{"max_pixels": 50176, "min_pixels": 784}`` for Qwen2.5-VL (the authors' cap: at most 64
     image tokens) or ``{"do_pad": True}`` for LLaVA-1.5 pad-to-square (see
     :func:`_pad_to_square`)."""
-    if trust_remote_code and not revision:
-        raise ValueError("trust_remote_code=True requires a pinned revision (a commit hash)")
+    checks.remote_code(trust_remote_code, revision)
     source = resolve(name_or_path)
     processor_kwargs = dict(processor_kwargs or {})
     if original_config(source, revision) is not None:  # original-format LLaVA: convert once
         source, revision = str(ensure_converted(source, cache_dir(), revision)), None
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(source, **options)
+    config = _from_pretrained(name_or_path, AutoConfig, source, **options)
     if getattr(config, "vgutils_family", None) in BACKBONES:  # a converted checkpoint
         processor_kwargs.setdefault("backend", "pil")  # the original code's exact pixels
     family_of(config)  # fail early, before loading weights, on an unknown family
     device, torch_dtype = _device_and_dtype(device, dtype)
     device_map = "auto" if device == "balanced" else device
-    model = AutoModelForImageTextToText.from_pretrained(
-        source, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa", **options
+    model = _from_pretrained(
+        name_or_path,
+        AutoModelForImageTextToText,
+        source,
+        dtype=torch_dtype,
+        device_map=device_map,
+        attn_implementation="sdpa",
+        **options,
     )
-    processor = AutoProcessor.from_pretrained(source, **options, **processor_kwargs)
+    processor = _from_pretrained(name_or_path, AutoProcessor, source, **options, **processor_kwargs)
     if processor_kwargs.get("do_pad"):
         processor = _pad_to_square(processor, config.model_type)
     tokenizer = getattr(processor, "tokenizer", None)
@@ -71,6 +77,15 @@ def load_model(
         if tokenizer is not None:  # here they would be passed again on every call (warning)
             tokenizer.init_kwargs.pop(key, None)
     return wrap_model(model, processor, source=name_or_path)
+
+
+def _from_pretrained(name: str, auto_class, source: str, **kwargs):
+    """``auto_class.from_pretrained(source, **kwargs)``, a failure one DataError line naming
+    the model (and a damaged weights file): :func:`vgutils.models.errors.model_errors`."""
+    from vgutils.models.errors import model_errors
+
+    with model_errors(name, source, kwargs.get("revision")):
+        return auto_class.from_pretrained(source, **kwargs)
 
 
 def _pad_to_square(processor, model_type: str):
