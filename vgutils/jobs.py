@@ -9,7 +9,6 @@ call it.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 import yaml
 
 from vgutils import rehearsal
-from vgutils.errors import DataError
+from vgutils.errors import DataError, UsageError
 from vgutils.paths import PARAMS_DIR as PARAMS_DIR
 from vgutils.paths import check_profile, results_dir
 
@@ -38,6 +37,7 @@ class Job:
     protocol: str = "corrected"
     box_mapping: str | None = None
     processor: tuple[tuple[str, object], ...] = ()
+    device_map: str | None = None  # "auto": the model over this process's GPUs (too big for one)
 
     @property
     def name(self) -> str:
@@ -205,10 +205,11 @@ def profile_jobs(settings: dict) -> list[Job]:
     """Every extraction job the profile's figures need (deduplicated, in order). A job
     spec may set ``protocol`` (a name or a list; default: the profile's ``protocol``,
     else ``corrected``), ``box_mapping`` and ``processor`` (a mapping of processor
-    kwargs)."""
+    kwargs) and ``device_map: auto`` (a model larger than one GPU: loaded over the GPUs
+    of one process; the folder name does not change)."""
     jobs: dict[str, Job] = {}
     default_protocol = settings.get("protocol", "corrected")
-    for spec in settings.get("jobs", []):
+    for number, spec in enumerate(settings.get("jobs", [])):
         defaults = {
             k: spec.get(k, v)
             for k, v in (("heads", False), ("save_maps", False), ("limit", settings.get("limit")))
@@ -218,6 +219,7 @@ def profile_jobs(settings: dict) -> list[Job]:
         extra = {
             "box_mapping": spec.get("box_mapping"),
             "processor": _processor(spec.get("processor")),
+            "device_map": device_map_of(spec, f"jobs[{number}]"),
         }
         for model in spec["models"]:
             for dataset in spec["datasets"]:
@@ -230,18 +232,41 @@ def profile_jobs(settings: dict) -> list[Job]:
                                 job,
                                 heads=job.heads or previous.heads,
                                 save_maps=job.save_maps or previous.save_maps,
+                                device_map=job.device_map or previous.device_map,
                             )
                         jobs[job.name] = job
     return list(jobs.values())
+
+
+def device_map_of(spec: dict, where: str) -> str | None:
+    """A job's or benchmark run's ``device_map`` (``auto`` or absent)."""
+    value = spec.get("device_map")
+    if value not in (None, "auto"):
+        raise UsageError(
+            f"{where}.device_map: {value!r}; expected auto (the model over the GPUs of one "
+            "process) or nothing (one GPU per process)"
+        )
+    return value
+
+
+def device_for(settings: dict, device_map: str | None) -> str:
+    """The ``device`` a job runs on: ``balanced`` (``device_map="auto"`` over this
+    process's GPUs) when the profile names ``device_map: auto``, else the profile's."""
+    return "balanced" if device_map == "auto" else settings.get("device", "auto")
 
 
 def job_dir(profile: str, job: Job) -> Path:
     return results_dir(profile) / job.name
 
 
-def ensure_results(profile: str, progress: bool = True) -> list[Job]:
-    """Run every job of ``profile`` that is not complete yet; returns the jobs."""
-    from vgutils.results import RunMismatch
+def ensure_results(
+    profile: str, progress: bool = True, shard: tuple[int, int] | None = None
+) -> list[Job]:
+    """Run every job of ``profile`` that is not complete yet; returns the jobs.
+    ``shard``: ``(rank, world)`` under a launcher: this process computes its share of
+    each job's images (:func:`vgutils.runner.extract`), the last rank to finish a job
+    merges it. A job folder left by other options or an older version of the code is
+    recomputed (unless ranks are writing it)."""
     from vgutils.runner import ExtractOptions, extract
 
     settings = use_profile(profile)
@@ -261,17 +286,24 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
         )
         folder = job_dir(profile, job)
         run = dict(
-            device=settings.get("device", "auto"),
+            device=device_for(settings, job.device_map),
             batch_size=settings.get("batch_size", 8),
             image_batch=settings.get("image_batch", 1),
             progress=progress,
+            shard=shard,
+            replace_stale=True,  # generated results of an older setup: recomputed
         )
-        try:
-            summary = extract(options, folder, **run)
-        except RunMismatch as err:  # generated results of an older setup: recompute
-            print(f"{job.name}: recomputing ({str(err).splitlines()[0]})")
-            shutil.rmtree(folder)
-            summary = extract(options, folder, **run)
+        summary = extract(options, folder, **run)
+        if summary.replaced:
+            print(f"{job.name}: recomputing ({summary.replaced.splitlines()[0]})")
+        if not summary.complete:
+            who = f"rank {shard[0]} of {shard[1]}" if shard else "this process"
+            print(
+                f"[{number}/{len(jobs)}] {job.name}: {who} done "
+                f"({summary.computed} computed); {summary.missing} samples of other ranks "
+                "missing (the last rank to finish merges)"
+            )
+            continue
         state = "computed" if summary.computed else "cached"
         print(
             f"[{number}/{len(jobs)}] {job.name}: {summary.done} done, "

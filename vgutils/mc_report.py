@@ -53,19 +53,33 @@ def run_folder_name(model: str, benchmark: str, decoding: str) -> str:
     return f"mc__{slug}__{benchmark}__{decoding}"
 
 
+def run_folder(profile: str, spec: dict, run: dict) -> Path:
+    """The results folder of one run of the profile's ``benchmarks`` block."""
+    from vgutils.paths import results_dir
+
+    decoding = spec.get("decoding", "greedy-1")
+    return results_dir(profile) / run_folder_name(run["model"], spec["benchmark"], decoding)
+
+
 def benchmark_runs(
-    profile: str, spec: dict, progress: bool = False, n_boot: int = 2000
+    profile: str,
+    spec: dict,
+    progress: bool = False,
+    n_boot: int = 2000,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Run (or reuse: runs are resumable and a complete one is only read) every run of
     the profile's ``benchmarks`` block; returns the per-question answers of all runs with
     ``model`` and ``published_as`` columns. Each run: ``model``, ``refine``,
     ``calibration`` (the profile's extraction job whose ``head_metrics`` rank the heads),
     ``published_as`` (a key of :data:`PUBLISHED`, or none), and optionally its own
-    ``top_k``, ``layers``, ``percentile``."""
-    from vgutils.jobs import find_job, job_dir
+    ``top_k``, ``layers``, ``percentile`` and ``device_map: auto`` (a model larger than
+    one GPU). ``shard``: ``(rank, world)`` under a launcher: this process answers its
+    share of each run (the answers returned are then partial until the last rank
+    merges). A folder left by other options or an older version of the code is
+    recomputed (unless ranks are writing it)."""
+    from vgutils.jobs import device_for, device_map_of, find_job, job_dir
     from vgutils.mc_eval import MCOptions, run_mc
-    from vgutils.paths import results_dir
-    from vgutils.results import RunMismatch
 
     frames = []
     for run in spec["runs"]:
@@ -87,17 +101,11 @@ def benchmark_runs(
             percentile=run.get("percentile", spec.get("percentile", 80)),
             limit=spec.get("limit"),
         )
-        folder = results_dir(profile) / run_folder_name(
-            run["model"], spec["benchmark"], options.decoding
-        )
-        arguments = dict(device=spec.get("device", "auto"), n_boot=n_boot, progress=progress)
-        try:
-            answers, _, _ = run_mc(options, folder, **arguments)
-        except RunMismatch:  # generated results of an older setup: recompute
-            import shutil
-
-            shutil.rmtree(folder)
-            answers, _, _ = run_mc(options, folder, **arguments)
+        folder = run_folder(profile, spec, run)
+        device = device_for(spec, device_map_of(run, f"benchmarks.runs[{len(frames)}]"))
+        arguments = dict(device=device, n_boot=n_boot, progress=progress, shard=shard)
+        # generated results of an older setup are recomputed (replace_stale)
+        answers, _, _ = run_mc(options, folder, **arguments, replace_stale=True)
         frames.append(answers.assign(published_as=run.get("published_as")))
     return pd.concat(frames, ignore_index=True)
 

@@ -34,7 +34,7 @@ from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
 from vgutils.models.vlm import STRATEGIES, PromptTooLong
-from vgutils.results import RunStore, images_digest
+from vgutils.results import RunStore, images_digest, split_work
 from vgutils.scoring import head_scores, layer_maps, layer_scores
 
 log = logging.getLogger("vgutils.runner")
@@ -50,7 +50,6 @@ class ExtractOptions:
     image_root: str | None = None
     bbox_format: str | None = None
     limit: int | None = None
-    shard: tuple[int, int] | None = None  # (index, count)
     heads: bool = False
     save_maps: bool = False
     dtype: str = "auto"
@@ -90,12 +89,9 @@ class RunSummary:
     skipped: int
     seconds: float
     computed: int  # samples computed in this call (0 when everything was already done)
-
-
-def shard_from_env() -> tuple[int, int] | None:
-    """``(rank, world size)`` under torchrun / accelerate launch, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    complete: bool = True  # False: this rank's share is done, other ranks' samples missing
+    missing: int = 0  # samples no process has finished yet (when not complete)
+    replaced: str | None = None  # why a stale run in the folder was replaced, if one was
 
 
 def group_by_image(samples: list[Sample]) -> list[list[tuple[int, Sample]]]:
@@ -227,10 +223,17 @@ def extract(
     prefix_sharing: bool = True,
     progress: bool = True,
     retry_errors: bool = False,
+    shard: tuple[int, int] | None = None,
+    replace_stale: bool = False,
 ) -> RunSummary:
     """Run (or resume) one extraction into ``out`` and return its summary. Every check
     that needs no model (arguments, data, the run folder's lock and identity) is done
     before the model loads. ``retry_errors``: compute previously skipped samples again.
+    ``shard``: ``(rank, world)``: this process computes the images of rank ``rank`` of
+    ``world`` (:func:`vgutils.results.split_work`) that are not done yet, into the same
+    folder as the other ranks; whichever finds every sample done merges the run (the
+    summary says ``complete``). ``replace_stale``: a folder holding a run of other
+    options, model, data or code that nobody writes is started afresh.
 
     Speed settings (the results do not depend on them): ``batch_size`` question suffixes
     run at once; ``image_batch`` images of equal prefix share one prefix forward;
@@ -245,10 +248,6 @@ def extract(
     )
     out = Path(out)
     options = resolve_options(options)
-    shard = options.shard or shard_from_env()
-    if shard is not None:
-        options = ExtractOptions(**{**asdict(options), "shard": shard})
-        out = out / f"shard-{shard[0]}-of-{shard[1]}"
     from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
 
@@ -266,15 +265,14 @@ def extract(
     if options.limit is not None:
         samples = samples[: options.limit]
     groups = group_by_image(samples)
-    if shard is not None:
-        groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
+    bad_keys = [f"row:{problem.file}:{problem.line}" for problem in bad_rows]
 
-    with RunStore(out) as store:
+    with RunStore(out, shard=shard) as store:
         store.lock()  # a read-only or busy --out fails here, before any hashing or loading
-        images = image_hashes([s for g in groups for _, s in g])
+        images = image_hashes(samples)
         changed = pinned_changes(images, dataset.root)  # edited since the rows were read
         images = {name: digest for name, digest in images.items() if name not in changed}
-        changed_samples = [s for g in groups for _, s in g if str(s.image_path) in changed]
+        changed_samples = [s for s in samples if str(s.image_path) in changed]
         groups = [g for g in groups if str(g[0][1].image_path) not in changed]
         identity = {
             **model_identity(options.model, options.revision),
@@ -289,20 +287,26 @@ def extract(
             package_versions(),
             images=images,
             retry_errors=retry_errors,
+            keys=[s.id for s in samples] + bad_keys,
+            plan={"samples": len(samples), "bad_rows": len(bad_rows)},
+            replace_stale=replace_stale,
         )
         if run["status"] == "complete":
             counts = run["counts"]
-            return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
+            return RunSummary(
+                out, counts["done"], counts["skipped"], 0.0, 0, replaced=store.replaced
+            )
         done = store.done_ids()  # reads every part: a corrupt one fails before the model
-        for problem in bad_rows:
-            key = f"row:{problem.file}:{problem.line}"
-            if key not in done:
-                store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
-        for sample in changed_samples:
-            if sample.id not in done:
-                reason = changed[str(sample.image_path)]
-                store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
-        todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
+        if shard is None or shard[0] == 0:  # the bad rows and changed images: rank 0 logs
+            for problem, key in zip(bad_rows, bad_keys, strict=True):
+                if key not in done:
+                    store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+            for sample in changed_samples:
+                if sample.id not in done:
+                    reason = changed[str(sample.image_path)]
+                    store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
+        mine = split_work([images[str(g[0][1].image_path)] for g in groups], shard)
+        todo = [[(o, s) for o, s in groups[i] if s.id not in done] for i in mine]
         todo = [g for g in todo if g]
         vlm = None
         if todo:  # a resume that only has to finalize loads no model
@@ -356,22 +360,22 @@ def extract(
                 computed += len(prepared_group.group) - skipped
                 bar.update(len(prepared_group.group))
         bar.close()
-        skipped_total = len(store.errors())
-        done_total = len(store.done_ids()) - skipped_total
-        counts = {
-            "samples": len(samples),
-            "done": done_total,
-            "skipped": skipped_total,
-            "bad_rows": len(bad_rows),
-        }
-        store.finalize(run, counts)
+        complete = store.complete(run)  # merged here if every sample is done
+        if complete:
+            done_total, skipped_total = run["counts"]["done"], run["counts"]["skipped"]
+            missing = 0
+        else:
+            skipped_total = len(store.errors())
+            done_total = len(store.done_ids()) - skipped_total
+            missing = len(store.missing() or ())
     seconds = time.perf_counter() - start
-    return RunSummary(out, done_total, skipped_total, seconds, computed)
+    return RunSummary(
+        out, done_total, skipped_total, seconds, computed, complete, missing, store.replaced
+    )
 
 
 def _options_record(options: ExtractOptions, dataset) -> dict:
     record = asdict(options)
-    record["shard"] = list(options.shard) if options.shard else None
     record["image_root"] = str(dataset.image_root)
     return record
 

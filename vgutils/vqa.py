@@ -25,7 +25,14 @@ from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
 from vgutils.errors import DataError, UsageError
 from vgutils.models.vlm import too_long
-from vgutils.results import RunStore, images_digest, load_metrics
+from vgutils.results import (
+    RunStore,
+    images_digest,
+    load_metrics,
+    partial_answers,
+    require_complete,
+    split_work,
+)
 from vgutils.runner import (
     code_fingerprint,
     group_by_image,
@@ -129,6 +136,7 @@ def heads_and_layers(options: VQAOptions, num_layers: int, verbose: bool = True)
 
     if not options.heads_from:
         raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
+    require_complete(options.heads_from)  # a calibration still being written ranks others
     head_metrics = load_metrics(options.heads_from, "head_metrics")
     heads = rank_heads(head_metrics, top_k=options.top_k or 20)
     if options.layers == "best":
@@ -183,9 +191,19 @@ def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
+def run_vqa(
+    options: VQAOptions,
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
-    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
+    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable. ``shard``:
+    ``(rank, world)``: answer only rank ``rank``'s images (:func:`vgutils.results.
+    split_work`); whichever rank finds every question answered merges the run. Returns
+    ``(answers, table, seconds)``; ``table`` is None (and the answers partial) while
+    other ranks' questions are missing."""
     from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
     from vgutils.refine import answer
@@ -206,7 +224,7 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     )
     samples, _ = read_dataset(dataset, thorough=False)
     samples = [s for s in samples if s.answer is not None][: options.limit]
-    store = RunStore(Path(out), main_kind="answers")
+    store = RunStore(Path(out), main_kind="answers", shard=shard)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
     images = image_hashes(samples)
     changed = pinned_changes(images, dataset.root)  # edited since the rows were read
@@ -218,9 +236,18 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         "images_sha256": images_digest(images),
         "code_sha256": code_fingerprint(),
     }
-    run = store.open(record, identity, package_versions(), images=images)
+    run = store.open(
+        record,
+        identity,
+        package_versions(),
+        images=images,
+        keys=[s.id for s in samples],
+        plan={"samples": len(samples)},
+    )
     done = store.done_ids()
-    todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
+    groups = group_by_image(samples)
+    mine = split_work([images[str(g[0][1].image_path)] for g in groups], shard)
+    todo = [[(o, s) for o, s in groups[i] if s.id not in done] for i in mine]
     todo = [g for g in todo if g]
     if todo:
         vlm = load_model(
@@ -295,11 +322,11 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         if rows:
             store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
-    answers = load_metrics(store.folder, "answers")
-    if run["status"] != "complete":
-        skipped = len(store.errors())
-        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": skipped})
+    complete = run["status"] == "complete" or store.complete(run)
     store.close()
+    if not complete:  # other ranks' questions are missing: the merging rank writes the table
+        return partial_answers(store.folder), None, time.perf_counter() - started
+    answers = load_metrics(store.folder, "answers")
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
     (store.folder / "accuracy.json").write_text(json.dumps(records, indent=2, default=float))

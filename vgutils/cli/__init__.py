@@ -38,8 +38,11 @@ COMMANDS: dict[str, Command] = {
         "vgutils.cli.convert",
         "original-format LLaVA (HuatuoGPT-Vision-7B, LLaVA-Med) -> transformers",
     ),
-    "jobs": Command("vgutils.cli.jobs", "run a profile's extraction jobs (cached)"),
-    "merge": Command("vgutils.cli.merge", "combine shard runs"),
+    "jobs": Command(
+        "vgutils.cli.jobs",
+        "run a profile's extraction jobs and benchmark runs (cached; under any launcher)",
+    ),
+    "merge": Command("vgutils.cli.merge", "merge a run its processes left unmerged"),
     "data": Command("vgutils.cli.data", "manifest, hashes and the sample sets"),
 }
 

@@ -17,6 +17,7 @@ from vgutils.data.manifest import (
 )
 from vgutils.data.rows import FormatRule, Problem, Sample, read_rows
 from vgutils.errors import DataError, UsageError, choices_hint
+from vgutils.locks import build_lock
 
 log = logging.getLogger("vgutils.data")
 
@@ -50,7 +51,9 @@ def resolve_dataset(
         entry = manifest[name]
         base = data_root(root)
         if not (base / entry.file).exists():
-            _build_on_demand(name, base)
+            with build_lock():  # one process builds it; the others wait, then find it
+                if not (base / entry.file).exists():
+                    _build_on_demand(name, base)
         jsonl = fetch(entry.file, base)
 
         def rule(row: dict, entry=entry) -> str:
