@@ -100,7 +100,7 @@ def use_profile(profile: str) -> dict:
 SECTIONS = ("layer_maps", "curves", "strategies", "refine", "sensitivity", "teach", "benchmarks")
 """The figures' settings (mappings read by the notebooks)."""
 JOB_KEYS = ("models", "datasets", "strategies", "save_maps", "heads", "limit", "protocol")
-JOB_KEYS += ("box_mapping", "processor")
+JOB_KEYS += ("box_mapping", "processor", "device_map")
 
 
 def check_settings(settings: dict, path: Path) -> None:
