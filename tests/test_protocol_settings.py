@@ -214,7 +214,7 @@ def overhanging(tmp_path):
 
 def test_box_overhanging_5_px_is_clamped_under_authors_and_dropped_under_corrected(overhanging):
     kept, problems = read_rows(
-        overhanging, overhanging.parent, lambda row: None, None, None, "clamp"
+        overhanging, overhanging.parent, lambda row: None, box_overhang="clamp"
     )
     assert len(kept) == 2 and all(p.severity == "warning" for p in problems)
     np.testing.assert_array_equal(kept[0].boxes, [[50, 10, 60, 30]])  # clamped to 60 px

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,9 +49,16 @@ from vgutils.benchmarks import (
     problem_counts,
 )
 from vgutils.data.manifest import sha256
+from vgutils.models.vlm import too_long
 from vgutils.protocols import DECODINGS as _DECODINGS
 from vgutils.refine import RefineSettings
-from vgutils.results import RunStore, load_metrics
+from vgutils.results import (
+    RunStore,
+    atomic_write_bytes,
+    load_metrics,
+    partial_answers,
+    split_work,
+)
 from vgutils.runner import code_fingerprint, package_versions
 
 DECODINGS = _DECODINGS
@@ -60,6 +69,8 @@ evaluation; the reference seeds once for the whole run, so its samples depend on
 order and the number of processes; here the generator is seeded with ``seed + record
 index`` before each answer, so a resumed or sharded run samples the same."""
 ANSWERS = ("baseline", "refined")
+
+log = logging.getLogger("vgutils.mc_eval")
 
 
 @dataclass(frozen=True)
@@ -130,9 +141,12 @@ def resolve_benchmark(name_or_path: str, root: str | Path | None = None) -> Path
         entry = benchmarks[name_or_path]
         base = data_root(root)
         if not (base / entry.file).exists() and name_or_path == "teach-mc":
+            from vgutils.locks import build_lock
             from vgutils.teach.datasets import build_teach_mc
 
-            build_teach_mc(base)
+            with build_lock():  # one process builds it; the others wait, then find it
+                if not (base / entry.file).exists():
+                    build_teach_mc(base)
         return verify_file(entry.file, base)
     path = benchmark_file(name_or_path)
     if not path.exists():
@@ -216,9 +230,16 @@ def run_mc(
     data_root: str | Path | None = None,
     n_boot: int = 2000,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    replace_stale: bool = False,
 ):
     """Answer every kept question of the benchmark into ``out`` (resumable); returns
-    ``(answers, table, seconds)``."""
+    ``(answers, table, seconds)``. ``shard``: ``(rank, world)``: answer only rank
+    ``rank``'s images (:func:`vgutils.results.split_work`, keyed by the image's path in
+    the benchmark folder); whichever rank finds every question answered merges the run,
+    and ``table`` is None (the answers partial) while others' questions are missing.
+    ``replace_stale``: a folder holding a run of other options, data or code that nobody
+    writes is started afresh."""
     from vgutils.data import load_image
     from vgutils.errors import UsageError
     from vgutils.models.loading import load_model
@@ -237,19 +258,33 @@ def run_mc(
         subsets=list(options.subsets) if options.subsets else None,
     )
     records = records[: options.limit]
-    store = RunStore(Path(out), main_kind="answers")
+    store = RunStore(Path(out), main_kind="answers", shard=shard)
     identity = {
         "benchmark_sha256": sha256(path),
         "code_sha256": _mc_code_fingerprint(),
         **_model_identity(options.model),
     }
-    run = store.open(options_record(options), identity, package_versions())
-    store.folder.joinpath("problems.txt").write_text("".join(f"{p}\n" for p in problems))
+    run = store.open(
+        options_record(options),
+        identity,
+        package_versions(),
+        keys=[item.id for item in records],
+        plan={"questions": len(records)},
+        replace_stale=replace_stale,
+    )
+    text = "".join(f"{p}\n" for p in problems)
+    atomic_write_bytes(store.folder / "problems.txt", text.encode())  # every rank: the same
     done = store.done_ids()
-    groups: OrderedDict[Path, list[MCRecord]] = OrderedDict()
+    by_image: OrderedDict[Path, list[MCRecord]] = OrderedDict()
     for item in records:
-        if item.id not in done:
-            groups.setdefault(item.images[0], []).append(item)
+        by_image.setdefault(item.images[0], []).append(item)
+    images = list(by_image)
+    keys = [os.path.relpath(image, path.parent) for image in images]
+    groups: OrderedDict[Path, list[MCRecord]] = OrderedDict()
+    for index in split_work(keys, shard):
+        todo = [item for item in by_image[images[index]] if item.id not in done]
+        if todo:
+            groups[images[index]] = todo
     if groups:
         vlm = load_model(
             options.model,
@@ -283,6 +318,12 @@ def run_mc(
         rows = []
         for item in group:
             text = mc_prompt_text(item.question, item.options)
+            reason = too_long(vlm.prepare_text, image, text)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", item.id, image_path, reason)
+                store.add_error(item.id, str(image_path), reason)
+                bar.update(1)
+                continue
             row = {
                 "sample_id": item.id,
                 "order": item.index,
@@ -329,15 +370,14 @@ def run_mc(
             _scored(row, "baseline", baseline, item)
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
-    answers = load_metrics(store.folder, "answers")
-    if run["status"] != "complete":
-        errors = store.errors()
-        store.finalize(
-            run, {"questions": len(records), "done": len(answers), "skipped": len(errors)}
-        )
+    complete = run["status"] == "complete" or store.complete(run)
     store.close()  # the run folder's lock is released here
+    if not complete:  # other ranks' questions are missing: the merging rank writes the table
+        return partial_answers(store.folder), None, time.perf_counter() - started
+    answers = load_metrics(store.folder, "answers")
     table = mc_table(answers, n_boot=n_boot)
     summary = {
         "model": options.model,

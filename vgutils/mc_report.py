@@ -118,8 +118,19 @@ def benchmark_folder(profile: str, spec: dict, run: dict) -> str:
     )
 
 
+def run_folder(profile: str, spec: dict, run: dict) -> Path:
+    """The results folder of one run of the profile's ``benchmarks`` block."""
+    from vgutils.paths import results_dir
+
+    return results_dir(profile) / benchmark_folder(profile, spec, run)
+
+
 def benchmark_runs(
-    profile: str, spec: dict, progress: bool = False, n_boot: int = 2000
+    profile: str,
+    spec: dict,
+    progress: bool = False,
+    n_boot: int = 2000,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Run (or reuse: runs are resumable and a complete one is only read) every run of
     the profile's ``benchmarks`` block (:func:`benchmark_options`: the profile's protocol
@@ -128,26 +139,24 @@ def benchmark_runs(
     columns. Each run: ``model``, ``refine``, ``heads`` + ``layers`` (given) or
     ``calibration`` (the profile's extraction job whose ``head_metrics`` rank the heads),
     ``published_as`` (a key of :data:`PUBLISHED`, or none), ``label``, and optionally its
-    own ``protocol``, ``top_k``, ``layers``, ``percentile``, ``decoding``."""
-    from vgutils.jobs import load_profile
+    own ``protocol``, ``top_k``, ``layers``, ``percentile``, ``decoding`` and
+    ``device_map: auto`` (a model larger than one GPU). ``shard``: ``(rank, world)`` under
+    a launcher: this process answers its share of each run (the answers returned are then
+    partial until the last rank merges). A folder left by other options or an older
+    version of the code is recomputed (unless ranks are writing it)."""
+    from vgutils.jobs import device_for, device_map_of, load_profile
     from vgutils.mc_eval import resolve_mc_options, run_mc
-    from vgutils.paths import results_dir
-    from vgutils.results import RunMismatch
 
     profile_protocol = load_profile(profile).get("protocol", "corrected")
     frames = []
     for run in spec["runs"]:
         options = resolve_mc_options(benchmark_options(profile, spec, run))
         heads = options.refine.heads_source if options.refine is not None else None
-        folder = results_dir(profile) / benchmark_folder(profile, spec, run)
-        arguments = dict(device=spec.get("device", "auto"), n_boot=n_boot, progress=progress)
-        try:
-            answers, _, _ = run_mc(options, folder, **arguments)
-        except RunMismatch:  # generated results of an older setup: recompute
-            import shutil
-
-            shutil.rmtree(folder)
-            answers, _, _ = run_mc(options, folder, **arguments)
+        folder = run_folder(profile, spec, run)
+        device = device_for(spec, device_map_of(run, f"benchmarks.runs[{len(frames)}]"))
+        arguments = dict(device=device, n_boot=n_boot, progress=progress, shard=shard)
+        # generated results of an older setup are recomputed (replace_stale)
+        answers, _, _ = run_mc(options, folder, **arguments, replace_stale=True)
         frames.append(
             answers.assign(
                 row=run_label(run, options.protocol, profile_protocol),

@@ -257,9 +257,12 @@ def model_family(model: str, revision: str | None = None, trust_remote_code: boo
     original = original_config(source, revision)
     if original is not None:  # transformers cannot read it before the conversion
         return original["model_type"]
-    config = AutoConfig.from_pretrained(
-        source, revision=revision, trust_remote_code=trust_remote_code
-    )
+    from vgutils.models.errors import model_errors
+
+    with model_errors(model, source, revision):
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
     try:
         return family_of(config).name
     except ValueError:  # e.g. an original-format checkpoint before its conversion

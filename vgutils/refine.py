@@ -299,8 +299,9 @@ class RefineSettings:
 
 
 def _head_metrics(run: str) -> pd.DataFrame:
-    from vgutils.results import load_metrics
+    from vgutils.results import load_metrics, require_complete
 
+    require_complete(run)  # a calibration still being written ranks others
     return load_metrics(run, "head_metrics")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import signal
 import sys
@@ -25,15 +26,18 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.context import current as current_context
 from vgutils.data import load_image, read_dataset, resolve_dataset
-from vgutils.data.images import image_size
+from vgutils.data.images import ImageChanged, image_size
 from vgutils.data.manifest import sha256
 from vgutils.data.rows import Sample
 from vgutils.errors import DataError
 from vgutils.loader import prefetch
 from vgutils.metrics import gt_mask
 from vgutils.models.prefix import batched_prefix_attention, shared_prefix_attention
-from vgutils.results import RunStore, images_digest
+from vgutils.models.vlm import STRATEGIES, PromptTooLong
+from vgutils.results import RunStore, images_digest, split_work
 from vgutils.scoring import head_scores, layer_maps, layer_scores
+
+log = logging.getLogger("vgutils.runner")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,6 @@ class ExtractOptions:
     image_root: str | None = None
     bbox_format: str | None = None
     limit: int | None = None
-    shard: tuple[int, int] | None = None  # (index, count)
     heads: bool = False
     save_maps: bool = False
     dtype: str = "auto"
@@ -91,12 +94,9 @@ class RunSummary:
     skipped: int
     seconds: float
     computed: int  # samples computed in this call (0 when everything was already done)
-
-
-def shard_from_env() -> tuple[int, int] | None:
-    """``(rank, world size)`` under torchrun / accelerate launch, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    complete: bool = True  # False: this rank's share is done, other ranks' samples missing
+    missing: int = 0  # samples no process has finished yet (when not complete)
+    replaced: str | None = None  # why a stale run in the folder was replaced, if one was
 
 
 def group_by_image(samples: list[Sample]) -> list[list[tuple[int, Sample]]]:
@@ -128,8 +128,11 @@ def model_identity(name: str, revision: str | None = None) -> dict:
         return {"model": name, "model_folder_sha256": folder_hash(folder)}
     from transformers.utils import cached_file
 
+    from vgutils.models.errors import model_errors
+
     # the Hub cache keeps each download under snapshots/<commit>/
-    config = Path(cached_file(source, "config.json", revision=revision))
+    with model_errors(name, source, revision):
+        config = Path(cached_file(source, "config.json", revision=revision))
     commit = config.parent.name if config.parent.parent.name == "snapshots" else None
     return {"model": name, "model_revision": commit or revision}
 
@@ -138,6 +141,25 @@ def image_hashes(samples: list[Sample]) -> dict[str, str]:
     """``{image path: sha256}`` of the images ``samples`` use (resolved paths, as the
     rows give them; the image root is part of the options anyway)."""
     return {str(path): sha256(path) for path in sorted({s.image_path for s in samples})}
+
+
+def pinned_changes(images: dict[str, str], root: Path | None) -> dict[str, str]:
+    """``{image: reason}`` for the images whose sha256 (as hashed for the run) differs from
+    the one the registry pins (an image edited after the rows were checked), naming the
+    file and both hashes."""
+    from vgutils.data.loaders import pinned_images
+    from vgutils.data.manifest import data_root
+
+    pinned = pinned_images(root if root is not None else data_root())
+    changed = {}
+    for name, digest in images.items():
+        expected = pinned.get(Path(name))
+        if expected is not None and expected != digest:
+            changed[name] = (
+                f"{name} does not match its pinned sha256 in the registry (pinned {expected}, "
+                f"now {digest}): it changed after `data pin`; restore it, or pin it again"
+            )
+    return changed
 
 
 def code_fingerprint() -> str:
@@ -213,15 +235,24 @@ def extract(
     prefix_sharing: bool = True,
     progress: bool = True,
     retry_errors: bool = False,
+    shard: tuple[int, int] | None = None,
+    replace_stale: bool = False,
 ) -> RunSummary:
     """Run (or resume) one extraction into ``out`` and return its summary. Every check
     that needs no model (arguments, data, the run folder's lock and identity) is done
     before the model loads. ``retry_errors``: compute previously skipped samples again.
+    ``shard``: ``(rank, world)``: this process computes the images of rank ``rank`` of
+    ``world`` (:func:`vgutils.results.split_work`) that are not done yet, into the same
+    folder as the other ranks; whichever finds every sample done merges the run (the
+    summary says ``complete``). ``replace_stale``: a folder holding a run of other
+    options, model, data or code that nobody writes is started afresh.
 
     Speed settings (the results do not depend on them): ``batch_size`` question suffixes
     run at once; ``image_batch`` images of equal prefix share one prefix forward;
     ``loader_threads`` background threads load and preprocess the next images while the
     model runs (default: :func:`default_loader_threads`)."""
+    checks.remote_code(options.trust_remote_code, options.revision)
+    checks.one_of(options.strategy, STRATEGIES, "--strategy")
     checks.positive_int(image_batch, "--image-batch")
     start = time.perf_counter()
     checks.run_settings(
@@ -229,10 +260,6 @@ def extract(
     )
     out = Path(out)
     options = resolve_options(options)
-    shard = options.shard or shard_from_env()
-    if shard is not None:
-        options = ExtractOptions(**{**asdict(options), "shard": shard})
-        out = out / f"shard-{shard[0]}-of-{shard[1]}"
     from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
 
@@ -240,7 +267,7 @@ def extract(
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, problems = read_dataset(dataset, options.box_overhang)
+    samples, problems = read_dataset(dataset, thorough=False, box_overhang=options.box_overhang)
     bad_rows = [p for p in problems if p.severity == "error"]
     if not samples:
         raise DataError(
@@ -250,12 +277,15 @@ def extract(
     if options.limit is not None:
         samples = samples[: options.limit]
     groups = group_by_image(samples)
-    if shard is not None:
-        groups = [g for i, g in enumerate(groups) if i % shard[1] == shard[0]]
+    bad_keys = [f"row:{problem.file}:{problem.line}" for problem in bad_rows]
 
-    with RunStore(out) as store:
+    with RunStore(out, shard=shard) as store:
         store.lock()  # a read-only or busy --out fails here, before any hashing or loading
-        images = image_hashes([s for g in groups for _, s in g])
+        images = image_hashes(samples)
+        changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+        images = {name: digest for name, digest in images.items() if name not in changed}
+        changed_samples = [s for s in samples if str(s.image_path) in changed]
+        groups = [g for g in groups if str(g[0][1].image_path) not in changed]
         identity = {
             **model_identity(options.model, options.revision),
             "dataset": dataset.name,
@@ -269,16 +299,26 @@ def extract(
             package_versions(),
             images=images,
             retry_errors=retry_errors,
+            keys=[s.id for s in samples] + bad_keys,
+            plan={"samples": len(samples), "bad_rows": len(bad_rows)},
+            replace_stale=replace_stale,
         )
         if run["status"] == "complete":
             counts = run["counts"]
-            return RunSummary(out, counts["done"], counts["skipped"], 0.0, computed=0)
+            return RunSummary(
+                out, counts["done"], counts["skipped"], 0.0, 0, replaced=store.replaced
+            )
         done = store.done_ids()  # reads every part: a corrupt one fails before the model
-        for problem in bad_rows:
-            key = f"row:{problem.file}:{problem.line}"
-            if key not in done:
-                store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
-        todo = [[(o, s) for o, s in g if s.id not in done] for g in groups]
+        if shard is None or shard[0] == 0:  # the bad rows and changed images: rank 0 logs
+            for problem, key in zip(bad_rows, bad_keys, strict=True):
+                if key not in done:
+                    store.add_error(key, f"{problem.file}:{problem.line}", str(problem))
+            for sample in changed_samples:
+                if sample.id not in done:
+                    reason = changed[str(sample.image_path)]
+                    store.add_error(sample.id, sample.source, reason, image=str(sample.image_path))
+        mine = split_work([images[str(g[0][1].image_path)] for g in groups], shard)
+        todo = [[(o, s) for o, s in groups[i] if s.id not in done] for i in mine]
         todo = [g for g in todo if g]
         vlm = None
         if todo:  # a resume that only has to finalize loads no model
@@ -316,7 +356,7 @@ def extract(
             threads = default_loader_threads(vlm) if vlm is not None else 0
         ready = prefetch(
             todo,
-            lambda g: prepare_group(vlm, g, options.box_mapping, options.image_mode),
+            lambda g: prepare_group(vlm, g, options.box_mapping, options.image_mode, images),
             threads,
             ahead=2 * image_batch,
         )
@@ -334,22 +374,22 @@ def extract(
                 computed += len(prepared_group.group) - skipped
                 bar.update(len(prepared_group.group))
         bar.close()
-        skipped_total = len(store.errors())
-        done_total = len(store.done_ids()) - skipped_total
-        counts = {
-            "samples": len(samples),
-            "done": done_total,
-            "skipped": skipped_total,
-            "bad_rows": len(bad_rows),
-        }
-        store.finalize(run, counts)
+        complete = store.complete(run)  # merged here if every sample is done
+        if complete:
+            done_total, skipped_total = run["counts"]["done"], run["counts"]["skipped"]
+            missing = 0
+        else:
+            skipped_total = len(store.errors())
+            done_total = len(store.done_ids()) - skipped_total
+            missing = len(store.missing() or ())
     seconds = time.perf_counter() - start
-    return RunSummary(out, done_total, skipped_total, seconds, computed)
+    return RunSummary(
+        out, done_total, skipped_total, seconds, computed, complete, missing, store.replaced
+    )
 
 
 def _options_record(options: ExtractOptions, dataset) -> dict:
     record = asdict(options)
-    record["shard"] = list(options.shard) if options.shard else None
     record["image_root"] = str(dataset.image_root)
     return record
 
@@ -387,13 +427,21 @@ class PreparedGroup:
 
 
 def prepare_group(
-    vlm, group, box_mapping: str = "processor", image_mode: str = "composite"
+    vlm,
+    group,
+    box_mapping: str = "processor",
+    image_mode: str = "composite",
+    hashes: dict[str, str] | None = None,
 ) -> PreparedGroup:
     """Load the image (converted by ``image_mode``, :func:`vgutils.data.images.to_rgb`)
     and prepare every prompt about it (the image is processed once); ``box_mapping`` as
-    in :meth:`VisionLanguageModel.prepare`."""
+    in :meth:`VisionLanguageModel.prepare`. ``hashes``: ``{image: sha256}`` recorded for
+    the run; an image whose bytes differ now is skipped."""
+    path = group[0][1].image_path
     try:
-        image = load_image(group[0][1].image_path, image_mode)
+        image = load_image(path, image_mode, expected_sha256=(hashes or {}).get(str(path)))
+    except ImageChanged as err:  # edited during the run: never computed on
+        return PreparedGroup(group, [], [], None, [(s, str(err)) for _, s in group])
     except Exception as err:  # an unreadable image skips its questions, never the run
         return PreparedGroup(
             group, [], [], None, [(s, f"image unreadable: {err}") for _, s in group]
@@ -403,9 +451,19 @@ def prepare_group(
         try:
             prompts.append(vlm.prepare(image, sample.question, box_mapping))
             kept.append((order, sample))
+        except PromptTooLong as err:  # never run past the model's context
+            log.warning("%s: skipped (%s): %s", sample.id, sample.source, err)
+            skipped.append((sample, f"question too long: {err}"))
         except Exception as err:
             skipped.append((sample, f"prompt preparation failed: {err}"))
-    generic = vlm.prepare_generic(image, box_mapping) if kept else None
+    generic = None
+    if kept:
+        try:
+            generic = vlm.prepare_generic(image, box_mapping)
+        except PromptTooLong as err:  # the image alone fills the context
+            log.warning("%s: skipped (%s): generic prompt: %s", path.name, path, err)
+            skipped += [(s, f"generic prompt too long: {err}") for _, s in kept]
+            kept, prompts = [], []
     return PreparedGroup(group, kept, prompts, generic, skipped)
 
 

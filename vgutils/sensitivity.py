@@ -396,7 +396,7 @@ def _effect(base: dict, measure: str, value, n: int) -> dict:
 def _samples(dataset: str, limit: int | None, box_overhang: str = "drop"):
     from vgutils.data import read_dataset, resolve_dataset
 
-    samples, _ = read_dataset(resolve_dataset(dataset), box_overhang)
+    samples, _ = read_dataset(resolve_dataset(dataset), box_overhang=box_overhang)
     return samples[:limit]
 
 

@@ -9,6 +9,7 @@ found in the prediction).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 import time
@@ -22,16 +23,26 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
-from vgutils.errors import UsageError
+from vgutils.errors import DataError, UsageError
+from vgutils.models.vlm import too_long
 from vgutils.refine import RefineSettings
-from vgutils.results import RunStore, images_digest, load_metrics
+from vgutils.results import (
+    RunStore,
+    images_digest,
+    load_metrics,
+    partial_answers,
+    split_work,
+)
 from vgutils.runner import (
     code_fingerprint,
     group_by_image,
     image_hashes,
     model_identity,
     package_versions,
+    pinned_changes,
 )
+
+log = logging.getLogger("vgutils.vqa")
 
 CLOSED = {"yes", "no"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -152,9 +163,19 @@ def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
+def run_vqa(
+    options: VQAOptions,
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
-    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
+    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable. ``shard``:
+    ``(rank, world)``: answer only rank ``rank``'s images (:func:`vgutils.results.
+    split_work`); whichever rank finds every question answered merges the run. Returns
+    ``(answers, table, seconds)``; ``table`` is None (and the answers partial) while
+    other ranks' questions are missing."""
     from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
     from vgutils.protocols import DECODINGS
@@ -172,19 +193,31 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, _ = read_dataset(dataset, options.box_overhang)
+    samples, _ = read_dataset(dataset, thorough=False, box_overhang=options.box_overhang)
     samples = [s for s in samples if s.answer is not None][: options.limit]
-    store = RunStore(Path(out), main_kind="answers")
+    store = RunStore(Path(out), main_kind="answers", shard=shard)
     images = image_hashes(samples)
+    changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+    if changed:
+        raise DataError(next(iter(changed.values())))
     identity = {
         **model_identity(options.model),
         "dataset_sha256": sha256(dataset.jsonl),
         "images_sha256": images_digest(images),
         "code_sha256": code_fingerprint(),
     }
-    run = store.open(options_record(options), identity, package_versions(), images=images)
+    run = store.open(
+        options_record(options),
+        identity,
+        package_versions(),
+        images=images,
+        keys=[s.id for s in samples],
+        plan={"samples": len(samples)},
+    )
     done = store.done_ids()
-    todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
+    groups = group_by_image(samples)
+    mine = split_work([images[str(g[0][1].image_path)] for g in groups], shard)
+    todo = [[(o, s) for o, s in groups[i] if s.id not in done] for i in mine]
     todo = [g for g in todo if g]
     generation = DECODINGS[options.decoding]
     if todo:
@@ -205,12 +238,19 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
     )
     for group in todo:
-        image = load_image(group[0][1].image_path, options.image_mode)
+        path = group[0][1].image_path
+        image = load_image(path, options.image_mode, expected_sha256=images.get(str(path)))
         generic = (  # once per image, shared by all of its questions
             vlm.attention(vlm.prepare_generic(image), "last") if refine is not None else None
         )
         rows = []
         for order, sample in group:
+            reason = too_long(vlm.prepare, image, sample.question)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", sample.id, sample.source, reason)
+                store.add_error(sample.id, sample.source, reason, image=str(path))
+                bar.update(1)
+                continue
             row = {
                 "sample_id": sample.id,
                 "order": order,
@@ -249,12 +289,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     row[f"{which}_recall"] = scores["recall"]
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
-    answers = load_metrics(store.folder, "answers")
-    if run["status"] != "complete":
-        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+    complete = run["status"] == "complete" or store.complete(run)
     store.close()
+    if not complete:  # other ranks' questions are missing: the merging rank writes the table
+        return partial_answers(store.folder), None, time.perf_counter() - started
+    answers = load_metrics(store.folder, "answers")
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
     (store.folder / "accuracy.json").write_text(json.dumps(records, indent=2, default=float))

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         bbox_format=args.bbox_format,
         root=args.data_root,
     )
-    samples, problems = read_dataset(dataset, args.box_overhang)
+    samples, problems = read_dataset(dataset, box_overhang=args.box_overhang)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)

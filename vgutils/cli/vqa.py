@@ -12,6 +12,7 @@ from vgutils.cli.options import (
     _processor_kwargs,
     _protocol_settings,
     _refine_settings,
+    _shard,
     add_data_root,
     add_dataset_layout,
     add_device_dtype,
@@ -43,6 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "T 0.2, repetition penalty 1.2, <= 256 tokens). Default: the protocol's for the "
         "model's family, else greedy (free text) / greedy-1 (--benchmark)",
     )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        help="I/N: answer process I's share of the images (default: the launcher's)",
+    )
     group = parser.add_argument_group("multiple-choice benchmarks (instead of --dataset)")
     group.add_argument(
         "--benchmark", help="manifest benchmark (medical-mc, teach-mc) or its json / folder"
@@ -57,8 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from vgutils import launch
+
+    started = launch.start(launch.detect(shard=args.shard))
     if args.benchmark:
-        return _run_benchmark(args)
+        return _run_benchmark(args, started)
     if not args.dataset:
         raise UsageError("vqa needs --dataset (free-text VQA) or --benchmark (multiple choice)")
     from vgutils.vqa import VQAOptions, run_vqa
@@ -77,13 +86,23 @@ def run(args: argparse.Namespace) -> int:
         decoding=args.decoding,
         **_protocol_settings(args),
     )
-    _, table, seconds = run_vqa(options, args.out, device=args.device)
+    answers, table, seconds = run_vqa(options, args.out, device=args.device, shard=started.shard)
+    if table is None:
+        return _partial(args.out, started, len(answers), seconds)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{args.out}: answers.parquet, accuracy.json ({seconds:.1f} s)")
     return 0
 
 
-def _run_benchmark(args: argparse.Namespace) -> int:
+def _partial(out, started, answered: int, seconds: float) -> int:
+    print(
+        f"{out}: {started.describe()}: done ({answered} answers so far, {seconds:.1f} s); "
+        "the last process to finish merges the run and writes accuracy.json"
+    )
+    return 0
+
+
+def _run_benchmark(args: argparse.Namespace, started) -> int:
     """``vqa --benchmark``: the multiple-choice benchmarks (:mod:`vgutils.mc_eval`)."""
     from vgutils.mc_eval import MCOptions, run_mc
 
@@ -106,9 +125,16 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         processor_kwargs=_processor_kwargs(args),
         **settings,
     )
-    _, table, seconds = run_mc(
-        options, args.out, device=args.device, data_root=args.data_root, n_boot=args.n_boot
+    answers, table, seconds = run_mc(
+        options,
+        args.out,
+        device=args.device,
+        data_root=args.data_root,
+        n_boot=args.n_boot,
+        shard=started.shard,
     )
+    if table is None:
+        return _partial(args.out, started, len(answers), seconds)
     shown = [c for c in table.columns if not c.endswith(("_low", "_high", "_correct"))]
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{args.out}: answers.parquet, accuracy.json ({seconds:.1f} s)")

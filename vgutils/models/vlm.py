@@ -63,6 +63,20 @@ def to_device(inputs, device: torch.device):
     return inputs
 
 
+class PromptTooLong(ValueError):
+    """A prompt with more tokens than the model's context (its position embeddings)."""
+
+
+def too_long(prepare, *args) -> str | None:
+    """``None`` if the prompt ``prepare(*args)`` makes fits the model's context, else the
+    reason to skip the question (:class:`PromptTooLong`'s message)."""
+    try:
+        prepare(*args)
+    except PromptTooLong as err:
+        return f"question too long: {err}"
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class Prepared:
     """A prompt ready for the model.
@@ -103,6 +117,10 @@ class VisionLanguageModel:
         text_config = model.config.get_text_config()
         self.num_layers = int(text_config.num_hidden_layers)
         self.num_heads = int(text_config.num_attention_heads)
+        context = getattr(text_config, "max_position_embeddings", None)
+        self.context_length = int(context) if context else None
+        """Positions the language model has (``max_position_embeddings``); a longer prompt
+        is refused (:class:`PromptTooLong`), never run past what the model was built for."""
         self.image_token_id = int(adapter.image_token_id(model))
         # an image's prompts share one run of the image processor (see preprocess.py)
         self.image_cache = install_image_cache(processor)
@@ -188,6 +206,11 @@ class VisionLanguageModel:
         inputs = self.processor(images=[shown], text=[prompt], return_tensors="pt")
         ids = inputs["input_ids"][0].numpy()
         image_positions = np.flatnonzero(ids == self.image_token_id)
+        if self.context_length and len(ids) > self.context_length:
+            raise PromptTooLong(
+                f"prompt of {len(ids)} tokens ({len(image_positions)} of them the image's) "
+                f"exceeds the model's context of {self.context_length} tokens"
+            )
         layout = self.adapter.layout(self.processor, shown.size, inputs)
         if shown.size != image.size:  # pre-resized: back to the original's pixels
             layout = rescaled_layout(layout, image.size)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from vgutils import context, paths
 from vgutils.errors import DataError, UsageError, choices_hint
+from vgutils.locks import build_lock
 from vgutils.models.sources import register_source, unregister_source
 
 SUFFIXES = {"-rehearsal-full": "full", "-rehearsal": "small"}
@@ -129,7 +130,8 @@ def activate(scale: str) -> Path:
             f"rehearsal data root {root} is the data root itself; point $VGUTILS_DATA or "
             "$VGUTILS_CACHE elsewhere (the synthetic files would overwrite real ones)"
         )
-    build_rehearsal_data(root)
+    with build_lock():  # the ranks of a launcher: one builds, the others find it built
+        build_rehearsal_data(root)
     for name in LINKED:
         target, link = (outer.data_root / name).resolve(), root / name
         if link.is_symlink() and link.resolve() != target:
