@@ -273,8 +273,8 @@ def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links
     assert not (tmp_path / "embedded" / "teach").exists()  # nothing made in the real root
     assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
     child = (  # a child process gets the context; the CLI turns the stand-ins on there
-        "from vgutils import context; from vgutils.cli import _resume_plugins; "
-        "from vgutils.models.sources import source_names; _resume_plugins(); "
+        "from vgutils import context; from vgutils.cli import _load_plugins; "
+        "from vgutils.models.sources import source_names; _load_plugins(); "
         "print(context.current().data_root, 'rehearsal' in source_names())"
     )
     inherited = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
