@@ -24,7 +24,7 @@ RESULTS_STAMP := results/$(RUN)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-ui lint format data figures lab bench bench-full clean
+.PHONY: help setup test test-ui lint format data figures lab bench bench-full gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -91,6 +91,9 @@ bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner
 bench-full: $(STAMP) $(SAMPLES) ## the long benchmark: more questions, memory scaling, every family
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
 	$(PY) benchmarks/forward_capture.py --device $(DEVICE)
+
+gpu-check: $(STAMP) $(SAMPLES) ## one H200, <= 8 min, < 60 GB: bench, full-size rehearsal of 2 models, 2-process torchrun, the table
+	$(PY) benchmarks/gpu_check.py
 
 clean: ## remove generated build/ and figures/ (keeps .venv, data/, results/)
 	rm -rf build figures

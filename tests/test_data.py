@@ -135,8 +135,9 @@ def test_validate_cli_prints_lines_and_fails(tmp_path, image_root, capsys):
     assert main(args) == 1
     out = capsys.readouterr().out.splitlines()
     bad = sum(field is not None for _, field in BROKEN_ROWS)
-    assert sum(line.startswith(f"{jsonl}:") for line in out[:-1]) == bad + 1  # + the warning
-    assert out[-1].endswith(f"{len(BROKEN_ROWS) - bad} good row(s), {bad} bad, 1 warning(s)")
+    # + the clipped box's warning, + the unpinned jsonl and images (outside the registry)
+    assert sum(line.startswith(f"{jsonl}:") for line in out[:-1]) == bad + 3
+    assert out[-1].endswith(f"{len(BROKEN_ROWS) - bad} good row(s), {bad} bad, 3 warning(s)")
 
 
 def test_jsonl_outside_manifest_needs_a_format(tmp_path, image_root):

@@ -1,6 +1,7 @@
 """The package's layers (issue #27): the import-linter contracts of pyproject.toml hold, an
-upward import breaks them, and nothing below the CLI reads a ``VGUTILS_*`` variable but
-:mod:`vgutils.context`."""
+upward import breaks them, nothing below the CLI reads a ``VGUTILS_*`` variable but
+:mod:`vgutils.context`, and nothing but the launcher plug-in (:mod:`vgutils.launch`) reads
+a launcher's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``SLURM_*``; issue #26)."""
 
 import ast
 import shutil
@@ -34,7 +35,7 @@ def copy_package(tmp_path: Path) -> Path:
 def test_the_layers_hold():
     done = lint(REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("KEPT") == 3
+    assert done.stdout.count("KEPT") == 4
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,8 @@ def test_the_layers_hold():
         ("data/manifest.py", "from vgutils import figdata", "layers"),  # core -> figure side
         ("geometry.py", "import vgutils.models.sources", "layers"),  # base -> core
         ("plots.py", "from vgutils import rehearsal", "plug-in"),  # figure side -> rehearsal
+        ("runner.py", "from vgutils import launch", "launchers"),  # pipeline -> the launcher
+        ("jobs.py", "from vgutils import launch", "launchers"),  # profile loader -> launcher
         ("models/tiny_parts.py", "from vgutils.models import tiny", "cycles"),  # a cycle
     ],
 )
@@ -56,12 +59,27 @@ def test_an_upward_import_or_a_cycle_breaks_the_contract(tmp_path, module, line,
 
 
 ALLOWED_READERS = {"context.py"}  # the one place that builds the context
+LAUNCHER_READERS = {"launch.py"}  # the one place that reads a launcher's variables
 ENV_CALLS = {"get", "getenv", "pop", "setdefault"}
+LAUNCHER_VARIABLES = {
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+}
 
 
-def _environment_keys(tree: ast.Module) -> list[str]:
-    """The ``VGUTILS_*`` keys a module reads from ``os.environ`` (literals, or module
-    constants holding one)."""
+def _is_launcher_variable(key: str) -> bool:
+    return key in LAUNCHER_VARIABLES or key.startswith(("SLURM_", "OMPI_", "PMI_"))
+
+
+def _environment_keys(tree: ast.Module, wanted=lambda key: key.startswith("VGUTILS_")) -> list[str]:
+    """The keys a module reads from ``os.environ`` (literals, or module constants holding
+    one) that ``wanted`` picks (default: ``VGUTILS_*``)."""
     constants = {
         target.id: node.value.value
         for node in tree.body
@@ -87,7 +105,7 @@ def _environment_keys(tree: ast.Module) -> list[str]:
                 called.startswith("os.environ.") and called.rsplit(".", 1)[1] in ENV_CALLS
             ):
                 found.append(key(node.args[0]))
-    return [k for k in found if k and k.startswith("VGUTILS_")]
+    return [k for k in found if k and wanted(k)]
 
 
 def test_nothing_below_the_cli_reads_a_vgutils_variable():
@@ -100,6 +118,20 @@ def test_nothing_below_the_cli_reads_a_vgutils_variable():
         if keys:
             readers[str(relative)] = keys
     assert readers == {}
+
+
+def test_nothing_but_the_launcher_reads_a_launcher_variable():
+    readers = {}
+    for path in (REPO / "vgutils").rglob("*.py"):
+        relative = path.relative_to(REPO / "vgutils")
+        if str(relative) in LAUNCHER_READERS:
+            continue
+        keys = _environment_keys(ast.parse(path.read_text()), _is_launcher_variable)
+        if keys:
+            readers[str(relative)] = keys
+    assert readers == {}
+    tree = ast.parse('import os\nos.environ.get("LOCAL_RANK")\nos.environ["SLURM_PROCID"]')
+    assert _environment_keys(tree, _is_launcher_variable) == ["LOCAL_RANK", "SLURM_PROCID"]
 
 
 def test_the_reader_test_finds_a_read():

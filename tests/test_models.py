@@ -212,15 +212,20 @@ def test_geometry_round_trip(family, shape, pad, vlms):
 
 
 def test_device_and_dtype_choice(monkeypatch):
+    from vgutils import context
     from vgutils.models import loading
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert loading._device_and_dtype("auto", "auto") == ("cpu", torch.float32)
+    assert loading.placement("auto") == ("cpu", None)
+    assert loading._torch_dtype("cpu", "auto") == torch.float32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert loading._device_and_dtype("auto", "auto") == ("cuda", torch.bfloat16)
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert loading._device_and_dtype("auto", "float16") == ("cuda:3", torch.float16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert loading.placement("auto") == ("cuda:0", None)  # explicit: never a bare "cuda"
+    assert loading._torch_dtype("cuda:0", "auto") == torch.bfloat16
+    with context.use(context.current().replace(local_rank=3, local_world=4)):  # a launcher
+        assert loading.placement("auto") == ("cuda:3", None)
+        assert loading.placement("cuda") == ("cuda:3", None)
+    assert loading._torch_dtype("cuda:3", "float16") == torch.float16
 
 
 def test_remote_code_needs_a_revision():

@@ -16,8 +16,14 @@ from vgutils.jobs import Job, profile_jobs
 from vgutils.metrics import gt_mask
 from vgutils.models import load_model
 from vgutils.models.attention import capture
-from vgutils.protocols import PROTOCOLS, QWEN_CAP, get_protocol, parse_processor_kwarg
-from vgutils.refine import best_layer, knockout, text_rows_after_image, triage
+from vgutils.protocols import (
+    PROTOCOLS,
+    QWEN_CAP,
+    REFINE_PROMPT_SUFFIX,
+    get_protocol,
+    parse_processor_kwarg,
+)
+from vgutils.refine import RefineSettings, best_layer, knockout, text_rows_after_image, triage
 from vgutils.results import RunMismatch
 from vgutils.vqa import VQAOptions, resolve_vqa_options
 
@@ -201,16 +207,33 @@ def test_protocol_presets_and_overrides():
     assert authors.processor_kwargs_for("llava") == {}
     assert not authors.include_generated and authors.max_new_tokens == 1 and authors.top_k == 20
     resolved = resolve_vqa_options(
-        VQAOptions("tiny:qwen2_5_vl", "sample-medical", protocol="authors", max_new_tokens=4)
+        VQAOptions(
+            "tiny:qwen2_5_vl",
+            "sample-medical",
+            protocol="authors",
+            max_new_tokens=4,
+            refine=RefineSettings(heads=((0, 1), (2, 3)), layers=(2,)),
+        )
     )
-    assert resolved.max_new_tokens == 4 and resolved.layers == "best"
-    assert resolved.processor_kwargs == QWEN_CAP and resolved.denominator == "layer"
+    assert resolved.max_new_tokens == 4 and resolved.refine.layers == (2,)
+    assert resolved.processor_kwargs == QWEN_CAP and resolved.refine.denominator == "layer"
+    assert resolved.decoding == "checkpoint-64"  # the authors' Qwen path
+    assert (resolved.image_resize, resolved.image_mode) == ("qwen_vl_utils", "qwen_vl_utils")
+    assert (resolved.attention_precision, resolved.box_overhang) == ("model", "clamp")
+    assert resolved.refine.prompt_suffix == REFINE_PROMPT_SUFFIX
+    plain = resolve_vqa_options(VQAOptions("tiny:qwen2_5_vl", "sample-medical"))
+    assert (plain.decoding, plain.max_new_tokens, plain.image_resize) == ("greedy", 16, "processor")
+    assert (plain.attention_precision, plain.box_overhang, plain.image_mode) == (
+        "float32",
+        "drop",
+        "composite",
+    )
     assert parse_processor_kwarg("do_pad=true") == ("do_pad", True)
     assert parse_processor_kwarg("max_pixels=50176") == ("max_pixels", 50176)
     args = build_parser().parse_args(
         ["vqa", "--model", "m", "--dataset", "d", "--out", "o", "--layers", "best"]
     )
-    assert args.top_k == 20 and args.layers == ["best"]
+    assert args.top_k is None and args.layers == ["best"]  # None: the protocol's 20
     with pytest.raises(ValueError, match="unknown protocol"):
         get_protocol("paper")
 

@@ -99,11 +99,12 @@ def test_load_ratings_lists_every_bad_row(tmp_path):
     with pytest.raises(ValueError) as err:
         load_ratings(path)
     message = str(err.value)
-    assert "4 problem(s)" in message  # line 5 re-rates a: the last rating wins, no problem
+    assert "5 problem(s)" in message
     for expected in (
         f"{path}:3: q_type",
         f"{path}:4: clinical_relevance",
         f"{path}:4: semantic_grounding",
+        f"{path}:5: sample 'a' rated by 'ann' twice, on lines 2 and 5",  # by hand: refused
         f"{path}:6: rater",
     ):
         assert expected in message

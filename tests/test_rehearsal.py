@@ -51,14 +51,32 @@ def test_layer_rule_by_hand():
 def test_paper_rehearsal_settings_map_heads_and_caption():
     settings = load_profile("paper-rehearsal")
     assert settings["caption"].startswith(rehearsal.CAPTION)
-    assert settings["refine"]["top_k"] == 2  # the protocols' 20 of 784 heads
     runs = settings["benchmarks"]["runs"]
-    assert [r.get("top_k") for r in runs if r.get("refine")] == [2, 2]
+    # the ranked runs: the protocols' 20 of 784 heads -> 2 of 16
+    assert [r.get("top_k") for r in runs if r.get("refine") and not r.get("heads")] == [2, 2]
     mapped = settings["rehearsal"]["mapped"]
-    assert any("refine.top_k: 20 of 784 heads -> 2 of 16" in line for line in mapped)
+    assert any("benchmarks.runs[1].top_k: 20 of 784 heads -> 2 of 16" in line for line in mapped)
     full = load_profile("paper-rehearsal-full")
-    assert full["refine"]["top_k"] == 20
+    assert full["refine"]["heads"] == paper_settings()["refine"]["heads"]  # full size: as given
+    assert full["refine"]["layers"] == [16]
     assert full["caption"].endswith("(full size) · protocol: authors")
+
+
+def test_given_heads_and_layers_follow_the_layer_rule():
+    """The authors' 20 heads of HuatuoGPT-Vision-7B (28 layers x 28 heads) on the small
+    build (4 layers x 4 heads): layer round(l*3/27), head round(h*3/27), duplicates once."""
+    settings = load_profile("paper-rehearsal")
+    given = paper_settings()["refine"]["heads"]
+    expected = list(dict.fromkeys((round(a * 3 / 27), round(h * 3 / 27)) for a, h in given))
+    assert [tuple(x) for x in settings["refine"]["heads"]] == expected
+    assert settings["refine"]["layers"] == [2]  # layer 16: round(16 * 3 / 27)
+    assert len(expected) < len(given)  # some collapse
+    authors_run = settings["benchmarks"]["runs"][0]
+    assert authors_run["heads"] == settings["refine"]["heads"] and authors_run["layers"] == [2]
+    assert "top_k" not in authors_run  # given heads are used as they are
+    lines = [line for line in settings["rehearsal"]["mapped"] if ".heads:" in line]
+    assert any(f"20 given heads of 28 layers x 28 -> {len(expected)} of 4 x 4" in x for x in lines)
+    assert "collapse" in rehearsal.LAYER_RULE and "round(h*(Q-1)/(P-1))" in rehearsal.LAYER_RULE
     assert load_profile("paper")["caption"] == "protocol: authors"  # the real profile untouched
 
 
@@ -69,8 +87,8 @@ def test_explicit_layers_are_mapped():
     settings["benchmarks"]["runs"][0]["layers"] = [15, 16]
     mapped = rehearse_settings(settings, PAPER, "small")
     runs = mapped["benchmarks"]["runs"]
-    assert runs[0]["layers"] == [2, 2] and runs[2]["layers"] == 2
-    assert runs[1].get("layers") is None  # LLaVA-Med runs without VGRefine
+    assert runs[0]["layers"] == [2, 2] and runs[1]["layers"] == runs[3]["layers"] == 2
+    assert runs[2].get("layers") is None  # LLaVA-Med runs without VGRefine
     assert mapped["sensitivity"]["refine"]["top_k"] == 2  # round(40 * 16 / 784) = 1 -> 2
     assert "sensitivity.refine.top_k: 40 of 784 heads -> 2 of 16" in mapped["rehearsal"]["mapped"]
 
@@ -268,8 +286,8 @@ def test_activate_points_the_data_root_at_synthetic_data_with_the_embedded_links
     assert not (tmp_path / "embedded" / "teach").exists()  # nothing made in the real root
     assert len(load_dataset("vgmed-localization")) == 8  # synthetic, real layout
     child = (  # a child process gets the context; the CLI turns the stand-ins on there
-        "from vgutils import context; from vgutils.cli import _resume_plugins; "
-        "from vgutils.models.sources import source_names; _resume_plugins(); "
+        "from vgutils import context; from vgutils.cli import _load_plugins; "
+        "from vgutils.models.sources import source_names; _load_plugins(); "
         "print(context.current().data_root, 'rehearsal' in source_names())"
     )
     inherited = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)

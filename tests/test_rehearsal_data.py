@@ -36,7 +36,8 @@ def built(tmp_path_factory):
 def test_datasets_load_without_problems(built, name, monkeypatch, caplog):
     root, _ = built
     samples, problems = read_dataset(resolve_dataset(name, root=root))
-    assert problems == [] and len(samples) == ROWS
+    # outside a rehearsal the real registry holds no hash of these files: said, not a fault
+    assert [p for p in problems if p.field != "registry"] == [] and len(samples) == ROWS
     monkeypatch.setenv("VGUTILS_DATA", str(root))
     with caplog.at_level(logging.WARNING, logger="vgutils"):
         assert len(load_dataset(name)) == ROWS

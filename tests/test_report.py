@@ -41,3 +41,22 @@ def test_cli_report_unknown_profile_is_one_line(capsys):
     assert main(["report", "--profile", "defualt"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did you mean 'default'?" in err
+
+
+def test_cli_report_knows_a_rehearsal_profile_in_a_fresh_process(tmp_path):
+    """`make figures PROFILE=paper REHEARSAL=1` ends with `report --profile paper-rehearsal`
+    in a process that never imported the rehearsal plug-in."""
+    import subprocess
+    import sys
+
+    build = tmp_path / "build"
+    (build / "paper-rehearsal" / "notebooks").mkdir(parents=True)
+    (build / "paper-rehearsal" / "notebooks" / "01_a.ipynb").write_text("{}")
+    command = ["report", str(tmp_path / "figs"), "--profile", "paper-rehearsal"]
+    done = subprocess.run(
+        [sys.executable, "-m", "vgutils", *command, "--build-dir", str(build)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 figure notebook(s)")

@@ -78,3 +78,29 @@ def run_settings(*, batch_size: int, device_name: str, dtype_name: str, limit) -
     dtype(dtype_name)
     if limit is not None:
         positive_int(limit, "--limit")
+
+
+def remote_code(trust_remote_code: bool, revision: str | None) -> None:
+    """``--trust-remote-code`` runs the model repository's own Python on this machine: it
+    needs a pinned revision, a commit hash (40 hex digits), so that the code run is the
+    code read; a branch or tag can move."""
+    if not trust_remote_code:
+        return
+    if not revision:
+        raise UsageError(
+            "--trust-remote-code needs --revision: a pinned revision (a commit hash), so "
+            "that the model's code that runs here is the code you read"
+        )
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise UsageError(
+            f"--revision {revision!r}: --trust-remote-code needs a pinned revision, a commit "
+            "hash (40 hex digits), not a branch or tag (the code under them can change)"
+        )
+
+
+def one_of(text: str, valid: tuple[str, ...], name: str) -> str:
+    """``text`` when it is one of ``valid`` (e.g. a query-token strategy, ``name``
+    ``--strategy``); else a UsageError naming the closest."""
+    if text not in valid:
+        raise UsageError(f"{name} {text!r}: unknown; {choices_hint(str(text), valid)}")
+    return text

@@ -47,7 +47,10 @@ class Context:
     stand in for ``data_manifest/registry.txt``'s names they list (later files win);
     ``figure_note``: a line every saved figure carries; ``plugins``: what made this
     context (the CLI turns them on again in a child process); ``kill_at_step`` /
-    ``kill_after_parts``: fault injection (tests)."""
+    ``kill_after_parts``: fault injection (tests); ``local_rank`` / ``local_world``: this
+    process's place among the processes a launcher started on this machine (set by the
+    launcher plug-in, :mod:`vgutils.launch`; None: not launched), where ``device: auto``
+    picks the GPU."""
 
     data_root: Path
     results_root: Path
@@ -60,6 +63,8 @@ class Context:
     plugins: tuple[str, ...] = ()
     kill_at_step: int | None = None
     kill_after_parts: int = 0
+    local_rank: int | None = None
+    local_world: int | None = None
 
     def replace(self, **changes) -> Context:
         """A copy with ``changes``."""
@@ -96,6 +101,8 @@ EXPORTED = (
     "registries",
     "figure_note",
     "plugins",
+    "local_rank",
+    "local_world",
 )
 """What :func:`activate` hands to child processes (the profile and the fault switches
 travel in their own variables)."""

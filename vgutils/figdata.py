@@ -208,35 +208,42 @@ def describe_strategies(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def refine_settings(spec: dict, heads_from: str | None = None):
+    """The :class:`vgutils.refine.RefineSettings` a profile block gives (``heads``,
+    ``layers``, ``top_k``, ``percentile``, ``denominator``, ``include_generated``,
+    ``prompt_suffix``; absent: the protocol's), heads ranked on ``heads_from`` unless
+    given."""
+    from vgutils.refine import RefineSettings
+
+    return RefineSettings.from_spec(spec, heads_from)
+
+
 def refine_options(profile: str, spec: dict, dataset: str, protocol: str | None = None):
     """The resolved :class:`vgutils.vqa.VQAOptions` of the profile's VGRefine under
     ``protocol`` (default: the profile's): the protocol's settings, with the ones ``spec``
-    sets (``top_k``, ``layers``, ``max_new_tokens``, ``percentile``, ``denominator``,
-    ``include_generated``) overriding them. Heads come from the calibration job of the same
-    protocol, else of the profile's protocol."""
+    sets (:func:`refine_settings`, ``max_new_tokens``, ``decoding``) overriding them; given
+    ``heads`` and ``layers`` apply under every protocol. Heads not given are ranked on the
+    calibration job of the same protocol, else of the profile's protocol."""
     from vgutils.vqa import VQAOptions, resolve_vqa_options
 
     protocol = protocol or load_profile(profile).get("protocol", "corrected")
     model = spec["model"]
-    try:
-        calibration = find_job(profile, model, spec["calibration"], protocol=protocol)
-    except KeyError:
-        calibration = find_job(profile, model, spec["calibration"])
-    layers = spec.get("layers")
+    heads_from = None
+    if spec.get("calibration"):
+        try:
+            calibration = find_job(profile, model, spec["calibration"], protocol=protocol)
+        except KeyError:
+            calibration = find_job(profile, model, spec["calibration"])
+        heads_from = str(job_dir(profile, calibration))
     return resolve_vqa_options(
         VQAOptions(
             model=model,
             dataset=dataset,
-            refine=True,
-            heads_from=str(job_dir(profile, calibration)),
-            top_k=spec.get("top_k"),
-            layers=tuple(layers) if isinstance(layers, list) else layers,
-            percentile=spec.get("percentile", 80),
+            refine=refine_settings(spec, heads_from),
             max_new_tokens=spec.get("max_new_tokens"),
+            decoding=spec.get("decoding"),
             limit=spec.get("limit"),
             protocol=protocol,
-            denominator=spec.get("denominator"),
-            include_generated=spec.get("include_generated"),
         )
     )
 
@@ -252,16 +259,19 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
     ``spec["cases"]`` ({dataset: [sample ids] or a count}) with heads ranked on
     ``spec["calibration"]`` (settings: :func:`refine_options`)."""
     from vgutils.models import load_model
-    from vgutils.refine import answer
-    from vgutils.vqa import heads_and_layers
+    from vgutils.protocols import DECODINGS
 
     options = refine_options(profile, spec, spec["calibration"], protocol)
     vlm = load_model(
         options.model,
         device=spec.get("device", "auto"),
         processor_kwargs=options.processor_kwargs,
+        image_resize=options.image_resize,
+        attention_precision=options.attention_precision,
     )
-    heads, layers = heads_and_layers(options, vlm.num_layers, verbose=False)
+    refine = options.refine
+    refine.check_model(vlm)
+    layers = list(refine.layers)
     rows = []
     for dataset, chosen in spec["cases"].items():
         samples = load_dataset(dataset)
@@ -273,24 +283,21 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
         entry = resolve_dataset(dataset).entry
         domain = entry.domain if entry is not None else None
         for sample in picked:
-            image = load_image(sample.image_path)
-            result = answer(
+            image = load_image(sample.image_path, options.image_mode)
+            result = refine.answer(
                 vlm,
                 image,
                 sample.question,
-                heads,
-                layers,
-                options.percentile,
                 options.max_new_tokens,
-                denominator=options.denominator,
-                include_generated=options.include_generated,
+                generation=DECODINGS[options.decoding],
             )
             rows.append(
                 {
                     "title": f"{dataset}: {sample.question}",
                     "sample_id": sample.id,
                     "protocol": options.protocol,
-                    "knockout_layers": list(layers),
+                    "knockout_layers": layers,
+                    "heads": refine.describe(),
                     "domain": domain,
                     "image": image,
                     "layout": result.triage.prepared.layout,
@@ -342,7 +349,7 @@ def vqa_accuracy(profile: str, spec: dict, protocol: str | None = None) -> pd.Da
     ground-truth tokens the triage knocked out."""
     from vgutils.jobs import Job
     from vgutils.paths import results_dir
-    from vgutils.vqa import accuracy_table, heads_and_layers
+    from vgutils.vqa import accuracy_table
 
     tables = []
     for dataset in spec["vqa_datasets"]:
@@ -350,12 +357,12 @@ def vqa_accuracy(profile: str, spec: dict, protocol: str | None = None) -> pd.Da
         name = Job(options.model, dataset, protocol=options.protocol).name
         folder = results_dir(profile) / f"vqa__{name}"
         answers, table, _ = fresh_vqa(options, folder, spec.get("device", "auto"))
-        _, layers = heads_and_layers(options, 10**6, verbose=False)
         table = accuracy_table(answers).assign(
             dataset=dataset,
             protocol=options.protocol,
-            knockout_layers=" ".join(map(str, layers)),
-            percentile=options.percentile,
+            knockout_layers=" ".join(map(str, options.refine.layers)),
+            heads=f"{len(options.refine.heads)} {options.refine.heads_source}",
+            percentile=options.refine.percentile,
         )
         changes = [_answer_changes(frame) for _, frame in answers.groupby("closed")]
         table = pd.concat([table, pd.DataFrame(changes)], axis=1)

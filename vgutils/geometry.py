@@ -6,7 +6,7 @@ boxes as half-open rectangles ``[x0, y0, x1, y1]`` (``xyxy``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -244,6 +244,16 @@ def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayo
     return TokenLayout.from_grids(
         [(rows, cols, region, layout.orders[0])], layout.image_size, layout.unplaced
     )
+
+
+def rescaled_layout(layout: TokenLayout, image_size: tuple[int, int]) -> TokenLayout:
+    """``layout`` of a resized copy of an image, in the pixels of the image of
+    ``image_size`` it was resized from (the authors' Qwen pre-resize is a stretch: each
+    axis scaled on its own); grids, orders and unplaced tokens unchanged."""
+    width, height = layout.image_size
+    sx, sy = image_size[0] / width, image_size[1] / height
+    boxes = layout.boxes * np.array([sx, sy, sx, sy])
+    return replace(layout, boxes=boxes, image_size=tuple(image_size))
 
 
 def grid_boxes(

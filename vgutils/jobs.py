@@ -9,7 +9,6 @@ call it.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 import yaml
 
 from vgutils import rehearsal
-from vgutils.errors import DataError
+from vgutils.errors import DataError, UsageError
 from vgutils.paths import PARAMS_DIR as PARAMS_DIR
 from vgutils.paths import check_profile, results_dir
 
@@ -38,6 +37,7 @@ class Job:
     protocol: str = "corrected"
     box_mapping: str | None = None
     processor: tuple[tuple[str, object], ...] = ()
+    device_map: str | None = None  # "auto": the model over this process's GPUs (too big for one)
 
     @property
     def name(self) -> str:
@@ -76,6 +76,7 @@ def load_profile(profile: str) -> dict:
         ) from err
     if not isinstance(settings, dict):
         raise DataError(f"{path}: expected a mapping of settings")
+    check_settings(settings, path)
     _, scale = rehearsal.split_profile(profile)
     if scale:
         settings = rehearsal.rehearse_settings(settings, path, scale)
@@ -96,14 +97,119 @@ def use_profile(profile: str) -> dict:
     return settings
 
 
+SECTIONS = ("layer_maps", "curves", "strategies", "refine", "sensitivity", "teach", "benchmarks")
+"""The figures' settings (mappings read by the notebooks)."""
+JOB_KEYS = ("models", "datasets", "strategies", "save_maps", "heads", "limit", "protocol")
+JOB_KEYS += ("box_mapping", "processor", "device_map")
+
+
+def check_settings(settings: dict, path: Path) -> None:
+    """A profile's keys and value types, and its jobs' (strategies, protocols, box
+    mappings by name): a DataError naming the profile file and every bad key with the
+    valid choices, raised when the profile is read, before any model loads."""
+    from vgutils import checks
+    from vgutils.errors import choices_hint
+    from vgutils.geometry import BOX_MAPPINGS
+    from vgutils.models.vlm import STRATEGIES
+    from vgutils.protocols import PROTOCOLS
+
+    problems: list[str] = []
+
+    def known(key: str, where: str, valid) -> bool:
+        if key in valid:
+            return True
+        problems.append(f"{where}: unknown setting; {choices_hint(str(key), valid)}")
+        return False
+
+    def count(value, where: str, nullable: bool = True) -> None:
+        if (value is None and nullable) or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return
+        kind = "an integer >= 1" + (" or null" if nullable else "")
+        problems.append(f"{where}: {value!r} is not {kind}")
+
+    def names(value, where: str, valid=None, what: str = "") -> None:
+        if not isinstance(value, list) or not value:
+            problems.append(f"{where}: {value!r} is not a list of names, e.g. [a, b]")
+            return
+        for item in value:
+            if not isinstance(item, str):
+                problems.append(f"{where}: {item!r} is not a name")
+            elif valid is not None and item not in valid:
+                problems.append(f"{where}: {item!r} is not a {what}; {choices_hint(item, valid)}")
+
+    def protocols(value, where: str) -> None:
+        names([value] if isinstance(value, str) else value, where, sorted(PROTOCOLS), "protocol")
+
+    top = ("caption", "protocol", "device", "dtype", "limit", "batch_size", "image_batch")
+    top += ("n_boot", "jobs", *SECTIONS)
+    for key, value in settings.items():
+        if not known(key, str(key), top):
+            continue
+        if key == "caption" and not (value is None or isinstance(value, str)):
+            problems.append(f"caption: {value!r} is not text")
+        elif key == "protocol":  # the figures' one protocol
+            if isinstance(value, str):
+                protocols(value, key)
+            else:
+                problems.append(f"protocol: {value!r} is not a protocol name")
+        elif key == "device":
+            words = checks.DEVICE_WORDS
+            if not (
+                isinstance(value, str) and (value in words or re.fullmatch(r"cuda:\d+", value))
+            ):
+                problems.append(f"device: {value!r} is not one of {', '.join(words)}, cuda:N")
+        elif key == "dtype" and value not in checks.DTYPES:
+            problems.append(f"dtype: {value!r} is not one of {', '.join(checks.DTYPES)}")
+        elif key in ("limit", "batch_size", "image_batch", "n_boot"):
+            count(value, key, nullable=key == "limit")
+        elif key in SECTIONS and not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of settings, got {value!r}")
+    jobs = settings.get("jobs", [])
+    if not isinstance(jobs, list):
+        problems.append(f"jobs: expected a list of jobs, got {jobs!r}")
+        jobs = []
+    for index, spec in enumerate(jobs):
+        where = f"jobs[{index}]"
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: expected a mapping (models, datasets, ...), got {spec!r}")
+            continue
+        for key in ("models", "datasets"):
+            if key not in spec:
+                problems.append(f"{where}.{key}: missing")
+        for key, value in spec.items():
+            if not known(key, f"{where}.{key}", JOB_KEYS):
+                continue
+            if key in ("models", "datasets"):
+                names(value, f"{where}.{key}")
+            elif key == "strategies":
+                names(value, f"{where}.{key}", STRATEGIES, "strategy")
+            elif key in ("save_maps", "heads") and not isinstance(value, bool):
+                problems.append(f"{where}.{key}: {value!r} is not true or false")
+            elif key == "limit":
+                count(value, f"{where}.{key}")
+            elif key == "protocol":
+                protocols(value, f"{where}.{key}")
+            elif key == "box_mapping" and value is not None and value not in BOX_MAPPINGS:
+                problems.append(
+                    f"{where}.{key}: {value!r} is not one of {', '.join(BOX_MAPPINGS)} or null"
+                )
+            elif key == "processor" and not isinstance(value, dict):
+                problems.append(f"{where}.{key}: expected a mapping of processor settings")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
+
+
 def profile_jobs(settings: dict) -> list[Job]:
     """Every extraction job the profile's figures need (deduplicated, in order). A job
     spec may set ``protocol`` (a name or a list; default: the profile's ``protocol``,
     else ``corrected``), ``box_mapping`` and ``processor`` (a mapping of processor
-    kwargs)."""
+    kwargs) and ``device_map: auto`` (a model larger than one GPU: loaded over the GPUs
+    of one process; the folder name does not change)."""
     jobs: dict[str, Job] = {}
     default_protocol = settings.get("protocol", "corrected")
-    for spec in settings.get("jobs", []):
+    for number, spec in enumerate(settings.get("jobs", [])):
         defaults = {
             k: spec.get(k, v)
             for k, v in (("heads", False), ("save_maps", False), ("limit", settings.get("limit")))
@@ -113,6 +219,7 @@ def profile_jobs(settings: dict) -> list[Job]:
         extra = {
             "box_mapping": spec.get("box_mapping"),
             "processor": _processor(spec.get("processor")),
+            "device_map": device_map_of(spec, f"jobs[{number}]"),
         }
         for model in spec["models"]:
             for dataset in spec["datasets"]:
@@ -125,18 +232,41 @@ def profile_jobs(settings: dict) -> list[Job]:
                                 job,
                                 heads=job.heads or previous.heads,
                                 save_maps=job.save_maps or previous.save_maps,
+                                device_map=job.device_map or previous.device_map,
                             )
                         jobs[job.name] = job
     return list(jobs.values())
+
+
+def device_map_of(spec: dict, where: str) -> str | None:
+    """A job's or benchmark run's ``device_map`` (``auto`` or absent)."""
+    value = spec.get("device_map")
+    if value not in (None, "auto"):
+        raise UsageError(
+            f"{where}.device_map: {value!r}; expected auto (the model over the GPUs of one "
+            "process) or nothing (one GPU per process)"
+        )
+    return value
+
+
+def device_for(settings: dict, device_map: str | None) -> str:
+    """The ``device`` a job runs on: ``balanced`` (``device_map="auto"`` over this
+    process's GPUs) when the profile names ``device_map: auto``, else the profile's."""
+    return "balanced" if device_map == "auto" else settings.get("device", "auto")
 
 
 def job_dir(profile: str, job: Job) -> Path:
     return results_dir(profile) / job.name
 
 
-def ensure_results(profile: str, progress: bool = True) -> list[Job]:
-    """Run every job of ``profile`` that is not complete yet; returns the jobs."""
-    from vgutils.results import RunMismatch
+def ensure_results(
+    profile: str, progress: bool = True, shard: tuple[int, int] | None = None
+) -> list[Job]:
+    """Run every job of ``profile`` that is not complete yet; returns the jobs.
+    ``shard``: ``(rank, world)`` under a launcher: this process computes its share of
+    each job's images (:func:`vgutils.runner.extract`), the last rank to finish a job
+    merges it. A job folder left by other options or an older version of the code is
+    recomputed (unless ranks are writing it)."""
     from vgutils.runner import ExtractOptions, extract
 
     settings = use_profile(profile)
@@ -157,17 +287,24 @@ def ensure_results(profile: str, progress: bool = True) -> list[Job]:
         )
         folder = job_dir(profile, job)
         run = dict(
-            device=settings.get("device", "auto"),
+            device=device_for(settings, job.device_map),
             batch_size=settings.get("batch_size", 8),
             image_batch=settings.get("image_batch", 1),
             progress=progress,
+            shard=shard,
+            replace_stale=True,  # generated results of an older setup: recomputed
         )
-        try:
-            summary = extract(options, folder, **run)
-        except RunMismatch as err:  # generated results of an older setup: recompute
-            print(f"{job.name}: recomputing ({str(err).splitlines()[0]})")
-            shutil.rmtree(folder)
-            summary = extract(options, folder, **run)
+        summary = extract(options, folder, **run)
+        if summary.replaced:
+            print(f"{job.name}: recomputing ({summary.replaced.splitlines()[0]})")
+        if not summary.complete:
+            who = f"rank {shard[0]} of {shard[1]}" if shard else "this process"
+            print(
+                f"[{number}/{len(jobs)}] {job.name}: {who} done "
+                f"({summary.computed} computed); {summary.missing} samples of other ranks "
+                "missing (the last rank to finish merges)"
+            )
+            continue
         state = "computed" if summary.computed else "cached"
         print(
             f"[{number}/{len(jobs)}] {job.name}: {summary.done} done, "

@@ -3,27 +3,35 @@
 
 Per question: the prompt is :func:`vgutils.benchmarks.mc_prompt_text` inside the model's
 own chat template (no "Answer the question using a single word or phrase."); the answer
-is decoded with one of :data:`DECODINGS` and read by :func:`vgutils.benchmarks.
-extract_letter` with both fallbacks. With ``refine``, the same prompt is answered again
-under VGRefine: triage with the visually sensitive heads of a calibration extraction
-(``heads_from``: the benchmarks have no boxes) and the knockout of the low-relevance
-patches (:mod:`vgutils.refine`). With ``greedy-1`` only the last prompt row decides the
-answer, as in the authors' runs; with ``huatuo-sample`` the knockout of
-:func:`vgutils.refine.knockout` also covers the rows of the generated tokens (the authors
-block the prompt rows only). A record with several images is answered with its first
+is decoded with one of :data:`DECODINGS` (default: the protocol's for the model's family,
+else ``greedy-1``) and read by :func:`vgutils.benchmarks.extract_letter` with both
+fallbacks. With ``refine`` (:class:`vgutils.refine.RefineSettings`), the question is
+answered again under VGRefine: triage with the given heads or the visually sensitive
+heads of a calibration extraction (``heads_from``: the benchmarks have no boxes) and the
+knockout of the low-relevance patches (:mod:`vgutils.refine`), on the prompt text plus
+the protocol's ``refine_prompt_suffix`` (the authors' ``VGRefine()`` appends " Answer the
+question using a single word or phrase."; the baseline keeps the benchmark's prompt).
+The run takes the protocol's settings like every other runner (processor kwargs, Qwen
+pre-resize, image mode, attention precision, decoding per family). With ``greedy-1`` only
+the last prompt row decides the answer, as in the authors' runs; with longer decodings
+the knockout covers the generated rows when ``include_generated`` (the authors block the
+prompt rows only). A record with several images is answered with its first
 (``extra_images`` in the answers says how many were left out).
 
 Output folder: ``answers.parquet`` (one row per question), ``accuracy.json`` (the table
-and what was left out), ``problems.txt`` (the records the loader left out), ``run.json``.
+and what was left out), ``problems.txt`` (the records the loader left out), ``run.json``
+(the options with the protocol, the heads used and where they came from).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,72 +49,85 @@ from vgutils.benchmarks import (
     problem_counts,
 )
 from vgutils.data.manifest import sha256
-from vgutils.results import RunStore, load_metrics
+from vgutils.models.vlm import too_long
+from vgutils.protocols import DECODINGS as _DECODINGS
+from vgutils.refine import RefineSettings
+from vgutils.results import (
+    RunStore,
+    atomic_write_bytes,
+    load_metrics,
+    partial_answers,
+    split_work,
+)
 from vgutils.runner import code_fingerprint, package_versions
 
-DECODINGS: dict[str, dict] = {
-    "greedy-1": {"do_sample": False, "min_new_tokens": 1, "max_new_tokens": 1},
-    "huatuo-sample": {
-        "do_sample": True,
-        "temperature": 0.2,
-        "repetition_penalty": 1.2,
-        "min_new_tokens": 1,
-        "max_new_tokens": 256,
-    },
-}
-"""``greedy-1``: the authors' VGRefine runs (greedy, exactly one new token: the letter).
-``huatuo-sample``: HuatuoGPT-Vision's own evaluation (``cli.py`` ``gen_kwargs`` with
-``eval.py``'s ``--max_new_tokens 256``, seed 42). The reference seeds once for the whole
-run, so its samples depend on the order and the number of processes; here the generator
-is seeded with ``seed + record index`` before each answer, so a resumed or sharded run
-samples the same."""
+DECODINGS = _DECODINGS
+"""The decodings by name (:data:`vgutils.protocols.DECODINGS`). ``greedy-1``: the
+authors' VGRefine runs of HuatuoGPT-Vision (greedy, exactly one new token: the letter).
+``checkpoint-64``: the authors' Qwen path. ``huatuo-sample``: HuatuoGPT-Vision's own
+evaluation; the reference seeds once for the whole run, so its samples depend on the
+order and the number of processes; here the generator is seeded with ``seed + record
+index`` before each answer, so a resumed or sharded run samples the same."""
 ANSWERS = ("baseline", "refined")
+
+log = logging.getLogger("vgutils.mc_eval")
 
 
 @dataclass(frozen=True)
 class MCOptions:
-    """What one benchmark run computes (everything that changes its results)."""
+    """What one benchmark run computes (everything that changes its results). Settings
+    left ``None`` take the ``protocol``'s value (per family where it says): ``decoding``
+    (else ``greedy-1``), the processor kwargs (explicit keys win), ``image_resize``,
+    ``image_mode``, ``attention_precision``, and in ``refine`` (:class:`vgutils.refine.
+    RefineSettings`) every VGRefine setting."""
 
     model: str
     benchmark: str  # manifest name (medical-mc, teach-mc) or the json / its folder
     datasets: tuple[str, ...] | None = None
     subsets: tuple[str, ...] | None = None
-    decoding: str = "greedy-1"
+    decoding: str | None = None
     seed: int = 42
-    refine: bool = False
-    heads_from: str | None = None
+    refine: RefineSettings | None = None
     protocol: str = "corrected"
-    top_k: int | None = None  # None: the protocol's (20)
-    layers: tuple[int, ...] | str | None = None  # numbers, "best", "heads"; None: protocol's
-    denominator: str | None = None  # triage denominator; None: the protocol's
-    include_generated: bool | None = None  # knockout of generated rows; None: protocol's
-    percentile: float = 80.0
     limit: int | None = None
     dtype: str = "auto"
+    processor_kwargs: dict | None = None
+    image_resize: str | None = None
+    image_mode: str | None = None
+    attention_precision: str | None = None
+
+
+def mc_decoding(options: MCOptions, family: str | None = None) -> str:
+    """The decoding a run of ``options`` uses: its own, else its protocol's for the
+    model's ``family`` (read from the config when needed), else ``greedy-1``."""
+    from vgutils.protocols import get_protocol, model_family
+
+    protocol = get_protocol(options.protocol)
+    if options.decoding:
+        return options.decoding
+    if family is None and protocol.needs_family:
+        family = model_family(options.model)
+    return protocol.for_family("decoding", family) or "greedy-1"
 
 
 def resolve_mc_options(options: MCOptions) -> MCOptions:
-    """``options`` with the VGRefine protocol's value (:mod:`vgutils.protocols`) for every
-    setting left ``None`` (recorded in run.json; a resume with another value refuses)."""
+    """``options`` with the protocol's value (:mod:`vgutils.protocols`) for every setting
+    left ``None`` and the VGRefine heads and layers made concrete (recorded in run.json;
+    a resume with another value refuses)."""
     from dataclasses import replace
 
-    from vgutils.protocols import get_protocol
+    from vgutils.protocols import check_settings, get_protocol, model_family, resolve_settings
 
     protocol = get_protocol(options.protocol)
-    layers = options.layers if options.layers is not None else protocol.knockout_layers
-    if isinstance(layers, list):
-        layers = tuple(int(x) for x in layers)
+    check_settings(decoding=options.decoding)
+    explicit_resize = options.image_resize == "qwen_vl_utils"
+    family = model_family(options.model) if protocol.needs_family or explicit_resize else None
     return replace(
         options,
         protocol=protocol.name,
-        top_k=options.top_k if options.top_k is not None else protocol.top_k,
-        layers=layers,
-        denominator=options.denominator or protocol.denominator,
-        include_generated=(
-            options.include_generated
-            if options.include_generated is not None
-            else protocol.include_generated
-        ),
+        decoding=mc_decoding(options, family),
+        refine=options.refine.resolve(protocol) if options.refine is not None else None,
+        **resolve_settings(options, protocol, family),
     )
 
 
@@ -120,9 +141,12 @@ def resolve_benchmark(name_or_path: str, root: str | Path | None = None) -> Path
         entry = benchmarks[name_or_path]
         base = data_root(root)
         if not (base / entry.file).exists() and name_or_path == "teach-mc":
+            from vgutils.locks import build_lock
             from vgutils.teach.datasets import build_teach_mc
 
-            build_teach_mc(base)
+            with build_lock():  # one process builds it; the others wait, then find it
+                if not (base / entry.file).exists():
+                    build_teach_mc(base)
         return verify_file(entry.file, base)
     path = benchmark_file(name_or_path)
     if not path.exists():
@@ -152,14 +176,11 @@ def _model_identity(model: str) -> dict:
 
 
 def generate(vlm, prepared, decoding: str, seed: int) -> str:
-    """The model's answer to ``prepared`` with one of :data:`DECODINGS`."""
-    settings = DECODINGS[decoding]
-    if settings["do_sample"]:
-        torch.manual_seed(seed)
-    with torch.no_grad():
-        output = vlm.model.generate(**prepared.inputs, **settings)
-    new_tokens = output[0, prepared.inputs["input_ids"].shape[1] :]
-    return vlm.processor.decode(new_tokens, skip_special_tokens=True).strip()
+    """The model's answer to ``prepared`` with one of :data:`DECODINGS` (seeded with
+    ``seed`` first: a decoding that samples, or a checkpoint's generation config that
+    does, samples the same on a rerun)."""
+    torch.manual_seed(seed)
+    return vlm.generate(prepared, None, DECODINGS[decoding])
 
 
 def _scored(row: dict, which: str, output: str, record: MCRecord) -> None:
@@ -209,18 +230,26 @@ def run_mc(
     data_root: str | Path | None = None,
     n_boot: int = 2000,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    replace_stale: bool = False,
 ):
     """Answer every kept question of the benchmark into ``out`` (resumable); returns
-    ``(answers, table, seconds)``."""
+    ``(answers, table, seconds)``. ``shard``: ``(rank, world)``: answer only rank
+    ``rank``'s images (:func:`vgutils.results.split_work`, keyed by the image's path in
+    the benchmark folder); whichever rank finds every question answered merges the run,
+    and ``table`` is None (the answers partial) while others' questions are missing.
+    ``replace_stale``: a folder holding a run of other options, data or code that nobody
+    writes is started afresh."""
     from vgutils.data import load_image
+    from vgutils.errors import UsageError
     from vgutils.models.loading import load_model
-    from vgutils.vqa import heads_and_layers
-
-    options = resolve_mc_options(options)
     from vgutils.refine import knockout, text_rows_after_image, triage
+    from vgutils.vqa import options_record
 
-    if options.decoding not in DECODINGS:
-        raise ValueError(f"unknown decoding {options.decoding!r}; expected {sorted(DECODINGS)}")
+    if options.refine is not None and not isinstance(options.refine, RefineSettings):
+        raise UsageError("MCOptions.refine: a vgutils.refine.RefineSettings (or None)")
+    options = resolve_mc_options(options)
+    refine = options.refine
     started = time.perf_counter()
     path = resolve_benchmark(options.benchmark, data_root)
     records, problems = load_mc(
@@ -229,23 +258,46 @@ def run_mc(
         subsets=list(options.subsets) if options.subsets else None,
     )
     records = records[: options.limit]
-    store = RunStore(Path(out), main_kind="answers")
-    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+    store = RunStore(Path(out), main_kind="answers", shard=shard)
     identity = {
         "benchmark_sha256": sha256(path),
         "code_sha256": _mc_code_fingerprint(),
         **_model_identity(options.model),
     }
-    run = store.open(record, identity, package_versions())
-    store.folder.joinpath("problems.txt").write_text("".join(f"{p}\n" for p in problems))
+    run = store.open(
+        options_record(options),
+        identity,
+        package_versions(),
+        keys=[item.id for item in records],
+        plan={"questions": len(records)},
+        replace_stale=replace_stale,
+    )
+    text = "".join(f"{p}\n" for p in problems)
+    atomic_write_bytes(store.folder / "problems.txt", text.encode())  # every rank: the same
     done = store.done_ids()
-    groups: OrderedDict[Path, list[MCRecord]] = OrderedDict()
+    by_image: OrderedDict[Path, list[MCRecord]] = OrderedDict()
     for item in records:
-        if item.id not in done:
-            groups.setdefault(item.images[0], []).append(item)
+        by_image.setdefault(item.images[0], []).append(item)
+    images = list(by_image)
+    keys = [os.path.relpath(image, path.parent) for image in images]
+    groups: OrderedDict[Path, list[MCRecord]] = OrderedDict()
+    for index in split_work(keys, shard):
+        todo = [item for item in by_image[images[index]] if item.id not in done]
+        if todo:
+            groups[images[index]] = todo
     if groups:
-        vlm = load_model(options.model, device=device, dtype=options.dtype)
-        heads, layers = heads_and_layers(options, vlm.num_layers) if options.refine else ([], [])
+        vlm = load_model(
+            options.model,
+            device=device,
+            dtype=options.dtype,
+            processor_kwargs=options.processor_kwargs,
+            image_resize=options.image_resize,
+            attention_precision=options.attention_precision,
+        )
+        if refine is not None:
+            refine.check_model(vlm)
+            if progress:
+                print(f"VGRefine: {refine.describe()} ({options.protocol})")
     bar = tqdm(
         total=sum(map(len, groups.values())),
         unit="q",
@@ -254,18 +306,24 @@ def run_mc(
     )
     for image_path, group in groups.items():
         try:
-            image = load_image(image_path)
+            image = load_image(image_path, options.image_mode)
         except Exception as err:  # an unreadable image skips its questions, never the run
             for item in group:
                 store.add_error(item.id, str(image_path), f"image unreadable: {err}")
             bar.update(len(group))
             continue
         generic = (  # once per image, shared by all of its questions
-            vlm.attention(vlm.prepare_generic(image), "last") if options.refine else None
+            vlm.attention(vlm.prepare_generic(image), "last") if refine is not None else None
         )
         rows = []
         for item in group:
             text = mc_prompt_text(item.question, item.options)
+            reason = too_long(vlm.prepare_text, image, text)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", item.id, image_path, reason)
+                store.add_error(item.id, str(image_path), reason)
+                bar.update(1)
+                continue
             row = {
                 "sample_id": item.id,
                 "order": item.index,
@@ -279,49 +337,55 @@ def run_mc(
                 "extra_images": item.extra_images,
                 "model": options.model,
                 "decoding": options.decoding,
+                "protocol": options.protocol,
             }
             seed = options.seed + item.index
-            if options.refine:
+            if refine is not None:
                 found = triage(
                     vlm,
                     image,
                     item.question,
-                    heads,
-                    options.percentile,
+                    list(refine.heads),
+                    refine.percentile,
                     generic_heads=generic,
-                    denominator=options.denominator,
-                    user_text=text,
+                    denominator=refine.denominator,
+                    user_text=text + refine.prompt_suffix,
                 )
-                prepared = found.prepared
-                baseline = generate(vlm, prepared, options.decoding, seed)
+                prepared = found.prepared  # the VGRefine prompt (with the suffix, if any)
+                plain = vlm.prepare_text(image, text) if refine.prompt_suffix else prepared
+                baseline = generate(vlm, plain, options.decoding, seed)
                 keys = prepared.image_positions[found.low]
                 rows_after_image = text_rows_after_image(prepared)
-                with knockout(vlm, layers, rows_after_image, keys, options.include_generated):
+                with knockout(
+                    vlm, list(refine.layers), rows_after_image, keys, refine.include_generated
+                ):
                     refined = generate(vlm, prepared, options.decoding, seed)
                 _scored(row, "refined", refined, item)
                 row["masked_tokens"] = int(found.low.sum())
+                row["heads_source"] = refine.heads_source
+                row["knockout_layers"] = " ".join(map(str, refine.layers))
             else:
                 prepared = vlm.prepare_text(image, text)
                 baseline = generate(vlm, prepared, options.decoding, seed)
             _scored(row, "baseline", baseline, item)
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
-    answers = load_metrics(store.folder, "answers")
-    if run["status"] != "complete":
-        errors = store.errors()
-        store.finalize(
-            run, {"questions": len(records), "done": len(answers), "skipped": len(errors)}
-        )
+    complete = run["status"] == "complete" or store.complete(run)
     store.close()  # the run folder's lock is released here
+    if not complete:  # other ranks' questions are missing: the merging rank writes the table
+        return partial_answers(store.folder), None, time.perf_counter() - started
+    answers = load_metrics(store.folder, "answers")
     table = mc_table(answers, n_boot=n_boot)
     summary = {
         "model": options.model,
         "benchmark": options.benchmark,
         "file": str(path),
         "decoding": options.decoding,
-        "refine": options.refine,
+        "protocol": options.protocol,
+        "refine": options_record(options)["refine"],
         "questions": len(answers),
         "left_out": problem_counts(problems),
         "multi_image_first_only": int((answers["extra_images"] > 0).sum()),

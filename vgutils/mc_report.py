@@ -48,69 +48,137 @@ PUBLISHED = {
 HuatuoGPT-Vision-7B) ``vgrefine``, per benchmark dataset."""
 
 
-def run_folder_name(model: str, benchmark: str, decoding: str) -> str:
+def run_folder_name(
+    model: str, benchmark: str, decoding: str, protocol: str = "corrected", heads=None
+) -> str:
+    """``mc__<model>__<benchmark>__<decoding>__<protocol>``, with ``__heads-given`` /
+    ``__heads-ranked`` when the run refines: runs of both protocols and both head sources
+    sit side by side."""
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")
-    return f"mc__{slug}__{benchmark}__{decoding}"
+    name = f"mc__{slug}__{benchmark}__{decoding}__{protocol}"
+    return name + (f"__heads-{heads}" if heads else "")
+
+
+def run_label(run: dict, protocol: str, profile_protocol: str) -> str:
+    """A run's row in the table: its ``label``, else the model; a run whose protocol is
+    not the profile's says so (``(corrected protocol)``)."""
+    label = run.get("label") or run["model"]
+    if protocol != profile_protocol and protocol not in label:
+        label += f" ({protocol} protocol)"
+    return label
+
+
+def benchmark_options(profile: str, spec: dict, run: dict):
+    """The :class:`vgutils.mc_eval.MCOptions` of one run of the profile's ``benchmarks``
+    block. A run's own settings win over the block's: ``protocol`` (default: the
+    profile's), ``decoding``, and the VGRefine settings (``heads``, ``layers``, ``top_k``,
+    ``percentile``, ``denominator``, ``include_generated``, ``prompt_suffix``); heads not
+    given are ranked on the run's ``calibration`` job."""
+    from vgutils.jobs import find_job, job_dir, load_profile
+    from vgutils.mc_eval import MCOptions
+    from vgutils.refine import RefineSettings
+
+    profile_protocol = load_profile(profile).get("protocol", "corrected")
+    protocol = run.get("protocol", spec.get("protocol", profile_protocol))
+    refine = None
+    if run.get("refine"):
+        keys = {k: spec[k] for k in RefineSettings.KEYS if k in spec and spec[k] is not None}
+        keys.update({k: run[k] for k in RefineSettings.KEYS if k in run})
+        if run.get("heads"):
+            keys.pop("top_k", None)  # given heads are used as they are
+        heads_from = None
+        if run.get("calibration"):
+            job = find_job(profile, run["model"], run["calibration"])
+            heads_from = str(job_dir(profile, job))
+        refine = RefineSettings.from_spec(keys, heads_from)
+    return MCOptions(
+        model=run["model"],
+        benchmark=spec["benchmark"],
+        datasets=tuple(spec["datasets"]) if spec.get("datasets") else None,
+        decoding=run.get("decoding", spec.get("decoding")),
+        seed=spec.get("seed", 42),
+        refine=refine,
+        protocol=protocol,
+        limit=spec.get("limit"),
+    )
+
+
+def benchmark_folder(profile: str, spec: dict, run: dict) -> str:
+    """The results folder name of one run of the profile's ``benchmarks`` block
+    (:func:`run_folder_name` of its options; nothing is computed or read but the model's
+    config)."""
+    from vgutils.mc_eval import mc_decoding
+
+    options = benchmark_options(profile, spec, run)
+    heads = None
+    if options.refine is not None:
+        heads = "given" if options.refine.heads is not None else "ranked"
+    return run_folder_name(
+        run["model"], spec["benchmark"], mc_decoding(options), options.protocol, heads
+    )
+
+
+def run_folder(profile: str, spec: dict, run: dict) -> Path:
+    """The results folder of one run of the profile's ``benchmarks`` block."""
+    from vgutils.paths import results_dir
+
+    return results_dir(profile) / benchmark_folder(profile, spec, run)
 
 
 def benchmark_runs(
-    profile: str, spec: dict, progress: bool = False, n_boot: int = 2000
+    profile: str,
+    spec: dict,
+    progress: bool = False,
+    n_boot: int = 2000,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Run (or reuse: runs are resumable and a complete one is only read) every run of
-    the profile's ``benchmarks`` block; returns the per-question answers of all runs with
-    ``model`` and ``published_as`` columns. Each run: ``model``, ``refine``,
+    the profile's ``benchmarks`` block (:func:`benchmark_options`: the profile's protocol
+    unless the run names its own); returns the per-question answers of all runs with
+    ``model``, ``row`` (:func:`run_label`), ``protocol``, ``heads`` and ``published_as``
+    columns. Each run: ``model``, ``refine``, ``heads`` + ``layers`` (given) or
     ``calibration`` (the profile's extraction job whose ``head_metrics`` rank the heads),
-    ``published_as`` (a key of :data:`PUBLISHED`, or none), and optionally its own
-    ``top_k``, ``layers``, ``percentile``."""
-    from vgutils.jobs import find_job, job_dir
-    from vgutils.mc_eval import MCOptions, run_mc
-    from vgutils.paths import results_dir
-    from vgutils.results import RunMismatch
+    ``published_as`` (a key of :data:`PUBLISHED`, or none), ``label``, and optionally its
+    own ``protocol``, ``top_k``, ``layers``, ``percentile``, ``decoding`` and
+    ``device_map: auto`` (a model larger than one GPU). ``shard``: ``(rank, world)`` under
+    a launcher: this process answers its share of each run (the answers returned are then
+    partial until the last rank merges). A folder left by other options or an older
+    version of the code is recomputed (unless ranks are writing it)."""
+    from vgutils.jobs import device_for, device_map_of, load_profile
+    from vgutils.mc_eval import resolve_mc_options, run_mc
 
+    profile_protocol = load_profile(profile).get("protocol", "corrected")
     frames = []
     for run in spec["runs"]:
-        refine = bool(run.get("refine", False))
-        layers = run.get("layers", spec.get("layers"))  # a run's own settings win
-        heads_from = None
-        if refine:
-            heads_from = str(job_dir(profile, find_job(profile, run["model"], run["calibration"])))
-        options = MCOptions(
-            model=run["model"],
-            benchmark=spec["benchmark"],
-            datasets=tuple(spec["datasets"]) if spec.get("datasets") else None,
-            decoding=spec.get("decoding", "greedy-1"),
-            seed=spec.get("seed", 42),
-            refine=refine,
-            heads_from=heads_from,
-            top_k=run.get("top_k", spec.get("top_k", 10)),
-            layers=tuple(layers) if layers else None,
-            percentile=run.get("percentile", spec.get("percentile", 80)),
-            limit=spec.get("limit"),
+        options = resolve_mc_options(benchmark_options(profile, spec, run))
+        heads = options.refine.heads_source if options.refine is not None else None
+        folder = run_folder(profile, spec, run)
+        device = device_for(spec, device_map_of(run, f"benchmarks.runs[{len(frames)}]"))
+        arguments = dict(device=device, n_boot=n_boot, progress=progress, shard=shard)
+        # generated results of an older setup are recomputed (replace_stale)
+        answers, _, _ = run_mc(options, folder, **arguments, replace_stale=True)
+        frames.append(
+            answers.assign(
+                row=run_label(run, options.protocol, profile_protocol),
+                protocol=options.protocol,
+                heads=heads or "",
+                published_as=run.get("published_as"),
+            )
         )
-        folder = results_dir(profile) / run_folder_name(
-            run["model"], spec["benchmark"], options.decoding
-        )
-        arguments = dict(device=spec.get("device", "auto"), n_boot=n_boot, progress=progress)
-        try:
-            answers, _, _ = run_mc(options, folder, **arguments)
-        except RunMismatch:  # generated results of an older setup: recompute
-            import shutil
-
-            shutil.rmtree(folder)
-            answers, _, _ = run_mc(options, folder, **arguments)
-        frames.append(answers.assign(published_as=run.get("published_as")))
     return pd.concat(frames, ignore_index=True)
 
 
 def vgrefine_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """Per model and benchmark dataset (and the micro total over the model's datasets):
-    ``n``, accuracy (%) without / with VGRefine and their 95% bootstrap intervals (intended
-    fallback), the accuracy with the reference scorer's fallback, how many outputs held no
-    letter, and the paper's published numbers in ``published_*`` columns."""
+    """Per row (a run's ``row`` label, else its model) and benchmark dataset (and the
+    micro total over the row's datasets): ``n``, the ``protocol``, accuracy (%) without /
+    with VGRefine and their 95% bootstrap intervals (intended fallback), the accuracy with
+    the reference scorer's fallback, how many outputs held no letter, and the paper's
+    published numbers in ``published_*`` columns."""
     from vgutils.mc_eval import mc_table
 
     rows = []
-    for model, frame in answers.groupby("model", sort=False):
+    key = "row" if "row" in answers else "model"
+    for model, frame in answers.groupby(key, sort=False):
         table = mc_table(frame, n_boot=n_boot)
         table = table[table["level"] != "subset"]
         published = frame["published_as"].iloc[0]
@@ -122,6 +190,8 @@ def vgrefine_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
                 else frame[frame["dataset"] == record["dataset"]]
             )
             row = {"model": model, "dataset": record["dataset"], "n": record["n"]}
+            if "protocol" in frame:
+                row["protocol"] = frame["protocol"].iloc[0]
             for which, label in (("baseline", "without"), ("refined", "VGRefine")):
                 if which in record:
                     row[f"{label} %"] = 100 * record[which]

@@ -36,6 +36,19 @@ def resolve_profile(profile: str) -> str:
     return chosen
 
 
+def parameter(name: str, value, kind: type = str):
+    """A notebook parameter (papermill ``-p NAME VALUE``) checked against its type: ``value``,
+    or a UsageError naming the parameter, its value and the type expected."""
+    from vgutils.errors import UsageError
+
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise UsageError(
+            f"notebook parameter {name}={value!r}: expected {kind.__name__}, "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
 def quiet_progress() -> None:
     """No tqdm bars from transformers / huggingface_hub: in a notebook they freeze at their
     first frame (``Loading weights: 0%``). Our own code reports progress as plain lines."""

@@ -8,6 +8,13 @@ axes are integers 1-5 (rubrics in :data:`RUBRICS`); ``q_type`` is ``attribute`` 
 ``localization``. A rater who rates a sample again appends a new row; the last row per
 (sample, rater) is the rating (:func:`load_ratings`, :func:`curate`, :func:`distribution`
 count each pair once).
+
+Which rows may repeat a (sample, rater): those the rating widget wrote
+(:func:`append_rating` stamps every row with its UTC time, ``2026-01-05T14:03:11+00:00``,
+:data:`WIDGET_TIMESTAMP`; files written before this rule carry the same stamp). A row
+without that stamp is a hand-made one: a second row for its (sample, rater) is refused,
+naming both lines. The file may come from Excel ("CSV UTF-8": a byte-order mark, CRLF) or
+LibreOffice; its column order is free (appends follow it).
 """
 
 from __future__ import annotations
@@ -16,13 +23,16 @@ import csv
 import fcntl
 import io
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from vgutils.errors import DataError, UsageError
 from vgutils.paths import DATA_MANIFEST
 
 AXES = ("clinical_relevance", "visual_grounding", "semantic_grounding")
@@ -75,50 +85,209 @@ class RatingsWarning(UserWarning):
     """A line of a ratings file that was ignored (torn by a crash, or a repeated header)."""
 
 
-def _records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
-    """The file's data records with their line numbers, and the ignored lines. A record
-    with the wrong number of fields, or a last line without its newline, is a line torn by
-    a crash (the appender fences it with a newline): reported by line number, ignored."""
-    text = path.read_text(encoding="utf-8")
-    reader = csv.reader(io.StringIO(text))
-    records, lines, ignored = [], [], []
-    header = None
-    previous_end = 0
-    total_lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-    for record in reader:
-        line = previous_end + 1
-        previous_end = reader.line_num
-        if not record:
+class RatingsFileError(DataError, ValueError):
+    """A ratings file that cannot be read as it is; the message names the file and line."""
+
+
+WIDGET_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+"""The ``timestamp`` of a row written by :func:`append_rating` (the rating widget): UTC to
+the second, ``2026-01-05T14:03:11+00:00``. Such rows may repeat a (sample, rater) -- the
+rater re-rated, the last one counts; any other row (a hand-made file) may not."""
+
+
+@dataclass
+class _Record:
+    """One CSV record: its fields, the lines it starts and ends on, and its quoted fields
+    that hold a line break (field index, line of the opening quote)."""
+
+    fields: list[str]
+    line: int
+    end: int
+    multiline: list[tuple[int, int]]
+
+
+_UNQUOTED = re.compile(r"[^,\n]*")
+"""The rest of a field up to its comma or line end."""
+
+
+def _quoted(text: str, start: int) -> tuple[str, int, int]:
+    """The quoted field opening at ``text[start] == '"'``: (value, index after the closing
+    quote, lines crossed); ``-1`` as the index when the quote is never closed."""
+    parts, index = [], start + 1
+    while True:
+        close = text.find('"', index)
+        if close < 0:
+            parts.append(text[index:])
+            return "".join(parts), -1, text.count("\n", start)
+        parts.append(text[index:close])
+        if text.startswith('"', close + 1):  # a doubled quote: one quote character
+            parts.append('"')
+            index = close + 2
             continue
-        if header is None:
-            header = record
+        return "".join(parts), close + 1, text.count("\n", start, close)
+
+
+def _parse_csv(text: str) -> tuple[list[_Record], int | None]:
+    """RFC 4180 records of ``text`` (LF line ends), as Excel and LibreOffice write them: a
+    field that starts with a quote runs to the closing quote (``""`` inside is a quote) and
+    may hold commas and line breaks; a quote inside an unquoted field is a character.
+    Returns the records and, if a quote is never closed, the line where it opens (the
+    records end before the record holding it)."""
+    records: list[_Record] = []
+    index, line, size = 0, 1, len(text)
+    while index < size:
+        fields: list[str] = []
+        multiline: list[tuple[int, int]] = []
+        start_line = line
+        while True:  # one field per turn
+            if index < size and text[index] == '"':
+                value, after, crossed = _quoted(text, index)
+                if after < 0:
+                    return records, line
+                if crossed:
+                    multiline.append((len(fields), line))
+                line += crossed
+                end = _UNQUOTED.match(text, after).end()
+                value += text[after:end]  # after the closing quote: kept, as csv does
+            else:
+                end = _UNQUOTED.match(text, index).end()
+                value = text[index:end]
+            fields.append(value)
+            if end < size and text[end] == ",":
+                index = end + 1
+                continue
+            records.append(_Record(fields, start_line, line, multiline))
+            index = end + 1
+            line += 1
+            break
+    return records, None
+
+
+def _text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise RatingsFileError(f"{path}: ratings file not found") from err
+    except OSError as err:
+        raise RatingsFileError(f"{path}: unreadable ({err.strerror or err})") from err
+    try:
+        text = data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise RatingsFileError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save it as "
+            "'CSV UTF-8' (Excel) or with the character set UTF-8 (LibreOffice)"
+        ) from err
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _looks_like_row(text: str, width: int) -> bool:
+    return text.count(",") >= width - 1
+
+
+def _records(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]], list[str]]:
+    """The header and its line, the data records with their first line, and the ignored
+    lines of a ratings file. A record with fewer fields than the header (or a quote left
+    open on the last line, without its newline) is a line torn by a crash (the appender
+    fences it with a newline): reported by line number, ignored. A whole last row without
+    its newline (an editor, a spreadsheet export) is read: a tear that leaves every field
+    can only have cut the note. Refused (:class:`RatingsFileError`, naming the line): more
+    fields than the header (the columns would shift), a quote that is never closed or
+    that runs over rows, a file separated by semicolons."""
+    text = _text(path)
+    records, open_quote = _parse_csv(text)
+    ignored: list[str] = []
+    if open_quote is not None:
+        # a quote opened on a last line without its newline: a line torn by a crash
+        torn = not text.endswith("\n") and text.count("\n") == open_quote - 1
+        if not torn:
+            raise RatingsFileError(
+                f"{path}:{open_quote}: the quote opened on this line is never closed, so it "
+                "takes in every row after it; close it (a quote inside a quoted field is "
+                'written twice: "")'
+            )
+        ignored.append(f"{path}:{open_quote}: torn line ignored (an open quote at the end)")
+    records = [r for r in records if any(f.strip() for f in r.fields)]
+    if not records:
+        return [], 1, [], ignored
+    header_record, *data = records
+    header = [f.strip() for f in header_record.fields]
+    width = len(header)
+    while header and not header[-1]:  # a spreadsheet range wider than the data
+        header.pop()
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        separator = ";" if ";" in header[0] else "a tab"
+        raise RatingsFileError(
+            f"{path}:{header_record.line}: the header is separated by {separator!r}, not "
+            "commas; save the file as CSV with a comma as the field separator"
+        )
+    rows: list[tuple[int, list[str]]] = []
+    problems: list[str] = []
+    for record in data:
+        values = [f.strip() for f in record.fields]
+        where = f"{path}:{record.line}"
+        bad_quote = [
+            (index, opened)
+            for index, opened in record.multiline
+            if index >= len(header)
+            or header[index] != "note"
+            or any(
+                _looks_like_row(part, len(header)) for part in record.fields[index].split("\n")[1:]
+            )
+        ]
+        if bad_quote:
+            index, opened = bad_quote[0]
+            column = header[index] if index < len(header) else f"field {index + 1}"
+            problems.append(
+                f"{path}:{opened}: the quote opened on this line ({column}) runs on to line "
+                f"{record.end} and takes in the rows between; close it where the field ends "
+                '(a quote inside a quoted field is written twice: "")'
+            )
             continue
-        last = previous_end == total_lines and not text.endswith("\n")
-        if record == header:
-            ignored.append(f"{path}:{line}: repeated header ignored")
-        elif len(record) != len(header) or last:
-            why = "no newline at the end of the file" if last else f"{len(record)} fields"
-            ignored.append(f"{path}:{line}: torn line ignored ({why}): {','.join(record)[:60]!r}")
-        else:
-            records.append(record)
-            lines.append(line)
-    if header is None:
-        header = []
-    return [header, *records], lines, ignored
+        if values[: len(header)] == header and not any(values[len(header) :]):
+            ignored.append(f"{where}: repeated header ignored")
+            continue
+        if len(values) > width or any(values[len(header) :]):
+            problems.append(
+                f"{where}: {len(values)} fields, but the header has {len(header)}: a comma "
+                "too many (a field holding a comma must be in quotes); the columns would shift"
+            )
+            continue
+        if len(values) < len(header):
+            ignored.append(
+                f"{where}: torn line ignored ({len(values)} fields): "
+                f"{','.join(record.fields)[:60]!r}"
+            )
+            continue
+        rows.append((record.line, values[: len(header)]))
+    if problems:
+        raise RatingsFileError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(problems))
+    return header, header_record.line, rows, ignored
 
 
 def _problems(frame: pd.DataFrame, lines: list[int], source: str) -> list[str]:
+    """Every bad value, and every (sample, rater) given twice where the rating widget did
+    not write both rows (a hand-made file has one row per pair), naming both lines."""
     problems = []
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         return [f"{source}: missing column(s) {missing}; expected {list(COLUMNS)}"]
+    first_row: dict[tuple[str, str], tuple[int, bool]] = {}
+    q_types: dict[str, tuple[int, str]] = {}
     for line, row in zip(lines, frame.to_dict("records"), strict=True):
         where = f"{source}:{line}"
-        if not str(row["sample_id"]).strip():
+        if not row["sample_id"]:
             problems.append(f"{where}: sample_id: empty")
         if row["q_type"] not in Q_TYPES:
             problems.append(f"{where}: q_type: {row['q_type']!r} is not one of {Q_TYPES}")
-        if not str(row["rater"]).strip():
+        elif row["sample_id"]:
+            earlier_line, earlier = q_types.setdefault(row["sample_id"], (line, row["q_type"]))
+            if earlier != row["q_type"]:
+                problems.append(
+                    f"{where}: q_type: sample {row['sample_id']!r} is {row['q_type']!r} here "
+                    f"but {earlier!r} on line {earlier_line}"
+                )
+        if not row["rater"]:
             problems.append(f"{where}: rater: empty")
         for axis in AXES:
             value = row[axis]
@@ -128,6 +297,18 @@ def _problems(frame: pd.DataFrame, lines: list[int], source: str) -> list[str]:
                 number = np.nan
             if not (np.isfinite(number) and number == int(number) and 1 <= number <= 5):
                 problems.append(f"{where}: {axis}: {value!r} is not an integer 1-5")
+        if not (row["sample_id"] and row["rater"]):
+            continue
+        widget = bool(WIDGET_TIMESTAMP.fullmatch(row["timestamp"]))
+        key = (row["sample_id"], row["rater"])
+        first_line, first_widget = first_row.setdefault(key, (line, widget))
+        if first_line != line and not (widget and first_widget):
+            problems.append(
+                f"{where}: sample {key[0]!r} rated by {key[1]!r} twice, on lines {first_line} "
+                f"and {line}: a hand-made file has one row per (sample, rater); delete one "
+                "(rows the rating widget wrote, with its UTC timestamp, may repeat: the last "
+                "one counts)"
+            )
     return problems
 
 
@@ -138,21 +319,32 @@ def latest(ratings: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_ratings(path: str | Path, history: bool = False) -> pd.DataFrame:
-    """Read and validate a ratings CSV; ``ValueError`` listing every bad row. Lines torn by
-    a crash (and repeated headers) are ignored with a :class:`RatingsWarning` naming their
-    line. Returns the last rating per (sample, rater), or with ``history=True`` every row
-    in file order (column ``line``: where it is in the file)."""
+    """Read and validate a ratings CSV: UTF-8 (a byte-order mark allowed), LF or CRLF line
+    ends, RFC 4180 quoting -- as the rating widget, Excel ("CSV UTF-8") and LibreOffice
+    write it; surrounding spaces of a value are dropped. A :class:`RatingsFileError` (a
+    ``ValueError``) lists every bad row by line: a bad value, a row with more fields than
+    the header, a quote never closed, a (sample, rater) given twice by hand (see
+    :data:`WIDGET_TIMESTAMP`). Lines torn by a crash (and repeated headers) are ignored
+    with a :class:`RatingsWarning` naming their line. Returns the last rating per (sample,
+    rater), or with ``history=True`` every row in file order (column ``line``: where the
+    row starts in the file)."""
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError(
+            f"ratings file: expected a path (a str or Path), got {type(path).__name__} {path!r}"
+        )
     path = Path(path)
-    records, lines, ignored = _records(path)
+    header, header_line, rows, ignored = _records(path)
     for message in ignored:
         warnings.warn(message, RatingsWarning, stacklevel=2)
-    header, rows = records[0], records[1:]
     if len(set(header)) != len(header):
-        raise ValueError(f"{path}:1: repeated column names in the header {header}")
-    frame = pd.DataFrame(rows, columns=header, dtype=str)
+        raise RatingsFileError(
+            f"{path}:{header_line}: repeated column names in the header {header}"
+        )
+    lines = [line for line, _ in rows]
+    frame = pd.DataFrame([values for _, values in rows], columns=header, dtype=str)
     problems = _problems(frame, lines, str(path))
     if problems:
-        raise ValueError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(problems))
+        raise RatingsFileError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(problems))
     for axis in AXES:
         frame[axis] = frame[axis].astype(float).astype(int)
     frame = frame[list(COLUMNS)].assign(line=lines)
@@ -227,26 +419,53 @@ def synthetic_ratings(n_per_type: int, seed: int = 0, rater: str = "synthetic") 
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def _file_layout(descriptor: int, path: Path) -> tuple[list[str], str]:
+    """The header (column names, in the file's order) and line end of an existing ratings
+    file, read from its start."""
+    head = os.pread(descriptor, 1 << 16, 0)
+    end = head.find(b"\n")
+    if end < 0:
+        raise RatingsFileError(f"{path}:1: no complete header line; not appended to")
+    try:
+        text = head[: end + 1].decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RatingsFileError(f"{path}:1: not UTF-8; not appended to") from err
+    header = [name.strip() for name in next(csv.reader([text.rstrip("\r\n")]))]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise RatingsFileError(
+            f"{path}:1: missing column(s) {missing}; expected {list(COLUMNS)}; not appended to"
+        )
+    return header, "\r\n" if text.endswith("\r\n") else "\n"
+
+
 def append_rating(path: Path, row: dict) -> None:
     """Append one rating as a single write of a complete line, then fsync, under an
     exclusive ``flock`` on the file: concurrent raters never write the header twice nor
-    interleave. A last line left without its newline by a crash is fenced (a newline is
-    written first), never glued onto; :func:`load_ratings` reports and ignores it."""
+    interleave. The row is stamped with the current UTC time (:data:`WIDGET_TIMESTAMP`)
+    unless it has a ``timestamp``: a widget row, which a later re-rating may repeat. An
+    existing file keeps its own column order and line ends (a file saved by Excel). A last
+    line left without its newline by a crash is fenced (a newline is written first, after
+    a closing quote if the torn line ends inside quotes), never glued onto;
+    :func:`load_ratings` reports and ignores it."""
     path = Path(path)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-    writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    line = buffer.getvalue().encode("utf-8")
+    values = {k: row.get(k, "") for k in COLUMNS}
+    values["timestamp"] = values["timestamp"] or datetime.now(UTC).isoformat(timespec="seconds")
     descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # released by close
         size = os.fstat(descriptor).st_size
+        header, line_end = (list(COLUMNS), "\n") if size == 0 else _file_layout(descriptor, path)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator=line_end)
         if size == 0:
-            header = io.StringIO()
-            csv.writer(header, lineterminator="\n").writerow(COLUMNS)
-            line = header.getvalue().encode("utf-8") + line
-        elif os.pread(descriptor, 1, size - 1) != b"\n":
-            line = b"\n" + line  # fence a torn last line
+            writer.writerow(COLUMNS)
+        writer.writerow([values.get(name, "") for name in header])
+        line = buffer.getvalue().encode("utf-8")
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":  # fence a torn last line
+            text = os.pread(descriptor, size, 0).decode("utf-8-sig", errors="replace")
+            _, open_quote = _parse_csv(text.replace("\r\n", "\n"))
+            line = (b'"' if open_quote is not None else b"") + line_end.encode() + line
         os.write(descriptor, line)
         os.fsync(descriptor)
     finally:

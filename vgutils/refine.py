@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from vgutils.errors import UsageError
 from vgutils.models.attention import knockout_edit
 from vgutils.models.prefix import shared_prefix_attention
 from vgutils.models.vlm import Prepared, VisionLanguageModel
-from vgutils.scoring import normalized
+from vgutils.scoring import head_mean, normalized
 from vgutils.stats import LOWER_IS_BETTER
 
 DEFAULT_PERCENTILE = 80
@@ -41,11 +42,13 @@ def rank_heads(
 def best_layer(
     head_metrics: pd.DataFrame, heads: list[tuple[int, int]], metric: str = "attention_ratio"
 ) -> int:
-    """The most visually sensitive layer (``vqa --layers best``; the authors knock out one
-    such layer, METHOD.md): the layer holding the most of the top heads ``heads``
-    (:func:`rank_heads`); ties go to the layer whose top heads have the best mean
-    ``metric`` (mean over its top heads of their calibration means), then to the lower
-    layer. With the authors' example (20 heads, most of them in layer 16) this is 16."""
+    """A stand-in for the authors' knockout layer when none is given (``vqa --layers
+    best``): the layer holding the most of the top heads ``heads`` (:func:`rank_heads`);
+    ties go to the layer whose top heads have the best mean ``metric`` (mean over its top
+    heads of their calibration means), then to the lower layer. The authors chose their
+    layer from layer-level metrics (METHOD.md), not by this rule: for HuatuoGPT-Vision-7B
+    they give layer 16, which holds 4 of their 20 heads (the largest group, not a
+    majority). Profiles give the authors' layer explicitly (``layers: [16]``)."""
     if not heads:
         raise ValueError("best_layer needs at least one head")
     if metric not in LOWER_IS_BETTER:
@@ -56,6 +59,250 @@ def best_layer(
         per_layer.setdefault(int(layer), []).append(float(means.loc[(layer, head)]))
     sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
     return min(per_layer, key=lambda x: (-len(per_layer[x]), sign * np.mean(per_layer[x]), x))
+
+
+HEADS_SOURCES = ("given", "ranked")
+"""Where VGRefine's heads come from: ``given`` (a list, e.g. the authors' 20 heads of
+HuatuoGPT-Vision-7B) or ``ranked`` (:func:`rank_heads` on a calibration run)."""
+
+
+def parse_heads(text: str) -> tuple[tuple[int, int], ...]:
+    """``"15:4,16:5"`` -> ``((15, 4), (16, 5))`` (``--heads``); UsageError naming the bad
+    item."""
+    heads = []
+    for item in text.replace(" ", "").split(","):
+        layer, sep, head = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            heads.append((int(layer), int(head)))
+        except ValueError:
+            raise UsageError(
+                f"--heads {text}: {item!r} is not LAYER:HEAD (e.g. --heads 15:4,16:5)"
+            ) from None
+    return as_heads(heads, "--heads")
+
+
+def as_heads(value, name: str = "heads") -> tuple[tuple[int, int], ...]:
+    """A list of ``(layer, head)`` pairs (lists or tuples of two non-negative integers) as
+    a tuple of tuples, duplicates kept in order once; UsageError naming ``name`` else."""
+    try:
+        heads = [(int(layer), int(head)) for layer, head in value]
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}: expected a list of [layer, head] pairs, got {value!r}") from None
+    if not heads or any(layer < 0 or head < 0 for layer, head in heads):
+        raise UsageError(f"{name}: expected at least one [layer, head] pair >= 0, got {value!r}")
+    return tuple(dict.fromkeys(heads))
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Everything VGRefine needs besides the model and the data: one object for the API,
+    ``vqa`` (free text and ``--benchmark``), the multiple-choice runs and the profiles
+    (the ``refine`` block and each ``benchmarks.runs`` entry: :meth:`from_spec`).
+
+    - ``heads``: given ``(layer, head)`` pairs (e.g. the authors' 20 of
+      HuatuoGPT-Vision-7B), else ranked on ``heads_from`` (a run of ``extract --heads``)
+      keeping ``top_k``;
+    - ``layers``: knockout layers, given numbers, ``"best"`` (:func:`best_layer`: needs
+      ``heads_from``) or ``"heads"`` (every layer holding a chosen head);
+    - ``percentile``: the low-relevance cut; ``denominator``, ``include_generated``,
+      ``prompt_suffix``: as in :func:`triage`, :func:`knockout` and the protocols'
+      ``refine_prompt_suffix``.
+
+    ``None`` means the protocol's value; :meth:`resolve` fills them in and makes heads and
+    layers concrete, with ``heads_source`` (:data:`HEADS_SOURCES`) and ``layers_source``
+    (``given``, ``best``, ``heads``) saying where they came from: what ``run.json``
+    records (``heads_from`` only where it was read)."""
+
+    heads: tuple[tuple[int, int], ...] | None = None
+    heads_from: str | None = None
+    top_k: int | None = None
+    layers: tuple[int, ...] | str | None = None
+    percentile: float = 80.0
+    denominator: str | None = None
+    include_generated: bool | None = None
+    prompt_suffix: str | None = None
+    heads_source: str | None = None
+    layers_source: str | None = None
+
+    KEYS = (
+        "heads",
+        "top_k",
+        "layers",
+        "percentile",
+        "denominator",
+        "include_generated",
+        "prompt_suffix",
+    )
+    """The keys :meth:`from_spec` reads from a profile (besides ``heads_from``)."""
+
+    @classmethod
+    def from_spec(cls, spec: dict, heads_from: str | None = None) -> RefineSettings:
+        """The settings a profile's block gives (:attr:`KEYS`; absent: ``None``, the
+        protocol's; ``percentile`` default 80)."""
+        layers = spec.get("layers")
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = (layers,)
+        return cls(
+            heads=as_heads(spec["heads"]) if spec.get("heads") else None,
+            heads_from=heads_from,
+            top_k=spec.get("top_k"),
+            layers=tuple(int(x) for x in layers) if isinstance(layers, list | tuple) else layers,
+            percentile=float(spec.get("percentile", DEFAULT_PERCENTILE)),
+            denominator=spec.get("denominator"),
+            include_generated=spec.get("include_generated"),
+            prompt_suffix=spec.get("prompt_suffix"),
+        )
+
+    def resolve(self, protocol=None, verbose: bool = False) -> RefineSettings:
+        """These settings with the ``protocol``'s value (a name or a
+        :class:`vgutils.protocols.Protocol`; ``None``: ``corrected``) for every one left
+        ``None``, and concrete heads and layers (ranked heads and the ``best`` layer read
+        ``heads_from``'s ``head_metrics``; no model needed). Idempotent."""
+        from vgutils.protocols import Protocol, get_protocol
+
+        if self.heads_source is not None:  # resolved already
+            return self
+        if not isinstance(protocol, Protocol):
+            protocol = get_protocol(protocol)
+        if self.denominator is not None and self.denominator not in DENOMINATORS:
+            raise UsageError(
+                f"--denominator {self.denominator!r}: expected one of {', '.join(DENOMINATORS)}"
+            )
+        if not 0 <= float(self.percentile) < 100:
+            raise UsageError(f"--percentile {self.percentile}: expected 0 <= p < 100")
+        head_metrics = None
+        if self.heads is not None:
+            heads = as_heads(self.heads)
+            if self.top_k is not None and self.top_k != len(heads):
+                raise UsageError(
+                    f"--top-k {self.top_k} with {len(heads)} given heads: give one of them "
+                    "(given heads are used as they are)"
+                )
+            source, top_k = "given", len(heads)
+        else:
+            if not self.heads_from:
+                raise UsageError(
+                    "VGRefine needs heads: --heads LAYER:HEAD,... or --heads-from (a run "
+                    "made with `extract --heads`)"
+                )
+            top_k = self.top_k if self.top_k is not None else protocol.top_k
+            if top_k < 1:
+                raise UsageError(f"--top-k {top_k}: expected a positive number")
+            head_metrics = _head_metrics(self.heads_from)
+            heads, source = tuple(rank_heads(head_metrics, top_k=top_k)), "ranked"
+        layers = self.layers if self.layers is not None else protocol.knockout_layers
+        if isinstance(layers, list):
+            layers = tuple(layers)
+        if isinstance(layers, tuple):
+            layers_source = "given"
+        elif layers == "heads":
+            layers, layers_source = tuple(sorted({layer for layer, _ in heads})), "heads"
+        elif layers == "best":
+            if not self.heads_from:
+                raise UsageError(
+                    "knockout layers 'best' rank layers on a calibration run: give "
+                    "--heads-from, or the layers (--layers; the authors' layer for "
+                    "HuatuoGPT-Vision-7B is 16)"
+                )
+            if head_metrics is None:
+                head_metrics = _head_metrics(self.heads_from)
+            layer = best_layer(head_metrics, list(heads))
+            if verbose:
+                held = sum(h_layer == layer for h_layer, _ in heads)
+                print(
+                    f"knockout layer: {layer} (best: holds {held} of the {len(heads)} heads; "
+                    f"{self.heads_from})"
+                )
+            layers, layers_source = (layer,), "best"
+        else:
+            raise UsageError(f"--layers {layers!r}: expected layer numbers, 'best' or 'heads'")
+        return replace(
+            self,
+            heads=heads,
+            heads_from=None if source == "given" and layers_source != "best" else self.heads_from,
+            top_k=top_k,
+            layers=tuple(int(x) for x in layers),
+            percentile=float(self.percentile),
+            denominator=self.denominator or protocol.denominator,
+            include_generated=(
+                self.include_generated
+                if self.include_generated is not None
+                else protocol.include_generated
+            ),
+            prompt_suffix=(
+                self.prompt_suffix
+                if self.prompt_suffix is not None
+                else protocol.refine_prompt_suffix
+            ),
+            heads_source=source,
+            layers_source=layers_source,
+        )
+
+    def check_model(self, vlm: VisionLanguageModel) -> None:
+        """UsageError when a head or layer lies outside ``vlm``'s language model."""
+        layers = [x for x in (self.layers or ()) if not 0 <= x < vlm.num_layers]
+        if layers:
+            raise UsageError(f"--layers {layers} outside 0..{vlm.num_layers - 1}")
+        heads = [
+            (layer, head)
+            for layer, head in self.heads or ()
+            if not (0 <= layer < vlm.num_layers and 0 <= head < vlm.num_heads)
+        ]
+        if heads:
+            raise UsageError(
+                f"--heads {', '.join(f'{a}:{b}' for a, b in heads)} outside the model's "
+                f"{vlm.num_layers} layers x {vlm.num_heads} heads"
+            )
+
+    def describe(self) -> str:
+        """In words, e.g. ``20 given heads, knockout layer 16``."""
+        heads = f"{len(self.heads or ())} {self.heads_source or ''} heads".replace("  ", " ")
+        layers = ", ".join(map(str, self.layers)) if isinstance(self.layers, tuple) else "?"
+        word = "layer" if isinstance(self.layers, tuple) and len(self.layers) == 1 else "layers"
+        return f"{heads}, knockout {word} {layers}"
+
+    def answer(
+        self,
+        vlm: VisionLanguageModel,
+        image,
+        question: str,
+        max_new_tokens: int | None = 16,
+        *,
+        generic_heads: np.ndarray | None = None,
+        user_text: str | None = None,
+        generation: dict | None = None,
+    ) -> RefineResult:
+        """:func:`answer` with these (resolved) settings; ``user_text`` (a whole prompt
+        text, e.g. multiple choice) gets the ``prompt_suffix``. A free-text ``question``
+        needs none: its prompt already ends with the answer instruction the authors'
+        ``VGRefine()`` appends."""
+        if self.heads_source is None:
+            raise ValueError("RefineSettings.answer needs resolved settings (resolve())")
+        if user_text is not None and self.prompt_suffix:
+            user_text = user_text + self.prompt_suffix
+        return answer(
+            vlm,
+            image,
+            question,
+            list(self.heads),
+            list(self.layers),
+            self.percentile,
+            max_new_tokens,
+            generic_heads=generic_heads,
+            denominator=self.denominator,
+            include_generated=self.include_generated,
+            user_text=user_text,
+            generation=generation,
+        )
+
+
+def _head_metrics(run: str) -> pd.DataFrame:
+    from vgutils.results import load_metrics, require_complete
+
+    require_complete(run)  # a calibration still being written ranks others
+    return load_metrics(run, "head_metrics")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +336,9 @@ def triage(
     map. ``generic_heads``: the image's generic-prompt attention ``(layers, heads, N)``
     when already computed (several questions about one image share it). ``user_text``:
     the whole user text instead of ``question`` + answer instruction (e.g. a
-    multiple-choice prompt; :meth:`VisionLanguageModel.prepare_text`)."""
+    multiple-choice prompt; :meth:`VisionLanguageModel.prepare_text`). Under the model's
+    ``attention_precision="model"`` the layer-mean generic map is taken in the model's
+    dtype (:func:`vgutils.scoring.head_mean`): the authors' order of operations (METHOD.md)."""
     if not heads:
         raise ValueError("triage needs at least one head")
     if denominator not in DENOMINATORS:
@@ -104,8 +353,9 @@ def triage(
     else:
         question_heads = vlm.attention(prepared, "last")
     generic = generic_heads.astype(np.float64)
-    if denominator == "layer":
-        generic = np.broadcast_to(generic.mean(axis=1, keepdims=True), generic.shape)
+    if denominator == "layer":  # the head mean in the model's dtype under its precision
+        means = head_mean(generic_heads, vlm.head_mean_dtype, axis=1)[:, None, :]
+        generic = np.broadcast_to(means, generic.shape)
     per_head = normalized(question_heads.astype(np.float64), generic)
     layers, head_index = zip(*heads, strict=True)
     relevance = per_head[list(layers), list(head_index)].mean(axis=0)
@@ -172,12 +422,16 @@ def answer(
     denominator: str = "head",
     include_generated: bool = True,
     user_text: str | None = None,
+    generation: dict | None = None,
 ) -> RefineResult:
-    """Answer ``question`` about ``image`` greedily without and with VGRefine
-    (``generic_heads``, ``denominator``, ``user_text``: see :func:`triage`;
-    ``include_generated``: see :func:`knockout`). The defaults are the ``corrected``
-    protocol's; the authors' are ``denominator="layer"``, one layer (:func:`best_layer`),
-    ``include_generated=False``, ``max_new_tokens=1``."""
+    """Answer ``question`` about ``image`` without and with VGRefine, greedily or with
+    ``generation`` (:meth:`VisionLanguageModel.generate`'s ``settings``; ``max_new_tokens``
+    wins when given) (``generic_heads``, ``denominator``, ``user_text``: see
+    :func:`triage`; ``include_generated``: see :func:`knockout`). The defaults are the
+    ``corrected`` protocol's; the authors' are ``denominator="layer"``, one given layer,
+    ``include_generated=False`` and their decoding per family
+    (:data:`vgutils.protocols.AUTHORS_DECODING`). :class:`RefineSettings` holds all of
+    them (:meth:`RefineSettings.answer`)."""
     found = triage(
         vlm,
         image,
@@ -189,12 +443,13 @@ def answer(
         user_text=user_text,
     )
     prepared = found.prepared
-    baseline = vlm.generate(prepared, max_new_tokens=max_new_tokens)
+    baseline = vlm.generate(prepared, max_new_tokens, generation)
     keys = prepared.image_positions[found.low]
     with knockout(vlm, layers, text_rows_after_image(prepared), keys, include_generated):
-        refined = vlm.generate(prepared, max_new_tokens=max_new_tokens)
+        refined = vlm.generate(prepared, max_new_tokens, generation)
         after_heads = vlm.attention(prepared, "last")
-    generic = found.generic_heads.astype(np.float64).mean(axis=1)
-    before = normalized(found.question_heads.astype(np.float64).mean(axis=1), generic)
-    after = normalized(after_heads.astype(np.float64).mean(axis=1), generic)
+    dtype = vlm.head_mean_dtype
+    generic = head_mean(found.generic_heads, dtype, axis=1)
+    before = normalized(head_mean(found.question_heads, dtype, axis=1), generic)
+    after = normalized(head_mean(after_heads, dtype, axis=1), generic)
     return RefineResult(refined, baseline, found, before, after)

@@ -17,11 +17,26 @@ def normalized(question: np.ndarray, generic: np.ndarray) -> np.ndarray:
     return normalize_by_generic(question, np.maximum(generic, GENERIC_FLOOR))
 
 
-def layer_maps(raw_heads: np.ndarray, generic_heads: np.ndarray) -> dict[str, np.ndarray]:
+def head_mean(heads: np.ndarray, dtype: str | None = None, axis: int = -2) -> np.ndarray:
+    """Mean over the heads axis, float64. ``dtype`` (e.g. ``"bfloat16"``; the protocols'
+    ``attention_precision="model"``): taken in that torch dtype, as the authors' code
+    takes it on the model's own attention weights, then widened; ``None``: in float64."""
+    if dtype is None or dtype == "float64":
+        return np.asarray(heads, dtype=np.float64).mean(axis=axis)
+    import torch
+
+    values = torch.from_numpy(np.ascontiguousarray(heads, dtype=np.float32))
+    return values.to(getattr(torch, dtype)).mean(dim=axis).double().numpy()
+
+
+def layer_maps(
+    raw_heads: np.ndarray, generic_heads: np.ndarray, mean_dtype: str | None = None
+) -> dict[str, np.ndarray]:
     """Layer maps ``(layers, N)``: ``raw`` = mean over heads of the question's attention,
-    ``generic`` = the same for the generic prompt, ``normalized`` = raw / generic."""
-    raw = raw_heads.astype(np.float64).mean(axis=1)
-    generic = generic_heads.astype(np.float64).mean(axis=1)
+    ``generic`` = the same for the generic prompt, ``normalized`` = raw / generic. The
+    head mean in ``mean_dtype`` (:func:`head_mean`), the division in float64."""
+    raw = head_mean(raw_heads, mean_dtype, axis=1)
+    generic = head_mean(generic_heads, mean_dtype, axis=1)
     return {"raw": raw, "generic": generic, "normalized": normalized(raw, generic)}
 
 
@@ -35,9 +50,10 @@ def score(maps: np.ndarray, mask: np.ndarray, suffix: str = "") -> dict[str, np.
     }
 
 
-def layer_scores(raw_heads, generic_heads, mask) -> dict[str, np.ndarray]:
-    """Per-layer metrics ``(layers,)`` on the normalised map and (``*_raw``) the raw map."""
-    maps = layer_maps(raw_heads, generic_heads)
+def layer_scores(raw_heads, generic_heads, mask, mean_dtype=None) -> dict[str, np.ndarray]:
+    """Per-layer metrics ``(layers,)`` on the normalised map and (``*_raw``) the raw map
+    (``mean_dtype``: :func:`layer_maps`)."""
+    maps = layer_maps(raw_heads, generic_heads, mean_dtype)
     return {**score(maps["normalized"], mask), **score(maps["raw"], mask, "_raw")}
 
 

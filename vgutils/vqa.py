@@ -9,6 +9,7 @@ found in the prediction).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 import time
@@ -22,15 +23,26 @@ from tqdm.auto import tqdm
 from vgutils import checks
 from vgutils.data import load_image, read_dataset, resolve_dataset
 from vgutils.data.manifest import sha256
-from vgutils.errors import UsageError
-from vgutils.results import RunStore, images_digest, load_metrics
+from vgutils.errors import DataError, UsageError
+from vgutils.models.vlm import too_long
+from vgutils.refine import RefineSettings
+from vgutils.results import (
+    RunStore,
+    images_digest,
+    load_metrics,
+    partial_answers,
+    split_work,
+)
 from vgutils.runner import (
     code_fingerprint,
     group_by_image,
     image_hashes,
     model_identity,
     package_versions,
+    pinned_changes,
 )
+
+log = logging.getLogger("vgutils.vqa")
 
 CLOSED = {"yes", "no"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -58,91 +70,64 @@ def score_answer(prediction: str, truth: str) -> dict:
 
 @dataclass(frozen=True)
 class VQAOptions:
-    """One VQA run. Settings left ``None`` take the ``protocol``'s value
-    (:mod:`vgutils.protocols`): ``top_k`` (heads), ``layers`` (knockout layers: a tuple,
-    ``"best"`` = :func:`vgutils.refine.best_layer`, or ``"heads"`` = every layer holding a
-    top head), ``denominator``, ``include_generated``, ``max_new_tokens`` and the
-    processor kwargs for the model's family (explicit keys win)."""
+    """One VQA run. ``refine``: VGRefine's settings (:class:`vgutils.refine.
+    RefineSettings`; ``None``: the baseline only). Settings left ``None`` take the
+    ``protocol``'s value (:mod:`vgutils.protocols`), per family where the protocol says:
+    ``decoding`` (a :data:`vgutils.protocols.DECODINGS` name), ``max_new_tokens``
+    (explicit wins over the decoding's), the processor kwargs (explicit keys win),
+    ``image_resize``, ``image_mode``, ``attention_precision`` and ``box_overhang``."""
 
     model: str
     dataset: str
-    refine: bool = False
-    heads_from: str | None = None
-    top_k: int | None = None
-    layers: tuple[int, ...] | str | None = None
-    percentile: float = 80.0
+    refine: RefineSettings | None = None
     max_new_tokens: int | None = None
     limit: int | None = None
     image_root: str | None = None
     bbox_format: str | None = None
     dtype: str = "auto"
     protocol: str = "corrected"
-    denominator: str | None = None
-    include_generated: bool | None = None
     processor_kwargs: dict | None = None
+    decoding: str | None = None
+    image_resize: str | None = None
+    image_mode: str | None = None
+    attention_precision: str | None = None
+    box_overhang: str | None = None
 
 
 def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
-    """``options`` with the protocol's value for every setting left ``None`` (what
-    ``run.json`` records; a resume with another value refuses, naming the key)."""
-    from vgutils.protocols import get_protocol, model_family
+    """``options`` with the protocol's value for every setting left ``None`` and the
+    VGRefine heads and layers made concrete (what ``run.json`` records; a resume with
+    another value refuses, naming the key)."""
+    from vgutils.protocols import (
+        DECODINGS,
+        check_settings,
+        get_protocol,
+        model_family,
+        resolve_settings,
+    )
 
     protocol = get_protocol(options.protocol)
-    layers = options.layers if options.layers is not None else protocol.knockout_layers
-    if isinstance(layers, list):
-        layers = tuple(int(x) for x in layers)
-    if isinstance(layers, str) and layers not in ("best", "heads"):
-        raise ValueError(f"layers {layers!r}: expected layer numbers, 'best' or 'heads'")
-    family = model_family(options.model) if protocol.processor_kwargs else None
-    preset = protocol.processor_kwargs_for(family) if family else {}
+    check_settings(decoding=options.decoding)
+    explicit_resize = options.image_resize == "qwen_vl_utils"
+    family = model_family(options.model) if protocol.needs_family or explicit_resize else None
+    decoding = options.decoding or protocol.for_family("decoding", family) or "greedy"
+    max_new_tokens = options.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = DECODINGS[decoding].get("max_new_tokens", protocol.max_new_tokens)
     return replace(
         options,
         protocol=protocol.name,
-        top_k=options.top_k if options.top_k is not None else protocol.top_k,
-        layers=layers,
-        max_new_tokens=(
-            options.max_new_tokens
-            if options.max_new_tokens is not None
-            else protocol.max_new_tokens
-        ),
-        denominator=options.denominator or protocol.denominator,
-        include_generated=(
-            options.include_generated
-            if options.include_generated is not None
-            else protocol.include_generated
-        ),
-        processor_kwargs={**preset, **(options.processor_kwargs or {})},
+        refine=options.refine.resolve(protocol) if options.refine is not None else None,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        **resolve_settings(options, protocol, family),
     )
 
 
-def heads_and_layers(options: VQAOptions, num_layers: int, verbose: bool = True):
-    """The visually sensitive heads from ``heads_from`` (a runner run with ``--heads``) and
-    the knockout layers: given numbers, ``"best"`` (the single most visually sensitive
-    layer, :func:`vgutils.refine.best_layer`; printed) or ``"heads"`` / ``None`` (every
-    layer holding a top head)."""
-    from vgutils.refine import best_layer, rank_heads
-
-    if not options.heads_from:
-        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
-    head_metrics = load_metrics(options.heads_from, "head_metrics")
-    heads = rank_heads(head_metrics, top_k=options.top_k or 20)
-    if options.layers == "best":
-        layer = best_layer(head_metrics, heads)
-        held = sum(h_layer == layer for h_layer, _ in heads)
-        if verbose:
-            print(
-                f"knockout layer: {layer} (best: holds {held} of the top {len(heads)} heads; "
-                f"{options.heads_from})"
-            )
-        layers = (layer,)
-    elif options.layers in (None, "heads"):
-        layers = tuple(sorted({layer for layer, _ in heads}))
-    else:
-        layers = tuple(options.layers)
-    bad = [layer for layer in layers if not 0 <= layer < num_layers]
-    if bad:
-        raise UsageError(f"--layers {bad} outside 0..{num_layers - 1}")
-    return heads, list(layers)
+def options_record(options) -> dict:
+    """``options`` as plain JSON (nested settings as dicts, tuples as lists): what
+    ``run.json`` records and a resume compares."""
+    return json.loads(json.dumps(asdict(options)))
 
 
 def _knocked_truth(sample, result) -> dict:
@@ -178,64 +163,94 @@ def accuracy_table(answers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress: bool = True):
+def run_vqa(
+    options: VQAOptions,
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
-    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable."""
+    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable. ``shard``:
+    ``(rank, world)``: answer only rank ``rank``'s images (:func:`vgutils.results.
+    split_work`); whichever rank finds every question answered merges the run. Returns
+    ``(answers, table, seconds)``; ``table`` is None (and the answers partial) while
+    other ranks' questions are missing."""
     from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
-    from vgutils.refine import answer
+    from vgutils.protocols import DECODINGS
 
     started = time.perf_counter()
     check_model_name(options.model)
+    if options.refine is not None and not isinstance(options.refine, RefineSettings):
+        raise UsageError("VQAOptions.refine: a vgutils.refine.RefineSettings (or None)")
     options = resolve_vqa_options(options)
-    checks.positive_int(options.top_k, "--top-k")
-    checks.percentile(options.percentile)
+    refine = options.refine
     checks.positive_int(options.max_new_tokens, "--max-new-tokens")
     checks.run_settings(
         batch_size=1, device_name=device, dtype_name=options.dtype, limit=options.limit
     )
-    if options.refine and not options.heads_from:
-        raise UsageError("--refine needs --heads-from: a run made with `extract --heads`")
     dataset = resolve_dataset(
         options.dataset, image_root=options.image_root, bbox_format=options.bbox_format
     )
-    samples, _ = read_dataset(dataset)
+    samples, _ = read_dataset(dataset, thorough=False, box_overhang=options.box_overhang)
     samples = [s for s in samples if s.answer is not None][: options.limit]
-    store = RunStore(Path(out), main_kind="answers")
-    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+    store = RunStore(Path(out), main_kind="answers", shard=shard)
     images = image_hashes(samples)
+    changed = pinned_changes(images, dataset.root)  # edited since the rows were read
+    if changed:
+        raise DataError(next(iter(changed.values())))
     identity = {
         **model_identity(options.model),
         "dataset_sha256": sha256(dataset.jsonl),
         "images_sha256": images_digest(images),
         "code_sha256": code_fingerprint(),
     }
-    run = store.open(record, identity, package_versions(), images=images)
+    run = store.open(
+        options_record(options),
+        identity,
+        package_versions(),
+        images=images,
+        keys=[s.id for s in samples],
+        plan={"samples": len(samples)},
+    )
     done = store.done_ids()
-    todo = [[(o, s) for o, s in g if s.id not in done] for g in group_by_image(samples)]
+    groups = group_by_image(samples)
+    mine = split_work([images[str(g[0][1].image_path)] for g in groups], shard)
+    todo = [[(o, s) for o, s in groups[i] if s.id not in done] for i in mine]
     todo = [g for g in todo if g]
+    generation = DECODINGS[options.decoding]
     if todo:
         vlm = load_model(
             options.model,
             device=device,
             dtype=options.dtype,
             processor_kwargs=options.processor_kwargs,
+            image_resize=options.image_resize,
+            attention_precision=options.attention_precision,
         )
-        heads, layers = (
-            heads_and_layers(options, vlm.num_layers, verbose=progress)
-            if options.refine
-            else ([], [])
-        )
+        if refine is not None:
+            refine.check_model(vlm)
+            if progress:
+                print(f"VGRefine: {refine.describe()} ({options.protocol})")
+    layers = " ".join(map(str, refine.layers)) if refine is not None else ""
     bar = tqdm(
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
     )
     for group in todo:
-        image = load_image(group[0][1].image_path)
+        path = group[0][1].image_path
+        image = load_image(path, options.image_mode, expected_sha256=images.get(str(path)))
         generic = (  # once per image, shared by all of its questions
-            vlm.attention(vlm.prepare_generic(image), "last") if options.refine else None
+            vlm.attention(vlm.prepare_generic(image), "last") if refine is not None else None
         )
         rows = []
         for order, sample in group:
+            reason = too_long(vlm.prepare, image, sample.question)
+            if reason:  # never run past the model's context: skipped, said
+                log.warning("%s: skipped (%s): %s", sample.id, sample.source, reason)
+                store.add_error(sample.id, sample.source, reason, image=str(path))
+                bar.update(1)
+                continue
             row = {
                 "sample_id": sample.id,
                 "order": order,
@@ -245,30 +260,27 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                 "model": options.model,
                 "dataset": dataset.name,
                 "protocol": options.protocol,
-                "knockout_layers": " ".join(map(str, layers)),
+                "knockout_layers": layers,
             }
-            if options.refine:
-                result = answer(
+            if refine is not None:
+                result = refine.answer(
                     vlm,
                     image,
                     sample.question,
-                    heads,
-                    layers,
-                    options.percentile,
                     options.max_new_tokens,
                     generic_heads=generic,
-                    denominator=options.denominator,
-                    include_generated=options.include_generated,
+                    generation=generation,
                 )
                 row.update(
                     baseline=result.baseline_answer,
                     refined=result.answer,
                     masked_tokens=int(result.triage.low.sum()),
+                    heads_source=refine.heads_source,
                     **_knocked_truth(sample, result),
                 )
             else:
                 prepared = vlm.prepare(image, sample.question)
-                row["baseline"] = vlm.generate(prepared, options.max_new_tokens)
+                row["baseline"] = vlm.generate(prepared, options.max_new_tokens, generation)
             for which in ("baseline", "refined"):
                 if which in row:
                     scores = score_answer(row[which], sample.answer)
@@ -277,12 +289,14 @@ def run_vqa(options: VQAOptions, out: str | Path, device: str = "auto", progress
                     row[f"{which}_recall"] = scores["recall"]
             rows.append(row)
             bar.update(1)
-        store.add_part({"answers": pd.DataFrame(rows)})
+        if rows:
+            store.add_part({"answers": pd.DataFrame(rows)})
     bar.close()
-    answers = load_metrics(store.folder, "answers")
-    if run["status"] != "complete":
-        store.finalize(run, {"samples": len(samples), "done": len(answers), "skipped": 0})
+    complete = run["status"] == "complete" or store.complete(run)
     store.close()
+    if not complete:  # other ranks' questions are missing: the merging rank writes the table
+        return partial_answers(store.folder), None, time.perf_counter() - started
+    answers = load_metrics(store.folder, "answers")
     table = accuracy_table(answers)
     records = [{k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")]
     (store.folder / "accuracy.json").write_text(json.dumps(records, indent=2, default=float))

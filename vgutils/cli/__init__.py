@@ -39,8 +39,11 @@ COMMANDS: dict[str, Command] = {
         "original-format LLaVA / InternVL-Chat (HuatuoGPT-Vision-7B, LLaVA-Med, "
         "LLaVA-Tri, MedRegA) -> transformers",
     ),
-    "jobs": Command("vgutils.cli.jobs", "run a profile's extraction jobs (cached)"),
-    "merge": Command("vgutils.cli.merge", "combine shard runs"),
+    "jobs": Command(
+        "vgutils.cli.jobs",
+        "run a profile's extraction jobs and benchmark runs (cached; under any launcher)",
+    ),
+    "merge": Command("vgutils.cli.merge", "merge a run its processes left unmerged"),
     "data": Command("vgutils.cli.data", "manifest, hashes and the sample sets"),
 }
 
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return done.code if isinstance(done.code, int) else 2
     try:
-        _resume_plugins()
+        _load_plugins()
         return args.run(args)
     except Exception as err:
         if debug:
@@ -112,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _resume_plugins() -> None:
-    """Turn on again the plug-ins that a context inherited from a parent process names
-    (``rehearsal:<scale>``: its stand-ins for Hub ids, :func:`vgutils.rehearsal.resume`)."""
-    from vgutils import context
+def _load_plugins() -> None:
+    """Load the plug-ins, so every command knows their virtual profiles (the rehearsal's
+    ``paper-rehearsal``), and turn on again those that a context inherited from a parent
+    process names (``rehearsal:<scale>``: its stand-ins for Hub ids,
+    :func:`vgutils.rehearsal.resume`)."""
+    from vgutils import context, rehearsal
 
     if any(p.startswith("rehearsal:") for p in context.current().plugins):
-        from vgutils import rehearsal
-
         rehearsal.resume()
 
 

@@ -10,6 +10,7 @@ from vgutils.cli import COMMANDS
 from vgutils.cli.options import (
     _arg,
     _processor_kwargs,
+    _protocol_settings,
     _shard,
     add_dataset_layout,
     add_device_dtype,
@@ -27,7 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--strategy", choices=("last", "question", "all"), default="last")
     add_dataset_layout(parser)
     add_limit(parser, help="first N")
-    parser.add_argument("--shard", type=_shard, help="I/N: this process's slice of images")
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        help="I/N: compute process I's share of the images (default: the launcher's "
+        "RANK/WORLD_SIZE or SLURM variables); the last process to finish merges",
+    )
     parser.add_argument(
         "--batch-size",
         type=_arg(checks.positive_int, "--batch-size"),
@@ -65,8 +71,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from vgutils import launch
     from vgutils.runner import ExtractOptions, extract
 
+    started = launch.start(launch.detect(shard=args.shard))
     options = ExtractOptions(
         model=args.model,
         dataset=args.dataset,
@@ -74,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
         image_root=str(args.image_root) if args.image_root else None,
         bbox_format=args.bbox_format,
         limit=args.limit,
-        shard=args.shard,
         heads=args.heads,
         save_maps=args.save_maps,
         dtype=args.dtype,
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         box_mapping=args.box_mapping,
         processor_kwargs=_processor_kwargs(args),
+        **_protocol_settings(args),
     )
     summary = extract(
         options,
@@ -92,8 +100,16 @@ def run(args: argparse.Namespace) -> int:
         loader_threads=args.loader_threads,
         device=args.device,
         retry_errors=args.retry_errors,
+        shard=started.shard,
     )
     rate = summary.computed / summary.seconds if summary.seconds else 0.0
+    if not summary.complete:
+        print(
+            f"{summary.out}: {started.describe()}: {summary.computed} computed now in "
+            f"{summary.seconds:.1f} s ({rate:.2f} q/s); {summary.missing} samples of other "
+            "processes missing (the last one to finish merges)"
+        )
+        return 0
     print(
         f"{summary.out}: {summary.done} done, {summary.skipped} skipped, "
         f"{summary.computed} computed now in {summary.seconds:.1f} s ({rate:.2f} q/s)"

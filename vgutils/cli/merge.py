@@ -1,4 +1,6 @@
-"""``merge``: combine the shard runs of one extraction (:func:`vgutils.results.merge_runs`)."""
+"""``merge``: merge a run whose processes all finished but that nobody merged
+(:func:`vgutils.results.merge_run`), or combine the ``shard-I-of-N`` folders an older
+version wrote (:func:`vgutils.results.merge_runs`)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,13 @@ def run(args: argparse.Namespace) -> int:
     if len(folders) == 1 and out is None:
         out = folders[0]
         folders = sorted(p for p in folders[0].glob("shard-*-of-*") if p.is_dir())
+        if not folders and (out / "run.json").exists():  # one folder written by ranks
+            from vgutils.cli.jobs import describe
+            from vgutils.results import merge_run
+
+            state = merge_run(out)
+            print(f"{out}: {describe(state)}")
+            return 0 if state.status == "complete" else 1
         if not folders:
             raise UsageError(f"{out} has no shard-*-of-* folders to merge")
     if out is None:

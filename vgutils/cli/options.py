@@ -105,9 +105,15 @@ def add_device_dtype(parser: argparse.ArgumentParser, documented: bool = True) -
 
 
 def add_protocol(parser: argparse.ArgumentParser) -> None:
-    """The options every protocol setting of the images has (extract and vqa); read them
-    with :func:`_processor_kwargs`."""
-    from vgutils.protocols import PROTOCOLS
+    """The options every protocol setting of the images and the attention has (extract
+    and vqa); read them with :func:`_processor_kwargs` and :func:`_protocol_settings`."""
+    from vgutils.protocols import (
+        ATTENTION_PRECISIONS,
+        BOX_OVERHANGS,
+        IMAGE_MODES,
+        IMAGE_RESIZES,
+        PROTOCOLS,
+    )
 
     parser.add_argument(
         "--protocol",
@@ -123,6 +129,37 @@ def add_protocol(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="processor setting, e.g. do_pad=true (repeatable; value read as YAML)",
     )
+    parser.add_argument(
+        "--image-resize",
+        choices=IMAGE_RESIZES,
+        help="qwen_vl_utils: the authors' Qwen pre-resize before the processor; processor: "
+        "one processor resize (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--image-mode",
+        choices=IMAGE_MODES,
+        help="transparent and 16-bit images: composite (onto white, 16-bit rescaled), "
+        "convert (PIL: alpha dropped, 16-bit clipped), qwen_vl_utils (default: the "
+        "protocol's for the model's family)",
+    )
+    parser.add_argument(
+        "--attention-precision",
+        choices=ATTENTION_PRECISIONS,
+        help="model: eager weights in the model dtype, head mean in it (the authors'); "
+        "float32: rows recomputed in float32 (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--box-overhang",
+        choices=BOX_OVERHANGS,
+        help="a box overhanging the image: clamp (kept, the authors') or drop (rows over "
+        "1 px reported; default: the protocol's)",
+    )
+
+
+def _protocol_settings(args: argparse.Namespace) -> dict:
+    """The protocol settings given on the command line (``None``: the protocol's)."""
+    keys = ("image_resize", "image_mode", "attention_precision", "box_overhang")
+    return {key: getattr(args, key, None) for key in keys}
 
 
 def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -130,23 +167,41 @@ def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     parser.add_argument("--data-root", type=Path, help="default: $VGUTILS_DATA or data/")
 
 
+def _heads(text: str):
+    from vgutils.refine import parse_heads
+
+    return _arg(parse_heads, "")(text)
+
+
 def add_refine(parser: argparse.ArgumentParser) -> None:
     """vqa's VGRefine options and ``--max-new-tokens`` (free-text VQA; the multiple-choice
-    benchmarks use the VGRefine ones); read ``--layers`` with :func:`_layers`."""
+    benchmarks use the VGRefine ones); read them with :func:`_refine_settings`."""
     parser.add_argument("--refine", action="store_true", help="also answer with VGRefine")
-    parser.add_argument("--heads-from", type=Path, help="run folder of `extract --heads`")
+    parser.add_argument(
+        "--heads",
+        type=_heads,
+        metavar="L:H,...",
+        help="the VGRefine heads given, e.g. the authors' 15:4,16:5,... (instead of ranking)",
+    )
+    parser.add_argument(
+        "--heads-from", type=Path, help="run folder of `extract --heads` (heads ranked there)"
+    )
     parser.add_argument(
         "--top-k",
         type=_arg(checks.positive_int, "--top-k"),
-        default=20,
-        help="visually sensitive heads",
+        help="visually sensitive heads ranked (default: the protocol's, 20)",
     )
     parser.add_argument(
         "--layers",
         nargs="+",
-        help="knockout layers: numbers, 'best' (the single most visually sensitive layer: "
-        "the one holding the most top heads, ties to the best mean metric; printed) or "
-        "'heads' (every layer holding a top head). Default: the protocol's",
+        help="knockout layers: numbers (the authors' for HuatuoGPT-Vision-7B: 16), 'best' "
+        "(the layer holding the most ranked heads, ties to the best mean metric; needs "
+        "--heads-from) or 'heads' (every layer holding a head). Default: the protocol's",
+    )
+    parser.add_argument(
+        "--refine-prompt-suffix",
+        help="text appended to the prompt VGRefine answers (default: the protocol's; the "
+        "authors': ' Answer the question using a single word or phrase.')",
     )
     parser.add_argument(
         "--percentile", type=_arg(checks.percentile, ""), default=80.0, help="low-relevance cut"
@@ -166,4 +221,31 @@ def add_refine(parser: argparse.ArgumentParser) -> None:
         "--include-generated",
         action=argparse.BooleanOptionalAction,
         help="knockout also blocks the generated tokens (default: the protocol's)",
+    )
+
+
+def _refine_settings(args: argparse.Namespace):
+    """The :class:`vgutils.refine.RefineSettings` of ``--refine`` (``None`` without it;
+    a VGRefine option without ``--refine`` is a usage error)."""
+    from vgutils.refine import RefineSettings
+
+    given = [
+        name
+        for name in ("heads", "heads_from", "top_k", "layers", "refine_prompt_suffix")
+        if getattr(args, name, None) is not None
+    ]
+    if not args.refine:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{flags} without --refine: add --refine (VGRefine answers)")
+        return None
+    return RefineSettings(
+        heads=args.heads,
+        heads_from=str(args.heads_from) if args.heads_from else None,
+        top_k=args.top_k,
+        layers=_layers(args.layers),
+        percentile=args.percentile,
+        denominator=args.denominator,
+        include_generated=args.include_generated,
+        prompt_suffix=args.refine_prompt_suffix,
     )

@@ -13,6 +13,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_data_root(parser)
     parser.add_argument("dataset", help="manifest name or .jsonl")
     add_dataset_layout(parser)
+    parser.add_argument(
+        "--box-overhang",
+        choices=("drop", "clamp"),
+        default="drop",
+        help="a box overhanging the image: drop (rows over 1 px are bad; default) or clamp "
+        "(kept, clamped: the authors' protocol)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -26,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         bbox_format=args.bbox_format,
         root=args.data_root,
     )
-    samples, problems = read_dataset(dataset)
+    samples, problems = read_dataset(dataset, box_overhang=args.box_overhang)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)

@@ -1,12 +1,19 @@
 """Reading any image the datasets hold as an 8-bit RGB PIL image.
 
-Conversions (documented, deterministic):
+Conversions (documented, deterministic), by ``mode`` (:data:`MODES`; the protocols'
+``image_mode``, METHOD.md "transparent images, 16-bit"):
 
-- 8-bit RGB: as is. Grayscale (``L``), palette (``P``), ``CMYK``, ``LA``: PIL's ``convert``.
-- RGBA / LA / palette with transparency: composited onto white (as the authors' code
-  does, METHOD.md "transparent images").
-- 16-bit and 32-bit integer or float images (``I;16``, ``I``, ``F``): scaled linearly from
-  the image's own [min, max] to [0, 255] (a constant image becomes black).
+- ``composite`` (ours, the default, every family): 8-bit RGB as is; grayscale (``L``),
+  palette (``P``), ``CMYK``: PIL's ``convert``; RGBA / LA / PA / palette with
+  transparency: composited onto white; 16-bit and 32-bit integer or float images
+  (``I;16``, ``I``, ``F``): scaled linearly from the image's own [min, max] to [0, 255]
+  (a constant image becomes black).
+- ``convert`` (the authors' HuatuoGPT-Vision path): PIL's ``convert('RGB')`` for every
+  mode: the alpha channel is dropped (what lies under a transparent pixel shows) and
+  16-bit values are clipped to [0, 255] by PIL, never rescaled.
+- ``qwen_vl_utils`` (the authors' Qwen path, ``qwen_vl_utils.vision_process.to_rgb``):
+  RGBA pasted onto white through its alpha; every other mode ``convert('RGB')`` (LA and
+  palette transparency dropped, 16-bit clipped).
 - DICOM (``.dcm``): modality LUT (rescale slope/intercept), then the first VOI window
   (WindowCenter/WindowWidth) if the file has one, else the [min, max] of the pixels;
   MONOCHROME1 is inverted; a multi-frame file gives its first frame; colour DICOM (RGB,
@@ -15,12 +22,19 @@ Conversions (documented, deterministic):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import logging
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vgutils.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -45,19 +59,63 @@ def _first(value) -> float:
         return float(value)
 
 
-def read_dicom(path: Path) -> Image.Image:
-    """A DICOM file as RGB, windowed as described in the module docstring."""
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """pydicom's warnings and log lines about a malformed file are not printed: the file's
+    problem is raised once, as a ValueError naming it."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_dicom_dataset(source: Path | io.BytesIO, stop_before_pixels: bool = False):
+    """A DICOM image's dataset; ``ValueError`` saying what is wrong for a file that is not
+    one (no DICM marker, no image elements), quietly (see :func:`_quiet_pydicom`)."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with _quiet_pydicom():
+        try:
+            dataset = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            raise ValueError(
+                "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
+            ) from None
+        except Exception as err:
+            raise ValueError(f"not a readable DICOM file ({_first_line(err)})") from None
+    if "Rows" not in dataset or "Columns" not in dataset:
+        raise ValueError("not a DICOM image (it has no Rows and Columns)")
+    return dataset
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+def read_dicom(path: Path | io.BytesIO) -> Image.Image:
+    """A DICOM file as RGB, windowed as described in the module docstring."""
     from pydicom.pixels import apply_modality_lut
 
-    dataset = pydicom.dcmread(path)
-    pixels = dataset.pixel_array
+    dataset = read_dicom_dataset(path)
+    with _quiet_pydicom():
+        try:
+            pixels = dataset.pixel_array
+        except Exception as err:
+            raise ValueError(f"DICOM pixel data unreadable ({_first_line(err)})") from None
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[0]
     if dataset.get("SamplesPerPixel", 1) == 3:
         return Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB")
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    with _quiet_pydicom():
+        values = apply_modality_lut(pixels, dataset).astype(np.float64)
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
         low, high = center - width / 2.0, center + width / 2.0
@@ -69,10 +127,22 @@ def read_dicom(path: Path) -> Image.Image:
     return _gray_to_rgb(gray)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB (see the module docstring)."""
+MODES = ("composite", "convert", "qwen_vl_utils")
+"""How a non-RGB image becomes RGB (the module docstring)."""
+
+
+def to_rgb(image: Image.Image, mode: str = "composite") -> Image.Image:
+    """Any PIL image as 8-bit RGB, converted by ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown image mode {mode!r}; expected one of {MODES}")
     if image.mode == "RGB":
         return image
+    if mode == "convert":
+        return image.convert("RGB")
+    if mode == "qwen_vl_utils":
+        from qwen_vl_utils.vision_process import to_rgb as qwen_to_rgb
+
+        return qwen_to_rgb(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         return _gray_to_rgb(_scale_to_uint8(values, values.min(), values.max()))
@@ -110,23 +180,39 @@ def check_regular_file(path: str | Path) -> Path:
     return path
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image."""
+class ImageChanged(DataError):
+    """An image's bytes differ from the sha256 they were checked against."""
+
+
+def load_image(
+    path: str | Path, mode: str = "composite", expected_sha256: str | None = None
+) -> Image.Image:
+    """Open ``path`` (PNG, JPEG, TIFF, ... or DICOM) as an 8-bit RGB PIL image, converted
+    by ``mode`` (:func:`to_rgb`; a DICOM file is windowed the same way in every mode:
+    the authors' code cannot read DICOM). With ``expected_sha256``, the very bytes decoded
+    must have that hash (:class:`ImageChanged` naming the file and both hashes otherwise):
+    a file changed after it was checked is never used."""
     path = check_regular_file(path)
+    data = path.read_bytes()
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ImageChanged(
+                f"{path} changed after it was checked: sha256 {expected_sha256} expected, "
+                f"{actual} now"
+            )
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path)
-    with Image.open(path) as image:
+        return read_dicom(io.BytesIO(data))
+    with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return to_rgb(image)
+        return to_rgb(image, mode)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` in pixels, reading only the header where the format allows."""
     path = check_regular_file(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        import pydicom
-
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        dataset = read_dicom_dataset(path, stop_before_pixels=True)
         return int(dataset.Columns), int(dataset.Rows)
     with Image.open(path) as image:
         return image.size

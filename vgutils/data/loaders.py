@@ -17,6 +17,7 @@ from vgutils.data.manifest import (
 )
 from vgutils.data.rows import FormatRule, Problem, Sample, read_rows
 from vgutils.errors import DataError, UsageError, choices_hint
+from vgutils.locks import build_lock
 
 log = logging.getLogger("vgutils.data")
 
@@ -32,6 +33,7 @@ class ResolvedDataset:
     q_type: str | None = None
     entry: DatasetEntry | None = None
     root: Path | None = None  # the data root of a manifest dataset
+    bbox_format: str | None = None  # the box format the user gave (--bbox-format)
 
 
 def resolve_dataset(
@@ -49,7 +51,9 @@ def resolve_dataset(
         entry = manifest[name]
         base = data_root(root)
         if not (base / entry.file).exists():
-            _build_on_demand(name, base)
+            with build_lock():  # one process builds it; the others wait, then find it
+                if not (base / entry.file).exists():
+                    _build_on_demand(name, base)
         jsonl = fetch(entry.file, base)
 
         def rule(row: dict, entry=entry) -> str:
@@ -63,6 +67,7 @@ def resolve_dataset(
             q_type=entry.q_type,
             entry=entry,
             root=base,
+            bbox_format=bbox_format,
         )
     path = Path(name_or_path)
     if path.suffix != ".jsonl":
@@ -77,6 +82,7 @@ def resolve_dataset(
         jsonl=path,
         image_root=Path(image_root) if image_root else path.parent,
         format_rule=lambda row: bbox_format,
+        bbox_format=bbox_format,
     )
 
 
@@ -104,16 +110,47 @@ def _build_on_demand(name: str, base: Path) -> None:
         _builders[max(matches, key=len)](base)
 
 
-def read_dataset(dataset: ResolvedDataset) -> tuple[list[Sample], list[Problem]]:
+def read_dataset(
+    dataset: ResolvedDataset, thorough: bool = True, box_overhang: str = "drop"
+) -> tuple[list[Sample], list[Problem]]:
     """All good samples of ``dataset`` and every problem found in its rows. Images that
-    the registry pins (manifest datasets) must match their sha256."""
-    return read_rows(
+    the registry pins must match their sha256, however the dataset was named (a manifest
+    name, or a jsonl path whose rows reach into the data root). ``thorough`` (what
+    ``validate`` runs): every image is decoded whole (a truncated file is a bad row), and
+    the files without a sha256 in the registry are named (a warning: used unchecked).
+    Loading for a run (``thorough=False``) reads image headers only; an image that fails
+    to decode is skipped when the run loads it. ``box_overhang``:
+    :data:`vgutils.data.rows.BOX_OVERHANGS` (``drop``: ours; ``clamp``: the authors')."""
+    root = dataset.root if dataset.root is not None else data_root()
+    pinned = pinned_images(root)
+    samples, problems = read_rows(
         dataset.jsonl,
         dataset.image_root,
         dataset.format_rule,
         dataset.q_type,
-        pinned=pinned_images(dataset.root) if dataset.root is not None else None,
+        pinned=pinned,
+        explicit_format=dataset.bbox_format,
+        decode=thorough,
+        box_overhang=box_overhang,
     )
+    if thorough:
+        problems.extend(_unpinned(dataset, samples, root, pinned))
+    return samples, problems
+
+
+def _unpinned(dataset: ResolvedDataset, samples, root: Path, pinned: dict) -> list[Problem]:
+    """Warnings naming the dataset's files that the registry does not pin: the jsonl, and
+    the images (one line, counted)."""
+    messages = []
+    if dataset.jsonl.resolve() not in pinned:
+        messages.append("unpinned (no sha256 in the registry): used unchecked")
+    images = sorted({s.image_path for s in samples if s.image_path not in pinned})
+    if images:
+        shown = ", ".join(p.name for p in images[:5]) + (", ..." if len(images) > 5 else "")
+        messages.append(
+            f"{len(images)} image(s) unpinned (no sha256 in the registry): {shown}; used unchecked"
+        )
+    return [Problem(str(dataset.jsonl), 0, "registry", m, "warning") for m in messages]
 
 
 def pinned_images(root: Path) -> dict[Path, str]:
@@ -137,7 +174,7 @@ def load_dataset(
     ``bbox_format``, else ``bbox_format``, else the manifest's rule (a jsonl outside the
     manifest needs one). Bad rows are logged (``file:line: field: problem``) and skipped."""
     dataset = resolve_dataset(name_or_path, image_root=image_root, bbox_format=bbox_format)
-    samples, problems = read_dataset(dataset)
+    samples, problems = read_dataset(dataset, thorough=False)
     for problem in problems:
         log.warning("%s", problem)
     errors = sum(p.severity == "error" for p in problems)

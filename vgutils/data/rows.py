@@ -14,14 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from vgutils.data.images import NotARegularFile, check_regular_file, image_size
+from vgutils.data.images import NotARegularFile, check_regular_file, image_size, load_image
 from vgutils.data.manifest import sha256
 from vgutils.errors import DataError
 from vgutils.geometry import BOX_FORMATS, to_xyxy
 
 Q_TYPES = ("localization", "attribute")
 MAX_CLIP_PX = 1.0
-"""A box may overhang the image by at most this many pixels; it is clipped (warning)."""
+"""Under ``box_overhang="drop"`` a box may overhang the image by at most this many pixels
+(clipped, with a warning); a row whose box overhangs more is reported and dropped."""
+BOX_OVERHANGS = ("clamp", "drop")
+"""What a box overhanging the image does (the protocols' ``box_overhang``): ``clamp``
+keeps it, clamped to the image (the authors' code; a warning says by how much), ``drop``
+reports the row and drops it when the overhang exceeds :data:`MAX_CLIP_PX` (ours)."""
 
 _KNOWN_FIELDS = {"image", "question", "bbox", "original_bboxes", "bbox_format", "id", "q_type"}
 _KNOWN_FIELDS |= {"answer", "modality"}
@@ -55,7 +60,8 @@ class Problem:
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}: {self.field}: {prefix}{self.message}"
+        where = f"{self.file}:{self.line}" if self.line else self.file  # 0: the whole file
+        return f"{where}: {self.field}: {prefix}{self.message}"
 
 
 FormatRule = Callable[[dict], str | None]
@@ -86,8 +92,12 @@ def _image_path(image: object, image_root: Path) -> Path:
     return path
 
 
-def _read_size(path: Path) -> tuple[int, int]:
+def _read_size(path: Path, decode: bool = False) -> tuple[int, int]:
+    """The image's size from its header, or with ``decode`` from decoding it whole (a
+    truncated file fails here)."""
     try:
+        if decode:
+            return load_image(path).size
         return image_size(path)
     except Exception as err:  # any reader error means the same to the user
         raise _RowError("image", f"unreadable image {path}: {err}") from err
@@ -105,18 +115,26 @@ def _raw_boxes(row: dict) -> tuple[str, list]:
 
 
 def _checked_boxes(
-    key: str, boxes: list, fmt: str, size: tuple[int, int], warn: Callable[[str, str], None]
+    key: str,
+    boxes: list,
+    fmt: str,
+    size: tuple[int, int],
+    warn: Callable[[str, str], None],
+    box_overhang: str = "drop",
 ) -> np.ndarray:
     width, height = size
     out = []
     for index, box in enumerate(boxes):
         label = f"{key}[{index}]"
+        for value in box if isinstance(box, list | tuple) else ():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _RowError(label, f"coordinate {value!r} is not a number (in {box!r})")
         try:
             xyxy = to_xyxy(box, fmt)
         except ValueError as err:
             raise _RowError(label, str(err)) from err
         overhang = max(-xyxy[0], -xyxy[1], xyxy[2] - width, xyxy[3] - height, 0.0)
-        if overhang > MAX_CLIP_PX:
+        if overhang > MAX_CLIP_PX and box_overhang == "drop":
             raise _RowError(
                 label,
                 f"box {list(box)} ({fmt}) extends {overhang:g} px outside the "
@@ -136,10 +154,14 @@ def _text(row: dict, key: str, required: bool) -> str | None:
         if required:
             raise _RowError(key, "missing")
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        if required:
+            raise _RowError(key, f"expected text, got {type(value).__name__} {value!r}")
+        return str(value)
+    if not value.strip():
         if required:
             raise _RowError(key, "empty")
-        return str(value)
+        return value
     return value.strip()
 
 
@@ -172,15 +194,26 @@ def read_rows(
     format_rule: FormatRule,
     default_q_type: str | None = None,
     pinned: dict[Path, str] | None = None,
+    *,
+    explicit_format: str | None = None,
+    decode: bool = False,
+    box_overhang: str = "drop",
 ) -> tuple[list[Sample], list[Problem]]:
     """Every good row of ``jsonl`` as a Sample, and every problem found (bad rows are
-    skipped, never fatal). ``format_rule(row)`` gives the box format when the row has no
-    ``bbox_format`` (``None``: unknown, an error). ``pinned``: ``{resolved image path:
-    sha256}`` from the registry; a row whose image does not match is an error."""
+    skipped, never fatal; a file without rows is an error). ``format_rule(row)`` gives the
+    box format when the row has no ``bbox_format`` (``None``: unknown, an error);
+    ``explicit_format``: the one the user gave (a row that says otherwise is warned
+    about; the row's is used). ``pinned``: ``{resolved image path: sha256}`` from the
+    registry; a row whose image does not match is an error. ``decode``: decode every
+    image whole, once (a truncated file is an error), not only its header.
+    ``box_overhang``: :data:`BOX_OVERHANGS`."""
+    if box_overhang not in BOX_OVERHANGS:
+        raise ValueError(f"unknown box_overhang {box_overhang!r}; expected one of {BOX_OVERHANGS}")
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
     checked: dict[Path, str | None] = {}
+    sizes: dict[Path, tuple[int, int] | _RowError] = {}
     name = str(jsonl)
     lines, bom = read_text_lines(jsonl)
     if bom:
@@ -210,10 +243,17 @@ def read_rows(
                     raise _RowError(
                         "image",
                         f"{image_path} does not match its pinned sha256 in the registry "
-                        f"(expected {pinned[image_path][:12]}..., got {actual[:12]}...)",
+                        f"(pinned {pinned[image_path]}, now {actual}): it changed after "
+                        "`data pin`; restore it, or pin it again if the change is wanted",
                     )
             key, raw = _raw_boxes(row)
             fmt = row.get("bbox_format") or format_rule(row)
+            if explicit_format and row.get("bbox_format") not in (None, explicit_format):
+                warn(
+                    "bbox_format",
+                    f"the row says {row['bbox_format']!r}, --bbox-format says "
+                    f"{explicit_format!r}; the row's is used",
+                )
             if fmt is None:
                 raise _RowError(
                     "bbox_format",
@@ -222,7 +262,14 @@ def read_rows(
                 )
             if fmt not in BOX_FORMATS:
                 raise _RowError("bbox_format", f"{fmt!r} is not one of {BOX_FORMATS}")
-            boxes = _checked_boxes(key, raw, fmt, _read_size(image_path), warn)
+            if image_path not in sizes:  # each image read (or decoded) once
+                try:
+                    sizes[image_path] = _read_size(image_path, decode)
+                except _RowError as err:
+                    sizes[image_path] = err
+            if isinstance(size := sizes[image_path], _RowError):
+                raise size
+            boxes = _checked_boxes(key, raw, fmt, size, warn, box_overhang)
             q_type = row.get("q_type", default_q_type)
             if q_type is not None and q_type not in Q_TYPES:
                 raise _RowError("q_type", f"{q_type!r} is not one of {Q_TYPES}")
@@ -249,4 +296,6 @@ def read_rows(
                 extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
             )
         )
+    if not any(line.strip() for line in lines):
+        problems.append(Problem(name, 0, "rows", "no rows (an empty file)"))
     return samples, problems

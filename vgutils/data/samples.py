@@ -805,7 +805,11 @@ def build_sample_sets(root: Path) -> dict[str, Path]:
             rows.extend(_rows(image, file_name))
         path = out / f"{dataset}.jsonl"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-        tmp.replace(path)
+        try:
+            tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+            tmp.replace(path)
+        except BaseException:  # e.g. a full disk: no temporary file left behind
+            tmp.unlink(missing_ok=True)
+            raise
         written[dataset] = path
     return written

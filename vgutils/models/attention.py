@@ -12,6 +12,18 @@ only while a :func:`capture` or :func:`knockout` context is active:
 
 Rotary embeddings are applied before the attention function is called, so the same
 function serves every family. The vision tower keeps its own implementation (sdpa).
+
+Precision (the protocols' ``attention_precision``, set per model by
+:func:`set_attention_precision`): ``float32`` (ours) is the above: the layer output by
+sdpa, the captured rows recomputed in float32. ``model`` (the authors' code) computes the
+layer with the family's own eager attention (``eager_attention_forward`` of its modeling
+module: scores in the model dtype, float32 softmax rounded to the model dtype), and the
+captured rows are those eager weights themselves, so on a bf16 model they are exactly the
+bf16 weights ``output_attentions`` gives, and every later layer sees eager's output as in
+the authors' runs. Eager rather than a bf16 recomputation of the captured rows: a
+matrix product of some rows is not guaranteed to round like the full one (the kernel's
+blocking depends on the shape), and sdpa's bf16 output differs from eager's, which would
+change every later layer. Capture and knockout work the same in both.
 """
 
 from __future__ import annotations
@@ -168,6 +180,66 @@ def _row_weights(
     return total
 
 
+PRECISIONS = ("model", "float32")
+"""``attention_precision`` values (module docstring)."""
+_PRECISION_ATTRIBUTE = "vgutils_attention_precision"
+
+
+def set_attention_precision(model: torch.nn.Module, precision: str) -> None:
+    """Make ``model``'s language layers run at ``precision`` (:data:`PRECISIONS`): every
+    module with a ``layer_idx`` is marked (the attention modules the function is called
+    with)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown attention precision {precision!r}; expected {PRECISIONS}")
+    for module in model.modules():
+        if hasattr(module, "layer_idx"):
+            setattr(module, _PRECISION_ATTRIBUTE, precision)
+
+
+def _eager_function(module: torch.nn.Module):
+    """The eager attention function of ``module``'s own modeling file (its family's: Gemma
+    3's soft-capping included), else Llama's."""
+    import sys
+
+    found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if found is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as found
+    return found
+
+
+def _additive_mask(
+    attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor:
+    """The mask as eager wants it: 0 where a row may attend, the dtype's minimum elsewhere
+    (transformers' own ``eager_mask`` conversion); causal when there is none."""
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        return attention_mask
+    allowed = _full_mask(attention_mask, query, key)
+    zero = torch.tensor(0.0, dtype=query.dtype, device=query.device)
+    return torch.where(allowed, zero, torch.finfo(query.dtype).min)
+
+
+def _eager_rows(
+    weights: torch.Tensor,
+    rows: torch.Tensor,
+    row_weights: torch.Tensor,
+    columns: torch.Tensor,
+    offset: int,
+    span: tuple[int, int],
+) -> torch.Tensor:
+    """``sum_r row_weights[b, r] * weights[b, :, r, columns]``: ``(B, H, N)`` float32 from
+    eager's weights ``(B, H, q, kv)``; a single row of weight 1 keeps its values exactly
+    (bf16 values are exact in float32)."""
+    if rows.numel() == 0 or span[0] < offset or span[1] >= offset + weights.shape[2]:
+        raise RuntimeError(
+            f"capture rows {span[0]}..{span[1]} are not in this forward's query window "
+            f"[{offset}, {offset + weights.shape[2]})"
+        )
+    probs = weights[:, :, rows - offset][..., columns].float()  # (B, H, r, N)
+    batch = weights.shape[0]
+    return torch.einsum("bhrn,br->bhn", probs, row_weights.expand(batch, -1))
+
+
 def vgutils_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -184,12 +256,31 @@ def vgutils_attention_forward(
     edit = _KNOCKOUT.get()
     if edit is not None and layer in edit.layers:
         attention_mask = _apply_knockout(edit, attention_mask, query, key)
+    recorder = _CAPTURE.get()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if getattr(module, _PRECISION_ATTRIBUTE, "float32") == "model":
+        output, eager_weights = _eager_function(module)(
+            module,
+            query,
+            key,
+            value,
+            _additive_mask(attention_mask, query, key),
+            dropout=dropout,
+            scaling=scale,
+            **kwargs,
+        )
+        if recorder is not None and layer is not None:
+            rows_on_device, columns = recorder.on(query.device)
+            offset = _query_offset(query, key)
+            for name, (rows, weights) in rows_on_device.items():
+                recorder.maps.setdefault(name, {})[layer] = _eager_rows(
+                    eager_weights, rows, weights, columns, offset, recorder.spans[name]
+                )
+        return output, None
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
-    recorder = _CAPTURE.get()
     if recorder is not None and layer is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         rows_on_device, columns = recorder.on(query.device)
         for name, (rows, weights) in rows_on_device.items():
             recorder.maps.setdefault(name, {})[layer] = _row_weights(

@@ -125,6 +125,7 @@ REAL_MODELS: dict[str, RealModel] = {
             "num_hidden_layers": 32,
             "num_attention_heads": 32,
             "num_key_value_heads": 32,
+            "max_position_embeddings": 4096,
         },
     ),
     "Qwen/Qwen2.5-VL-7B-Instruct": _QWEN2_5_VL_7B,

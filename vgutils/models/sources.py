@@ -23,6 +23,7 @@ from typing import Protocol
 
 from vgutils import context
 from vgutils.errors import UsageError, choices_hint
+from vgutils.locks import build_lock
 
 TINY_PREFIX = "tiny:"
 
@@ -136,8 +137,9 @@ def resolve(name_or_path: str) -> str:
     (building a tiny model or a stand-in on first use)."""
     check_model_name(name_or_path)
     cache = cache_dir()
-    for source in _sources:
-        found = source.resolve(name_or_path, cache)
-        if found is not None:
-            return found
+    with build_lock():  # one process builds; the others wait, then find it built
+        for source in _sources:
+            found = source.resolve(name_or_path, cache)
+            if found is not None:
+                return found
     raise UsageError(f"--model {name_or_path!r}: no model source knows it")

@@ -438,6 +438,23 @@ def gemma3_layer_types(layers: int) -> list[str]:
     return types
 
 
+def _fill_zero_matrices(model, std: float | None = None) -> list[str]:
+    """Draw every weight matrix that transformers leaves at zero from a normal
+    distribution (std: ``std``, else the config's ``initializer_range``), in parameter
+    order; returns their names. Gemma 3's projector ``mm_input_projection_weight`` starts
+    at zero, so a random build's image tokens would carry no pixel at all; InternViT's
+    ``cls_token`` and ``position_embeddings`` too (no position). Builds without such a
+    matrix draw nothing: their weights are unchanged."""
+    std = std or getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    filled = []
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim >= 2 and not parameter.any():
+                parameter.normal_(0.0, std)
+                filled.append(name)
+    return filled
+
+
 _BUILDERS: dict[str, Callable] = {
     "llava": _llava,
     "qwen2_5_vl": _qwen2_5_vl,
@@ -472,6 +489,7 @@ def build_tiny(
     if family in ORIGINAL_FAMILIES:
         return build_original(family, out_dir, shape, dtype)
     model, processor = _BUILDERS[family](shape)
+    _fill_zero_matrices(model, shape.extra.get("init_std"))
     if dtype is not None:
         model = model.to(dtype)
     model.generation_config.do_sample = False

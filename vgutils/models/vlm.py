@@ -8,14 +8,42 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vgutils.geometry import BOX_MAPPINGS, TokenLayout, scaled_layout
-from vgutils.models.attention import capture
+from vgutils.geometry import BOX_MAPPINGS, TokenLayout, rescaled_layout, scaled_layout
+from vgutils.models.attention import PRECISIONS, capture, set_attention_precision
 from vgutils.models.families import FamilyAdapter
 from vgutils.models.preprocess import install_image_cache
 
 ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
 GENERIC_QUESTION = "Write a general description of the image."
 STRATEGIES: tuple[str, ...] = ("last", "question", "all")
+
+
+IMAGE_RESIZES: tuple[str, ...] = ("processor", "qwen_vl_utils")
+"""``processor``: the processor resizes the image (ours); ``qwen_vl_utils``: the authors'
+Qwen path, ``qwen_vl_utils.fetch_image`` first (a PIL bicubic resize to multiples of
+``patch x merge`` within the processor's ``min_pixels`` / ``max_pixels``), then the
+processor (Qwen family only)."""
+QWEN_RESIZE_FAMILIES = ("qwen2_5_vl",)
+SEPARATE_VISION_TOWER = ("llava_qwen2", "llava_mistral")
+"""Original-format LLaVA checkpoints: their own code loads the CLIP tower by itself
+(``CLIPVisionModel.from_pretrained``, transformers' default sdpa), so under
+``attention_precision="model"`` only their language model runs eager; every other family
+runs eager throughout, as ``from_pretrained(..., attn_implementation="eager")`` does in
+the authors' Qwen path."""
+
+
+def qwen_pre_resize(image: Image.Image, processor) -> Image.Image:
+    """``image`` as the authors' Qwen path hands it to the processor:
+    ``qwen_vl_utils.fetch_image`` with the processor's own pixel limits and patch size."""
+    from qwen_vl_utils import fetch_image
+
+    ip = processor.image_processor
+    size = ip.size
+    limits = {
+        "min_pixels": size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge,
+        "max_pixels": size["longest_edge"] if isinstance(size, dict) else size.longest_edge,
+    }
+    return fetch_image({"image": image, **limits}, image_patch_size=ip.patch_size)
 
 
 def question_prompt_text(question: str) -> str:
@@ -33,6 +61,20 @@ def to_device(inputs, device: torch.device):
         if torch.is_tensor(value):
             inputs[key] = value.pin_memory().to(device, non_blocking=True)
     return inputs
+
+
+class PromptTooLong(ValueError):
+    """A prompt with more tokens than the model's context (its position embeddings)."""
+
+
+def too_long(prepare, *args) -> str | None:
+    """``None`` if the prompt ``prepare(*args)`` makes fits the model's context, else the
+    reason to skip the question (:class:`PromptTooLong`'s message)."""
+    try:
+        prepare(*args)
+    except PromptTooLong as err:
+        return f"question too long: {err}"
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +102,9 @@ class VisionLanguageModel:
 
     ``model``, ``processor``, ``family``, ``num_layers`` and ``num_heads`` (of the language
     model) are public. The text layers run the ``vgutils`` attention function (sdpa plus
-    capture / knockout); see :mod:`vgutils.models.attention`.
+    capture / knockout); see :mod:`vgutils.models.attention`. Two protocol settings live
+    here: ``image_resize`` (:data:`IMAGE_RESIZES`) and ``attention_precision``
+    (``float32`` or ``model``; :meth:`configure`).
     """
 
     def __init__(self, model, processor, adapter: FamilyAdapter, source: str):
@@ -69,9 +113,15 @@ class VisionLanguageModel:
         self.adapter = adapter
         self.family = adapter.name
         self.source = source
+        self.image_resize = "processor"
+        self.attention_precision = "float32"
         text_config = model.config.get_text_config()
         self.num_layers = int(text_config.num_hidden_layers)
         self.num_heads = int(text_config.num_attention_heads)
+        context = getattr(text_config, "max_position_embeddings", None)
+        self.context_length = int(context) if context else None
+        """Positions the language model has (``max_position_embeddings``); a longer prompt
+        is refused (:class:`PromptTooLong`), never run past what the model was built for."""
         self.image_token_id = int(adapter.image_token_id(model))
         # an image's prompts share one run of the image processor (see preprocess.py)
         self.image_cache = install_image_cache(processor)
@@ -79,6 +129,43 @@ class VisionLanguageModel:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def configure(
+        self, *, image_resize: str | None = None, attention_precision: str | None = None
+    ) -> VisionLanguageModel:
+        """Set the protocol settings this model acts on (``None``: unchanged); returns
+        it. ``image_resize="qwen_vl_utils"`` for a family outside the Qwen path is a
+        ``ValueError``."""
+        if image_resize is not None:
+            if image_resize not in IMAGE_RESIZES:
+                raise ValueError(f"unknown image_resize {image_resize!r}; expected {IMAGE_RESIZES}")
+            if image_resize == "qwen_vl_utils" and self.family not in QWEN_RESIZE_FAMILIES:
+                raise ValueError(
+                    f"image_resize 'qwen_vl_utils' is the Qwen path; {self.family!r} is not "
+                    f"one of {QWEN_RESIZE_FAMILIES}"
+                )
+            self.image_resize = image_resize
+        if attention_precision is not None:
+            if attention_precision not in PRECISIONS:
+                raise ValueError(
+                    f"unknown attention_precision {attention_precision!r}; expected {PRECISIONS}"
+                )
+            set_attention_precision(self.model, attention_precision)
+            vision = "eager" if attention_precision == "model" else "sdpa"
+            if self.family in SEPARATE_VISION_TOWER:
+                vision = "sdpa"
+            if getattr(self.model.config, "vision_config", None) is not None:
+                self.model.set_attn_implementation({"vision_config": vision})
+            self.attention_precision = attention_precision
+        return self
+
+    @property
+    def head_mean_dtype(self) -> str | None:
+        """The dtype the head mean is taken in (:func:`vgutils.scoring.head_mean`): the
+        model's under ``attention_precision="model"``, else ``None`` (float64)."""
+        if self.attention_precision != "model":
+            return None
+        return str(self.model.dtype).removeprefix("torch.")
 
     def prepare(
         self, image: Image.Image, question: str, box_mapping: str = "processor"
@@ -108,16 +195,26 @@ class VisionLanguageModel:
         if box_mapping not in BOX_MAPPINGS:
             raise ValueError(f"unknown box_mapping {box_mapping!r}; expected one of {BOX_MAPPINGS}")
         image = image.convert("RGB")
+        shown = (
+            qwen_pre_resize(image, self.processor) if self.image_resize != "processor" else image
+        )
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}
         ]
         prompt = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        inputs = self.processor(images=[shown], text=[prompt], return_tensors="pt")
         ids = inputs["input_ids"][0].numpy()
         image_tokens = np.flatnonzero(ids == self.image_token_id)
-        layout = self.adapter.layout(self.processor, image.size, inputs)
+        if self.context_length and len(ids) > self.context_length:
+            raise PromptTooLong(
+                f"prompt of {len(ids)} tokens ({len(image_tokens)} of them the image's) "
+                f"exceeds the model's context of {self.context_length} tokens"
+            )
+        layout = self.adapter.layout(self.processor, shown.size, inputs)
+        if shown.size != image.size:  # pre-resized: back to the original's pixels
+            layout = rescaled_layout(layout, image.size)
         if len(image_tokens) != layout.prompt_tokens:
             raise RuntimeError(
                 f"{self.family}: the prompt has {len(image_tokens)} image tokens but the "
@@ -165,10 +262,18 @@ class VisionLanguageModel:
         return self.attention_maps(prepared, (strategy,))[strategy]
 
     @torch.no_grad()
-    def generate(self, prepared: Prepared, max_new_tokens: int = 16) -> str:
-        """Greedy answer to the prepared prompt, special tokens stripped."""
-        output = self.model.generate(
-            **prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False
-        )
+    def generate(
+        self, prepared: Prepared, max_new_tokens: int | None = 16, settings: dict | None = None
+    ) -> str:
+        """The answer to the prepared prompt, special tokens stripped: greedy, or with
+        ``settings`` (``model.generate`` kwargs as they are, e.g. a
+        :data:`vgutils.protocols.DECODINGS` entry; what they leave out comes from the
+        checkpoint's generation config). ``max_new_tokens``, when given, wins."""
+        kwargs = dict(settings) if settings is not None else {"do_sample": False}
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
+            if kwargs.get("min_new_tokens", 0) > max_new_tokens:
+                kwargs["min_new_tokens"] = max_new_tokens
+        output = self.model.generate(**prepared.inputs, **kwargs)
         new_tokens = output[0, prepared.inputs["input_ids"].shape[1] :]
         return self.processor.decode(new_tokens, skip_special_tokens=True).strip()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from vgutils import context, paths
 from vgutils.errors import DataError, UsageError, choices_hint
+from vgutils.locks import build_lock
 from vgutils.models.sources import register_source, unregister_source
 
 SUFFIXES = {"-rehearsal-full": "full", "-rehearsal": "small"}
@@ -42,7 +43,9 @@ LAYER_RULE = (
     "a layer index l of a model with L language layers becomes round(l*(R-1)/(L-1)) in "
     "the rehearsal build's R layers; a number of heads k out of the model's H heads in "
     "all becomes max(2, round(k*G/H)), at most G, the build's heads in all (the same "
-    "share of heads)"
+    "share of heads); a given head (l, h), h of the model's P heads per layer, becomes "
+    "(round(l*(R-1)/(L-1)), round(h*(Q-1)/(P-1))) with the build's Q heads per layer, and "
+    "given heads that land on the same pair collapse into one"
 )
 LINKED = ("samples", "teach", "teach-mc")
 """Folders of the embedded data that a rehearsal data root links to (not synthetic)."""
@@ -127,7 +130,8 @@ def activate(scale: str) -> Path:
             f"rehearsal data root {root} is the data root itself; point $VGUTILS_DATA or "
             "$VGUTILS_CACHE elsewhere (the synthetic files would overwrite real ones)"
         )
-    build_rehearsal_data(root)
+    with build_lock():  # the ranks of a launcher: one builds, the others find it built
+        build_rehearsal_data(root)
     for name in LINKED:
         target, link = (outer.data_root / name).resolve(), root / name
         if link.is_symlink() and link.resolve() != target:
@@ -256,6 +260,23 @@ def map_heads(k: int, real_heads: int, heads: int) -> int:
     return min(heads, max(2, round(k * heads / real_heads)))
 
 
+def map_head(head: int, real_per_layer: int, per_layer: int) -> int:
+    """:data:`LAYER_RULE` for one head index within its layer."""
+    return round(head * (per_layer - 1) / max(real_per_layer - 1, 1))
+
+
+def map_given_heads(
+    heads: list, real_layers: int, real_per_layer: int, layers: int, per_layer: int
+) -> list[list[int]]:
+    """:data:`LAYER_RULE` for a list of given ``[layer, head]`` pairs: each mapped, in
+    order, pairs that coincide after mapping kept once."""
+    mapped = [
+        (map_layer(int(layer), real_layers, layers), map_head(int(head), real_per_layer, per_layer))
+        for layer, head in heads
+    ]
+    return [list(pair) for pair in dict.fromkeys(mapped)]
+
+
 def _map_spec(spec: dict, model: str, scale: str, where: str, default_top_k: int) -> list[str]:
     """Map ``spec``'s ``top_k`` (default ``default_top_k``) and integer ``layers`` in place
     for ``model``; returns one line per mapped value."""
@@ -267,9 +288,21 @@ def _map_spec(spec: dict, model: str, scale: str, where: str, default_top_k: int
     real = real_model(model)
     layers, heads = rehearsal_layers(model, scale)
     lines = []
-    k = spec.get("top_k") or default_top_k
-    spec["top_k"] = map_heads(k, real.heads, heads)
-    lines.append(f"{where}.top_k: {k} of {real.heads} heads -> {spec['top_k']} of {heads}")
+    given = spec.get("heads")
+    if given:  # given heads are used as they are: no number of heads to map
+        spec["heads"] = map_given_heads(
+            given, real.layers, real.heads // real.layers, layers, heads // layers
+        )
+        lines.append(
+            f"{where}.heads: {len(given)} given heads of {real.layers} layers x "
+            f"{real.heads // real.layers} -> {len(spec['heads'])} of {layers} x "
+            f"{heads // layers} ({len(given) - len(spec['heads'])} collapsed): "
+            + " ".join(f"{a}:{b}" for a, b in spec["heads"])
+        )
+    else:
+        k = spec.get("top_k") or default_top_k
+        spec["top_k"] = map_heads(k, real.heads, heads)
+        lines.append(f"{where}.top_k: {k} of {real.heads} heads -> {spec['top_k']} of {heads}")
     chosen = spec.get("layers")
     if isinstance(chosen, int) and not isinstance(chosen, bool):
         spec["layers"] = map_layer(chosen, real.layers, layers)
@@ -296,18 +329,24 @@ def rehearse_settings(settings: dict, path: Path, scale: str) -> dict:
         real_top_k = refine.get("top_k") or protocol_top_k
         mapped += _map_spec(refine, refine["model"], scale, "refine", protocol_top_k)
         variants = (settings.get("sensitivity") or {}).get("refine") or {}
-        if "top_k" in variants or "layers" in variants:  # notebook 06's own settings
+        if {"top_k", "layers", "heads"} & set(variants):  # notebook 06's own settings
             model = variants.get("model", refine["model"])
             mapped += _map_spec(variants, model, scale, "sensitivity.refine", real_top_k)
+    for key in ("precision", "prompt_suffix"):  # notebook 06's VGRefine heads
+        spec = (settings.get("sensitivity") or {}).get(key)
+        if spec and spec.get("model"):
+            mapped += _map_spec(spec, spec["model"], scale, f"sensitivity.{key}", protocol_top_k)
     benchmarks = settings.get("benchmarks")
     if benchmarks:
         default_top_k = benchmarks.get("top_k", 10)
         for i, run in enumerate(benchmarks.get("runs", [])):
             if run.get("refine"):
-                spec = {"top_k": run.get("top_k", default_top_k), **run}
+                spec = dict(run)
+                if not run.get("heads"):
+                    spec["top_k"] = run.get("top_k", default_top_k)
                 spec.setdefault("layers", benchmarks.get("layers"))
                 mapped += _map_spec(spec, run["model"], scale, f"benchmarks.runs[{i}]", 10)
-                run.update(top_k=spec["top_k"], layers=spec["layers"])
+                run.update({k: spec[k] for k in ("top_k", "heads", "layers") if k in spec})
     size = " (full size)" if scale == "full" else ""
     settings["caption"] = CAPTION + size
     settings["rehearsal"] = {"scale": scale, "profile": path.stem, "rule": LAYER_RULE}

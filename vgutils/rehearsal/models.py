@@ -75,8 +75,13 @@ def build_shape(real: RealModel, scale: str) -> BuildShape:
             vision["deepstack_visual_indexes"] = [0]
     else:
         vision["num_hidden_layers"] = SMALL_VISION_LAYERS
+    # the real context: a prompt the real model takes (e.g. Qwen at 2048 px) fits the build
+    context = {k: v for k, v in real.text.items() if k == "max_position_embeddings"}
     return BuildShape(
-        vision=vision, text=dict(SMALL_TEXT), processor=dict(real.processor), extra=real.extra
+        vision=vision,
+        text={**SMALL_TEXT, **context},
+        processor=dict(real.processor),
+        extra=real.extra,
     )
 
 
