@@ -81,16 +81,18 @@ def test_refine_prompt_suffix_reaches_the_multiple_choice_refine_pass(
 # --- Qwen pixels -------------------------------------------------------------------------
 
 
-def test_authors_qwen_pixels_are_qwen_vl_utils_then_the_processor_bit_for_bit():
+@pytest.mark.parametrize("family, patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
+def test_authors_qwen_pixels_are_qwen_vl_utils_then_the_processor_bit_for_bit(family, patch):
     from qwen_vl_utils import fetch_image
 
-    authors = load_model("tiny:qwen2_5_vl", device="cpu", processor_kwargs=QWEN_CAP)
+    authors = load_model(f"tiny:{family}", device="cpu", processor_kwargs=QWEN_CAP)
     authors.configure(image_resize="qwen_vl_utils")
-    ours = load_model("tiny:qwen2_5_vl", device="cpu", processor_kwargs=QWEN_CAP)
+    ours = load_model(f"tiny:{family}", device="cpu", processor_kwargs=QWEN_CAP)
     for width, height in [(333, 517), (700, 250), (97, 1000)]:
         image = noise(width, height, seed=width)
         prepared = authors.prepare(image, "Is there a cat?")
-        resized = fetch_image({"image": image, **QWEN_CAP})
+        # the authors' cells: 28 px (Qwen2.5-VL), 32 px (Qwen3-VL)
+        resized = fetch_image({"image": image, **QWEN_CAP}, image_patch_size=patch)
         expected = ours.processor(  # the authors' path by hand: qwen_vl_utils, the processor
             images=[resized], text=[prepared.prompt], return_tensors="pt"
         )
@@ -110,6 +112,8 @@ def test_authors_protocol_resolves_the_qwen_resize_for_the_qwen_family_only():
     from vgutils.runner import ExtractOptions, resolve_options
 
     qwen = resolve_options(ExtractOptions("tiny:qwen2_5_vl", "sample-medical", protocol="authors"))
+    qwen3 = resolve_options(ExtractOptions("tiny:qwen3_vl", "sample-medical", protocol="authors"))
+    assert qwen3.image_resize == "qwen_vl_utils"
     llava = resolve_options(ExtractOptions("tiny:llava", "sample-medical", protocol="authors"))
     plain = resolve_options(ExtractOptions("tiny:qwen2_5_vl", "sample-medical"))
     assert (qwen.image_resize, llava.image_resize, plain.image_resize) == (

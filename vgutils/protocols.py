@@ -12,7 +12,8 @@ protocol's name (``run.json`` and a ``protocol`` column). Option: ``authors`` va
 - processor kwargs: Qwen family ``max_pixels = 50176``, ``min_pixels = 784`` (at most 64
   image tokens) / the checkpoint's own limits.
 - ``image_resize``: Qwen family ``qwen_vl_utils`` (its PIL bicubic resize to multiples of
-  28 within the pixel limits, then the processor) / ``processor`` (one processor resize).
+  28 (Qwen2.5-VL; 32 for Qwen3-VL) within the pixel limits, then the processor) /
+  ``processor`` (one processor resize).
 - ``image_mode``: :data:`AUTHORS_IMAGE_MODE` (HuatuoGPT-Vision ``convert``: alpha
   dropped; Qwen ``qwen_vl_utils``: RGBA pasted on white; 16-bit clipped by PIL) /
   ``composite`` (every transparent image onto white, 16-bit rescaled from its range).
@@ -51,7 +52,7 @@ and high-resolution grids): the authors' stretched-grid mapping does not exist f
 so a protocol's ``scaled`` means the processor's geometry there (an explicit
 ``box_mapping="scaled"`` still refuses)."""
 
-QWEN_FAMILIES = ("qwen2_5_vl",)
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 """The families the authors' Qwen path covers (the adapter ``qwen2_5_vl`` serves both
 Qwen2-VL and Qwen2.5-VL checkpoints)."""
 
@@ -91,14 +92,25 @@ setting leaves out comes from the checkpoint's generation config).
 - ``huatuo-sample``: HuatuoGPT-Vision's own evaluation (``cli.py`` ``gen_kwargs`` with
   ``eval.py``'s ``--max_new_tokens 256``, seed 42)."""
 
-AUTHORS_DECODING = {"llava_qwen2": "greedy-1", "qwen2_5_vl": "checkpoint-64", "*": "greedy-1"}
+AUTHORS_DECODING = {
+    "llava_qwen2": "greedy-1",
+    "qwen2_5_vl": "checkpoint-64",
+    "qwen3_vl": "checkpoint-64",
+    "*": "greedy-1",
+}
 """The authors' decoding per family. Their code has two paths: HuatuoGPT-Vision
-(``llava_qwen2``; greedy, one token, ``min_new_tokens=1``) and Qwen (up to 64 tokens, the
-checkpoint's generation config). Every other family (LLaVA-1.5, LLaVA-Med, InternVL,
-Gemma 3) follows the HuatuoGPT-Vision path: it is the authors' one non-Qwen path, the one
-the LLaVA-style models share, and it answers a multiple-choice question with its letter."""
+(``llava_qwen2``; greedy, one token, ``min_new_tokens=1``) and Qwen (Qwen2.5-VL and
+Qwen3-VL: up to 64 tokens, the checkpoint's generation config). Every other family
+(LLaVA-1.5, LLaVA-Med, InternVL, Gemma 3) follows the HuatuoGPT-Vision path: it is the
+authors' one non-Qwen path, the one the LLaVA-style models share, and it answers a
+multiple-choice question with its letter."""
 
-AUTHORS_IMAGE_MODE = {"llava_qwen2": "convert", "qwen2_5_vl": "qwen_vl_utils", "*": "convert"}
+AUTHORS_IMAGE_MODE = {
+    "llava_qwen2": "convert",
+    "qwen2_5_vl": "qwen_vl_utils",
+    "qwen3_vl": "qwen_vl_utils",
+    "*": "convert",
+}
 """The authors' image conversion per family: HuatuoGPT-Vision ``Image.open(path).convert
 ('RGB')`` (alpha dropped); Qwen ``qwen_vl_utils`` (RGBA pasted on white, every other mode
 ``convert('RGB')``); the other families follow the HuatuoGPT-Vision path (as for
@@ -162,7 +174,7 @@ PROTOCOLS: dict[str, Protocol] = {
         max_new_tokens=1,
         top_k=20,
         refine_prompt_suffix=REFINE_PROMPT_SUFFIX,
-        image_resize={"qwen2_5_vl": "qwen_vl_utils", "*": "processor"},
+        image_resize={"qwen2_5_vl": "qwen_vl_utils", "qwen3_vl": "qwen_vl_utils", "*": "processor"},
         image_mode=AUTHORS_IMAGE_MODE,
         attention_precision="model",
         box_overhang="clamp",

@@ -23,7 +23,7 @@ IMAGE_RESIZES: tuple[str, ...] = ("processor", "qwen_vl_utils")
 Qwen path, ``qwen_vl_utils.fetch_image`` first (a PIL bicubic resize to multiples of
 ``patch x merge`` within the processor's ``min_pixels`` / ``max_pixels``), then the
 processor (Qwen family only)."""
-QWEN_RESIZE_FAMILIES = ("qwen2_5_vl",)
+QWEN_RESIZE_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 SEPARATE_VISION_TOWER = ("llava_qwen2", "llava_mistral")
 """Original-format LLaVA checkpoints: their own code loads the CLIP tower by itself
 (``CLIPVisionModel.from_pretrained``, transformers' default sdpa), so under
