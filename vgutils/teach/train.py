@@ -79,6 +79,7 @@ class Recipe:
     text_init_std: float = 0.05
     mc_share: float = 0.25
     seed: int = 0
+    threads: int = 1
 
 
 SMOKE = Recipe(steps=24, warmup_steps=8, batch_size=8, pool=48, lr_warmup=2)
@@ -329,8 +330,19 @@ def train_teaching_model(
     """Train with ``recipe`` (default :class:`Recipe`) on ``device`` and save into
     ``out_dir`` (model, processor, ``training_log.csv``, ``recipe.json``)."""
     recipe = recipe or Recipe()
-    out_dir = Path(out_dir)
-    torch.manual_seed(recipe.seed)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(recipe.threads)  # CPU kernels split their sums by thread count
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's torch generator is untouched
+            torch.manual_seed(recipe.seed)  # the weights' initialisation, the only torch draw
+            return _train(Path(out_dir), recipe, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(out_dir: Path, recipe: Recipe, progress: bool, device: str) -> Path:
     rng = np.random.default_rng([recipe.seed, 2])
     processor = build_processor()
     tokenizer = processor.tokenizer
