@@ -24,7 +24,7 @@ RESULTS_STAMP := results/$(RUN)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-ui lint format data figures lab bench bench-full clean
+.PHONY: help setup test test-ui lint format data figures lab bench bench-full teach teach-seeds clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -63,7 +63,7 @@ figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (
 	@$(PY) -m vgutils report --profile $(RUN)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
-$(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP)
+$(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) vgutils/teach/registry.txt $(SAMPLES) $(STAMP)
 	$(PY) -m vgutils jobs $(RUN)
 	@touch $@
 
@@ -90,6 +90,14 @@ bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner
 bench-full: $(STAMP) $(SAMPLES) ## the long benchmark: more questions, memory scaling, every family
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE)
 	$(PY) benchmarks/forward_capture.py --device $(DEVICE)
+
+# the pinned teaching model (vgutils/teach/pinned/) is what tiny:teach loads; this retrains
+# the recipe (seed 0) beside it and compares; exit 1 if the retrained model fails acceptance
+teach: $(STAMP) ## retrain the teaching model (~15 CPU-min) into build/teach; acceptance vs the pinned copy
+	$(PY) -m vgutils.teach.compare --out build/teach/retrained
+
+teach-seeds: $(STAMP) ## the teaching recipe over 10 seeds (hours on 2 cores): the acceptance spread
+	$(PY) -m vgutils.teach.sweep --seeds 10
 
 clean: ## remove generated build/ and figures/ (keeps .venv, data/, results/)
 	rm -rf build figures

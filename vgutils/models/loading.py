@@ -62,12 +62,10 @@ def resolve(name_or_path: str) -> str:
     family = name_or_path[len(TINY_PREFIX) :]
     check_model_name(name_or_path)
     folder = cache_dir() / "tiny" / family
-    if family in TEACH_RECIPES:  # trained on first use (minutes), retrained when stale
-        from vgutils.teach.train import is_current, train_teaching_model
+    if family in TEACH_RECIPES:  # teach: the pinned release; teach-smoke: trained on first use
+        from vgutils.teach.pinned import teaching_model
 
-        recipe = TEACH_RECIPES[family]()
-        if not is_current(folder, recipe):
-            train_teaching_model(folder, recipe)
+        folder = teaching_model(family, folder, TEACH_RECIPES[family]())
     elif not (folder / "config.json").exists():
         build_tiny(family, folder)
     return str(folder)
