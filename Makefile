@@ -24,7 +24,7 @@ RESULTS_STAMP := results/$(RUN)/.complete
 SOURCES := $(wildcard vgutils/*.py vgutils/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-ui lint format data figures lab bench bench-full gpu-check clean
+.PHONY: help setup test test-ui lint format data figures lab bench bench-full gpu-check teach teach-seeds clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -64,7 +64,7 @@ figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (
 	@$(PY) -m vgutils report --profile $(RUN)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
-$(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) $(SAMPLES) $(STAMP)
+$(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) vgutils/teach/registry.txt $(SAMPLES) $(STAMP)
 	$(PY) -m vgutils jobs $(RUN)
 	@touch $@
 
@@ -94,6 +94,14 @@ bench-full: $(STAMP) $(SAMPLES) ## the long benchmark: more questions, memory sc
 
 gpu-check: $(STAMP) $(SAMPLES) ## one H200, <= 8 min, < 60 GB: bench, full-size rehearsal of 2 models, 2-process torchrun, the table
 	$(PY) benchmarks/gpu_check.py
+
+# the pinned teaching model (vgutils/teach/pinned/) is what tiny:teach loads; this retrains
+# the recipe (seed 0) beside it and compares; exit 1 if the retrained model fails acceptance
+teach: $(STAMP) ## retrain the teaching model (one thread, ~30 min) into build/teach; acceptance vs the pinned copy
+	$(PY) -m vgutils.teach.compare --out build/teach/retrained
+
+teach-seeds: $(STAMP) ## the teaching recipe over 10 seeds (~5 h on one core): the acceptance spread
+	$(PY) -m vgutils.teach.sweep --seeds 10
 
 clean: ## remove generated build/ and figures/ (keeps .venv, data/, results/)
 	rm -rf build figures

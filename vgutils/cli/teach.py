@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data = commands.add_parser("data", help="write the held-out teach-* datasets")
     add_data_root(data)
     data.set_defaults(run=run_data)
-    evaluate = commands.add_parser("evaluate", help="accuracy and query following")
+    evaluate = commands.add_parser(
+        "evaluate", help="acceptance: accuracy, best-layer ratios, query following"
+    )
     evaluate.add_argument("--model", default="tiny:teach")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--scenes", type=int, default=60, help="held-out scenes per domain")
@@ -62,16 +64,14 @@ def run_data(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from vgutils.models import load_model
-    from vgutils.teach.evaluate import heldout_accuracy, query_following, query_following_summary
+    from vgutils.teach.evaluate import CRITERIA, acceptance, passes
 
-    vlm = load_model(args.model, device=args.device)
-    for domain in ("natural", "medical"):
-        answers = heldout_accuracy(vlm, domain, args.scenes)
-        by_type = answers.groupby("q_type")["correct"].mean().round(3).to_dict()
-        print(
-            f"{domain}: accuracy {answers['correct'].mean():.3f} on {len(answers)} questions "
-            f"(by type {by_type})"
-        )
-    summary = query_following_summary(query_following(vlm, args.scenes))
-    print(f"query following (natural, several objects): {summary}")
+    measures = acceptance(load_model(args.model, device=args.device), args.scenes)
+    verdict = passes(measures)
+    print(f"{args.model}: acceptance on {args.scenes} held-out scenes per domain")
+    for name, value in measures.items():
+        op, limit = CRITERIA.get(name, ("", None))
+        check = f"  (criterion {op} {limit:g}: {'ok' if verdict[name] else 'FAILS'})" if op else ""
+        print(f"  {name:17s} {value:8.3f}{check}")
+    print(f"acceptance: {'passes' if all(verdict.values()) else 'FAILS'}")
     return 0

@@ -22,8 +22,9 @@ def recipe_for(name: str):
 
 
 class TeachingModels:
-    """``tiny:teach`` / ``tiny:teach-smoke``: trained on first use (minutes / seconds)
-    into ``<cache>/tiny/<name>``, retrained when stale."""
+    """``tiny:teach``: the pinned release in ``vgutils/teach/pinned/`` (hash-checked, never
+    trained here: :mod:`vgutils.teach.pinned`); ``tiny:teach-smoke``: trained on first use
+    (seconds) into ``<cache>/tiny/teach-smoke``, retrained when stale."""
 
     name = "teach"
 
@@ -33,14 +34,10 @@ class TeachingModels:
     def resolve(self, name_or_path: str, cache: Path) -> str | None:
         if name_or_path not in self.names():
             return None
-        from vgutils.teach.train import is_current, train_teaching_model
+        from vgutils.teach.pinned import teaching_model
 
         name = name_or_path[len(TINY_PREFIX) :]
-        folder = cache / "tiny" / name
-        recipe = recipe_for(name)
-        if not is_current(folder, recipe):
-            train_teaching_model(folder, recipe)
-        return str(folder)
+        return str(teaching_model(name, cache / "tiny" / name, recipe_for(name)))
 
 
 def _build_teach_sets(root: Path) -> None:
