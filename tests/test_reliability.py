@@ -898,6 +898,7 @@ def write_profile(folder, name, text):
         ),
         ("jobs:\n  - {models: [tiny:llava], datasets: [x], heads: 1}\n", "jobs[0].heads"),
         ("protocol: author\n", "protocol: 'author' is not a protocol"),
+        ("revisions: [abc]\n", "revisions: ['abc'] is not a mapping of model -> commit"),
     ],
 )
 def test_bad_profile_setting_names_the_profile_and_the_key(profile_dir, text, message):

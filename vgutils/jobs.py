@@ -143,7 +143,7 @@ def check_settings(settings: dict, path: Path) -> None:
         names([value] if isinstance(value, str) else value, where, sorted(PROTOCOLS), "protocol")
 
     top = ("caption", "protocol", "device", "dtype", "limit", "batch_size", "image_batch")
-    top += ("n_boot", "jobs", *SECTIONS)
+    top += ("n_boot", "revisions", "jobs", *SECTIONS)
     for key, value in settings.items():
         if not known(key, str(key), top):
             continue
@@ -164,6 +164,10 @@ def check_settings(settings: dict, path: Path) -> None:
             problems.append(f"dtype: {value!r} is not one of {', '.join(checks.DTYPES)}")
         elif key in ("limit", "batch_size", "image_batch", "n_boot"):
             count(value, key, nullable=key == "limit")
+        elif key == "revisions" and not (
+            isinstance(value, dict) and all(isinstance(v, str) or v is None for v in value.values())
+        ):
+            problems.append(f"revisions: {value!r} is not a mapping of model -> commit or null")
         elif key in SECTIONS and not isinstance(value, dict):
             problems.append(f"{key}: expected a mapping of settings, got {value!r}")
     jobs = settings.get("jobs", [])
