@@ -3,14 +3,16 @@
 - The file tree is the repository: ``notebooks/`` (opened first) and the executed copies
   in ``build/<profile>/notebooks/`` are both reachable, with no symlinks.
 - Strip on save: a notebook saved under ``notebooks/`` is written without outputs,
-  execution counts, widget state or the kernel's version details, so running a committed
-  notebook in JupyterLab leaves ``git status`` clean. Notebooks elsewhere (``build/``)
-  are saved as they are.
+  execution counts, widget state or the kernel's version details, and keeps the kernel
+  description of the file it replaces (JupyterLab writes the running kernel's, e.g.
+  "Python 3 (ipykernel)"), so running a committed notebook in JupyterLab leaves
+  ``git status`` clean. Notebooks elsewhere (``build/``) are saved as they are.
 
 Plain Python with no vgutils import (the server loads it before any kernel starts);
 ``tests/test_lab.py`` tests :func:`strip_on_save` and a server started with this file.
 """
 
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,15 +29,21 @@ def is_stripped(os_path: str | Path) -> bool:
     return Path(os_path).resolve().is_relative_to(STRIPPED.resolve())
 
 
-def strip_notebook(notebook: dict) -> dict:
+def strip_notebook(notebook: dict, replaced: dict | None = None) -> dict:
     """``notebook`` (nbformat 4 JSON, changed in place and returned) without outputs,
-    execution counts, run metadata, and with ``language_info`` cut to its name."""
+    execution counts, run metadata, and with ``language_info`` cut to its name.
+    ``replaced``: the metadata of the file it replaces, whose ``kernelspec`` and
+    ``language_info`` are kept when they name the same kernel and language."""
     metadata = notebook.setdefault("metadata", {})
     for key in NOTEBOOK_KEYS:
         metadata.pop(key, None)
     language = metadata.get("language_info")
     if isinstance(language, dict) and "name" in language:
         metadata["language_info"] = {"name": language["name"]}
+    for key in ("kernelspec", "language_info"):
+        old, new = (replaced or {}).get(key), metadata.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name"):
+            metadata[key] = old
     for cell in notebook.get("cells", []):
         cell_metadata = cell.get("metadata", {})
         for key in CELL_KEYS:
@@ -57,7 +65,16 @@ def strip_on_save(model, path, contents_manager, **kwargs):
         return
     os_path = Path(contents_manager.root_dir) / path.strip("/")
     if is_stripped(os_path):
-        strip_notebook(model["content"])
+        strip_notebook(model["content"], _metadata(os_path))
+
+
+def _metadata(os_path: Path) -> dict:
+    """The notebook metadata of the file at ``os_path`` ({} if none or unreadable)."""
+    try:
+        metadata = json.loads(os_path.read_text(encoding="utf-8")).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 if "get_config" in globals():  # loaded by Jupyter (traitlets), not imported by a test

@@ -50,6 +50,11 @@ def run_notebook(notebook: dict) -> dict:
         "mimetype": "text/x-python",
         "codemirror_mode": {"name": "ipython", "version": 3},
     }
+    ran["metadata"]["kernelspec"] = {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
     ran["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     return ran
 
