@@ -21,7 +21,8 @@ STRIPPED = REPO / "notebooks"
 NOTEBOOK_KEYS = ("widgets", "signature")
 """Notebook metadata a run adds (ipywidgets' state, the trust signature)."""
 CELL_KEYS = ("execution", "ExecuteTime", "collapsed", "scrolled")
-"""Cell metadata a run or the output area adds."""
+"""Cell metadata a run or the output area adds (and ``jupyter.source_hidden`` /
+``outputs_hidden``: a collapsed cell)."""
 
 
 def is_stripped(os_path: str | Path) -> bool:
@@ -31,7 +32,8 @@ def is_stripped(os_path: str | Path) -> bool:
 
 def strip_notebook(notebook: dict, replaced: dict | None = None) -> dict:
     """``notebook`` (nbformat 4 JSON, changed in place and returned) without outputs,
-    execution counts, run metadata, and with ``language_info`` cut to its name.
+    execution counts, run metadata, collapsed states, trailing empty code cells, and
+    with ``language_info`` cut to its name.
     ``replaced``: the metadata of the file it replaces, whose ``kernelspec`` and
     ``language_info`` are kept when they name the same kernel and language."""
     metadata = notebook.setdefault("metadata", {})
@@ -49,14 +51,23 @@ def strip_notebook(notebook: dict, replaced: dict | None = None) -> dict:
         for key in CELL_KEYS:
             cell_metadata.pop(key, None)
         jupyter = cell_metadata.get("jupyter")
-        if isinstance(jupyter, dict):
+        if isinstance(jupyter, dict):  # collapsed input or output: a view, not content
             jupyter.pop("outputs_hidden", None)
+            jupyter.pop("source_hidden", None)
             if not jupyter:
                 cell_metadata.pop("jupyter")
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+    cells = notebook.get("cells", [])
+    while cells and cells[-1].get("cell_type") == "code" and not _text(cells[-1]).strip():
+        cells.pop()  # the empty cell that running the last cell (Shift+Enter) adds
     return notebook
+
+
+def _text(cell: dict) -> str:
+    source = cell.get("source", "")
+    return source if isinstance(source, str) else "".join(source)
 
 
 def strip_on_save(model, path, contents_manager, **kwargs):

@@ -25,8 +25,9 @@ NOTEBOOK = "05_clinician_ratings.ipynb"
 
 
 def run_notebook(notebook: dict) -> dict:
-    """``notebook`` as JupyterLab saves it after Run All (outputs, counts, widget state,
-    the kernel's language details, output-area metadata)."""
+    """``notebook`` as JupyterLab saves it after running every cell with Shift+Enter
+    (outputs, counts, widget state, the running kernel's spec and language details,
+    collapsed cells, output-area metadata, an empty cell at the end)."""
     ran = copy.deepcopy(notebook)
     count = 0
     for cell in ran["cells"]:
@@ -35,7 +36,7 @@ def run_notebook(notebook: dict) -> dict:
             count += 1
             cell["execution_count"] = count
             cell["metadata"]["execution"] = {"iopub.status.idle": "2026-12-05T00:00:00Z"}
-            cell["metadata"]["jupyter"] = {"outputs_hidden": False}
+            cell["metadata"]["jupyter"] = {"outputs_hidden": False, "source_hidden": True}
             cell["outputs"] = [
                 {"output_type": "stream", "name": "stdout", "text": ["hello\n"]},
                 {
@@ -44,6 +45,16 @@ def run_notebook(notebook: dict) -> dict:
                     "metadata": {},
                 },
             ]
+    ran["cells"].append(  # Shift+Enter on the last cell adds an empty one
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "new",
+            "metadata": {},
+            "outputs": [],
+            "source": "",
+        }
+    )
     ran["metadata"]["language_info"] = {
         "name": "python",
         "version": "3.11.2",

@@ -546,6 +546,10 @@ WIDGET_CSS = f"""<style>
 }}
 .vg-rating-app .vg-selected {{ color: {SELECTED}; font-weight: bold; }}
 .vg-rating-app .vg-unselected {{ color: #767676; }}
+.vg-rating-app .vg-question, .vg-rating-app .vg-question * {{
+  white-space: normal; line-height: 1.35;
+}}
+.vg-rating-app .vg-help {{ white-space: normal; line-height: 1.3; font-size: 85%; }}
 </style>"""
 """The card's style: small images shown with their pixels (no smoothing), the chosen
 rating as a filled blue button with a black inner border (not colour alone)."""
@@ -572,7 +576,7 @@ class RatingApp:
     the folder is made on the first rating."""
 
     IMAGE_SIDE = 460
-    CONTROLS_WIDTH = 520
+    CONTROLS_WIDTH = 440
     QUESTION_HEIGHT = 84
 
     def __init__(self, samples: list, ratings_csv: str | Path, rater: str):
@@ -603,7 +607,7 @@ class RatingApp:
             for axis in AXES
         }
         self.selected = {
-            axis: widgets.HTML(layout=widgets.Layout(height="22px", margin="0 0 4px 196px"))
+            axis: widgets.HTML(layout=widgets.Layout(height="22px", margin="0 0 4px 4px"))
             for axis in AXES
         }
         for axis, choice in self.choices.items():
@@ -621,7 +625,9 @@ class RatingApp:
             layout=widgets.Layout(height=f"{self.QUESTION_HEIGHT}px", overflow="auto")
         )
         self.question.add_class("vg-question")
-        self.progress = widgets.IntProgress(min=0, max=len(samples))
+        self.progress = widgets.IntProgress(
+            min=0, max=len(samples), layout=widgets.Layout(width="160px", flex="none")
+        )
         self.status = widgets.HTML()
         self.saved = widgets.HTML(layout=widgets.Layout(height="24px"))
         self.saved.add_class("vg-saved")
@@ -652,14 +658,17 @@ class RatingApp:
         axes = [widget for a in AXES for widget in (self.choices[a], self.selected[a])]
         controls = widgets.VBox(
             [
-                widgets.HBox([self.progress, self.status]),
+                widgets.HBox(  # one line, whatever the rater's name
+                    [self.progress, self.status],
+                    layout=widgets.Layout(height="32px", overflow="hidden"),
+                ),
                 self.question,
                 *axes,
                 self.note,
                 widgets.HBox([self.previous_button, self.submit_button, self.next_button]),
                 self.saved,
                 self.keys,
-                widgets.HTML(f"<small>{KEY_HELP}</small>"),
+                widgets.HTML(f"<div class='vg-help'>{KEY_HELP}</div>"),
             ],
             layout=widgets.Layout(
                 width=f"{self.CONTROLS_WIDTH}px",
