@@ -189,6 +189,8 @@ def test_lab_save_leaves_git_status_clean(tmp_path):
                     pytest.fail(f"JupyterLab did not start:\n{started}")
                 time.sleep(0.5)
         assert {"notebooks", "lab"} <= {item["name"] for item in listing["content"]}
+        lab_page = urllib.request.urlopen(f"http://127.0.0.1:{port}/lab{auth}", timeout=30)
+        assert '"preferredPath": "notebooks"' in lab_page.read().decode()  # opened first
 
         url = f"{base}/notebooks/{NOTEBOOK}{auth}"
         committed = _request(url)["content"]
