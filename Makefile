@@ -80,9 +80,12 @@ build/$(RUN)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 		|| { echo "FAILED: notebook $< (profile $(RUN)); the failing cell and its" \
 			"traceback are above and in $@.partial.ipynb"; exit 1; }
 
-lab: $(RESULTS_STAMP) ## open JupyterLab on notebooks/ (PROFILE's results computed first; Run All works)
+# the tree is the repository (notebooks/ opened first, build/<profile>/notebooks/ reachable);
+# lab/jupyter_server_config.py strips outputs from notebooks saved under notebooks/
+lab: $(RESULTS_STAMP) ## open JupyterLab on the repository at notebooks/ (PROFILE's results first; saves strip outputs)
 	$(if $(filter-out default,$(RUN)),VGUTILS_PROFILE=$(RUN)) \
-		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+		$(VENV)/bin/jupyter lab --config=lab/jupyter_server_config.py \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(SAMPLES) ## quick (~2 min on 2 CPU cores): reference vs runner q/s (DEVICE=cpu|cuda)
 	$(PY) benchmarks/bench_runner.py --device $(DEVICE) --quick

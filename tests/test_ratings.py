@@ -1,21 +1,27 @@
 """Clinician ratings: validation, curation, Table 1, and the rating app's save path."""
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from vgutils import context
 from vgutils.data.rows import Sample
+from vgutils.errors import UsageError
 from vgutils.ratings import (
     AXES,
     COLUMNS,
     RatingApp,
     RatingsWarning,
+    _boxed_png,
     append_rating,
     curate,
     distribution,
     load_ratings,
     published_table1,
+    ratings_path,
     synthetic_ratings,
 )
 
@@ -288,3 +294,57 @@ def test_concurrent_first_appends_write_one_header(tmp_path):
         assert text.startswith("sample_id,")
         assert len(load_ratings(path)) == 12
     assert time.monotonic() - started < 60
+
+
+def test_a_ratings_name_lives_under_the_results_root(tmp_path, samples, monkeypatch):
+    results = tmp_path / "results"
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a notebook's working folder
+    with context.use(context.current().replace(results_root=results)):
+        assert ratings_path("ratings.csv") == results / "ratings" / "ratings.csv"
+        assert ratings_path(tmp_path / "mine.csv") == tmp_path / "mine.csv"  # absolute: as is
+        app = RatingApp(samples, "ratings.csv", "dr-a")
+        click(app, (5, 4, 3))
+        assert load_ratings(results / "ratings" / "ratings.csv").loc[0, "sample_id"] == "s0"
+        assert not (work / "ratings.csv").exists()
+        # a file left beside the notebooks by an earlier version: said where to move it
+        (work / "old.csv").write_text(",".join(COLUMNS) + "\n")
+        with pytest.raises(UsageError, match=r"ratings now live under .*mv .*old\.csv") as err:
+            RatingApp(samples, "old.csv", "dr-a")
+        assert "\n" not in str(err.value)
+        (results / "ratings" / "old.csv").write_text(",".join(COLUMNS) + "\n")
+        assert ratings_path("old.csv") == results / "ratings" / "old.csv"  # moved: fine
+
+
+def test_every_image_is_shown_at_one_size_with_sharp_pixels(tmp_path):
+    small = np.zeros((8, 16, 3), np.uint8)
+    small[:, ::2] = (250, 250, 250)  # stripes: any smoothing would make greys
+    Image.fromarray(small).save(tmp_path / "small.png")
+    Image.new("RGB", (1200, 900), (90, 90, 90)).save(tmp_path / "large.png")
+    shown = {}
+    for name, box in (("small", [1, 1, 3, 3]), ("large", [100, 100, 300, 300])):
+        sample = Sample(
+            id=name,
+            image_path=tmp_path / f"{name}.png",
+            question="?",
+            boxes=np.array([box], float),
+            q_type="attribute",
+        )
+        shown[name] = Image.open(io.BytesIO(_boxed_png(sample, 460))).convert("RGB")
+    assert max(shown["small"].size) == max(shown["large"].size) == 460
+    assert shown["small"].size == (460, 230) and shown["large"].size == (460, 345)
+    row = np.asarray(shown["small"])[200]  # below the box: the stripes only
+    assert set(map(tuple, row)) == {(0, 0, 0), (250, 250, 250)}  # nearest neighbour
+
+
+def test_the_selected_rating_is_said_in_words(tmp_path, samples):
+    app = RatingApp(samples, tmp_path / "ratings.csv", "dr-a")
+    assert all("selected: none yet" in app.selected[a].value for a in AXES)
+    app.choices["clinical_relevance"].value = 4
+    assert "selected: 4 — clinically useful" in app.selected["clinical_relevance"].value
+    click(app, (5, 4, 3))
+    app.previous_button.click()  # the earlier rating, in words
+    assert "selected: 3 — broad pathology categories" in app.selected["semantic_grounding"].value
+    app.next_button.click()
+    assert "none yet" in app.selected["visual_grounding"].value

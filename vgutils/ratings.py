@@ -15,6 +15,10 @@ Which rows may repeat a (sample, rater): those the rating widget wrote
 without that stamp is a hand-made one: a second row for its (sample, rater) is refused,
 naming both lines. The file may come from Excel ("CSV UTF-8": a byte-order mark, CRLF) or
 LibreOffice; its column order is free (appends follow it).
+
+Where it lives: a relative name (``"ratings.csv"``) means ``<results root>/ratings/<name>``
+(:func:`ratings_path`; ``results/ratings/ratings.csv`` in a clone), never a file beside the
+committed notebooks; an absolute path is used as given.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vgutils import context
 from vgutils.errors import DataError, UsageError
 from vgutils.paths import DATA_MANIFEST
 
@@ -45,6 +50,30 @@ COLUMNS = ("sample_id", "q_type", "rater", *AXES, "timestamp", "note")
 Q_TYPES = ("attribute", "localization")
 KEEP_THRESHOLD = 3
 PUBLISHED_TABLE1 = DATA_MANIFEST / "published" / "table1_ratings.csv"
+RATINGS_FOLDER = "ratings"
+"""The ratings files' folder under the results root."""
+
+
+def ratings_path(ratings_csv: str | Path) -> Path:
+    """The ratings file ``ratings_csv`` names: an absolute path as given, a relative one
+    under ``<results root>/ratings/`` (the results root of :func:`vgutils.context.current`).
+    A file of that name left in the working folder by an earlier version (the widget used
+    to write ``notebooks/ratings.csv``) while the new place has none is a one-line
+    :class:`UsageError` saying where to move it, so that no rater's log is split."""
+    if not isinstance(ratings_csv, str | os.PathLike) or not str(ratings_csv).strip():
+        raise UsageError(f"ratings file: expected a file name or path, got {ratings_csv!r}")
+    given = Path(ratings_csv).expanduser()
+    if given.is_absolute():
+        return given
+    path = context.current().results_root / RATINGS_FOLDER / given
+    old = Path.cwd() / given
+    if not path.exists() and old.is_file() and old.resolve() != path.resolve():
+        raise UsageError(
+            f"ratings file {str(ratings_csv)!r}: ratings now live under {path.parent}/; "
+            f"move the earlier file there: mv {old} {path}"
+        )
+    return path
+
 
 RUBRICS = {
     "clinical_relevance": {
@@ -451,6 +480,7 @@ def append_rating(path: Path, row: dict) -> None:
     path = Path(path)
     values = {k: row.get(k, "") for k in COLUMNS}
     values["timestamp"] = values["timestamp"] or datetime.now(UTC).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # released by close
@@ -477,20 +507,77 @@ KEY_HELP = (
     "n = next, p = previous."
 )
 
+RATING_LABELS = {
+    "clinical_relevance": {
+        1: "irrelevant or misleading",
+        2: "marginally relevant",
+        3: "acceptable",
+        4: "clinically useful",
+        5: "highly relevant and valid",
+    },
+    "visual_grounding": {
+        1: "ignores the boxed region",
+        2: "weak link to the box",
+        3: "overlaps or implies the box",
+        4: "clear reference to the box",
+        5: "perfectly aligned with the box",
+    },
+    "semantic_grounding": {
+        1: "very deep clinical reasoning",
+        2: "specific diseases",
+        3: "broad pathology categories",
+        4: "specific medical descriptors",
+        5: "basic anatomical recognition",
+    },
+}
+"""A few words per rating (the full rubrics: :data:`RUBRICS`), for the "selected" line."""
+
+SELECTED = "#0072B2"
+"""Okabe-Ito blue (colour-blind safe): the chosen rating's button and its line."""
+
+WIDGET_CSS = f"""<style>
+.vg-rating-app img.vg-image {{
+  image-rendering: pixelated; object-fit: contain; background: #1a1a1a; flex: none;
+}}
+.vg-rating-app .vg-controls {{ flex: none; }}
+.vg-rating-app .widget-toggle-button.mod-active {{
+  background-color: {SELECTED} !important; color: #fff !important; font-weight: bold;
+  box-shadow: inset 0 0 0 2px #000 !important;
+}}
+.vg-rating-app .vg-selected {{ color: {SELECTED}; font-weight: bold; }}
+.vg-rating-app .vg-unselected {{ color: #767676; }}
+.vg-rating-app .vg-question, .vg-rating-app .vg-question * {{
+  white-space: normal; line-height: 1.35;
+}}
+.vg-rating-app .vg-help {{ white-space: normal; line-height: 1.3; font-size: 85%; }}
+</style>"""
+"""The card's style: small images shown with their pixels (no smoothing), the chosen
+rating as a filled blue button with a black inner border (not colour alone)."""
+
 
 class RatingApp:
-    """An ipywidgets rating card for a clinician: the image with its box on the left (at
-    most 460 px, so that it sits beside the controls at 1366x768), on the right the
-    question, the three axes with 1-5 choices, a note, previous / submit / next, a key box
-    for the keyboard, the "saved" confirmation and progress; the rubrics below. Submitting
-    appends the rating to ``ratings_csv`` at once (fsynced); going back shows the rater's
-    earlier rating, and rating again appends the new one (the last one counts).
-    Reopening resumes at this rater's first unrated sample. A malformed existing file is
-    reported, never overwritten.
+    """An ipywidgets rating card for a clinician: the image with its box on the left, on
+    the right one control bar that never moves: progress, the question (a fixed-height
+    box), the three axes with 1-5 buttons and under each a "selected: 4 — clinically
+    useful" line, a note, previous / submit / next, the "saved" confirmation, a key box
+    for the keyboard; the rubrics below. Every image is shown at one size,
+    :attr:`IMAGE_SIDE` px on its longer side (a small one upscaled with nearest neighbour,
+    no smoothing), in a fixed square, so the controls stay in place from one sample to
+    the next (and sit beside the image at 1366x768). The chosen rating is a filled
+    Okabe-Ito blue button with a black inner border.
 
-    ``samples``: :class:`vgutils.data.Sample` list (``q_type`` required)."""
+    Submitting appends the rating to the ratings file at once (fsynced); going back shows
+    the rater's earlier rating, and rating again appends the new one (the last one
+    counts). Reopening resumes at this rater's first unrated sample. A malformed existing
+    file is reported, never overwritten.
+
+    ``samples``: :class:`vgutils.data.Sample` list (``q_type`` required). ``ratings_csv``:
+    a name under ``<results root>/ratings/`` or an absolute path (:func:`ratings_path`);
+    the folder is made on the first rating."""
 
     IMAGE_SIDE = 460
+    CONTROLS_WIDTH = 440
+    QUESTION_HEIGHT = 84
 
     def __init__(self, samples: list, ratings_csv: str | Path, rater: str):
         import ipywidgets as widgets
@@ -498,7 +585,7 @@ class RatingApp:
         if not rater or not rater.strip():
             raise ValueError("a rater name is required")
         self.samples = samples
-        self.path = Path(ratings_csv)
+        self.path = ratings_path(ratings_csv)
         self.rater = rater.strip()
         existing = load_ratings(self.path) if self._has_rows() else None
         self.given: dict[str, dict] = {}
@@ -519,19 +606,30 @@ class RatingApp:
             )
             for axis in AXES
         }
+        self.selected = {
+            axis: widgets.HTML(layout=widgets.Layout(height="22px", margin="0 0 4px 4px"))
+            for axis in AXES
+        }
         for axis, choice in self.choices.items():
             choice.add_class(f"vg-axis-{axis}")
+            self.selected[axis].add_class(f"vg-selected-{axis}")
+            choice.observe(lambda _, axis=axis: self._show_selected(axis), "value")
         self.note = widgets.Text(description="note", placeholder="optional")
+        side = f"{self.IMAGE_SIDE}px"
         self.image = widgets.Image(
             format="png",
-            layout=widgets.Layout(
-                max_width=f"{self.IMAGE_SIDE}px", max_height=f"{self.IMAGE_SIDE}px"
-            ),
+            layout=widgets.Layout(width=side, height=side, min_width=side, min_height=side),
         )
-        self.question = widgets.HTML(layout=widgets.Layout(max_width="560px"))
-        self.progress = widgets.IntProgress(min=0, max=len(samples))
+        self.image.add_class("vg-image")
+        self.question = widgets.HTML(
+            layout=widgets.Layout(height=f"{self.QUESTION_HEIGHT}px", overflow="auto")
+        )
+        self.question.add_class("vg-question")
+        self.progress = widgets.IntProgress(
+            min=0, max=len(samples), layout=widgets.Layout(width="160px", flex="none")
+        )
         self.status = widgets.HTML()
-        self.saved = widgets.HTML()
+        self.saved = widgets.HTML(layout=widgets.Layout(height="24px"))
         self.saved.add_class("vg-saved")
         self.keys = widgets.Text(
             description="keys",
@@ -557,21 +655,31 @@ class RatingApp:
             for a in AXES
         )
         rubrics = widgets.Accordion(children=[widgets.HTML(rubric_html)], titles=("Rubrics",))
+        axes = [widget for a in AXES for widget in (self.choices[a], self.selected[a])]
         controls = widgets.VBox(
             [
-                widgets.HBox([self.progress, self.status]),
+                widgets.HBox(  # one line, whatever the rater's name
+                    [self.progress, self.status],
+                    layout=widgets.Layout(height="32px", overflow="hidden"),
+                ),
                 self.question,
-                *self.choices.values(),
+                *axes,
                 self.note,
                 widgets.HBox([self.previous_button, self.submit_button, self.next_button]),
                 self.saved,
                 self.keys,
-                widgets.HTML(f"<small>{KEY_HELP}</small>"),
+                widgets.HTML(f"<div class='vg-help'>{KEY_HELP}</div>"),
             ],
-            layout=widgets.Layout(padding="0 0 0 12px"),
+            layout=widgets.Layout(
+                width=f"{self.CONTROLS_WIDTH}px",
+                min_width=f"{self.CONTROLS_WIDTH}px",
+                padding="0 0 0 12px",
+            ),
         )
+        controls.add_class("vg-controls")
         self.widget = widgets.VBox(
             [
+                widgets.HTML(WIDGET_CSS),
                 widgets.HBox(
                     [self.image, controls], layout=widgets.Layout(align_items="flex-start")
                 ),
@@ -606,8 +714,9 @@ class RatingApp:
         self.progress.value = len(self.given)
         self.status.value = f"{len(self.given)} / {len(self.samples)} rated by {self.rater}"
         if self.index >= len(self.samples):
-            for choice in self.choices.values():
+            for axis, choice in self.choices.items():
                 choice.value = None
+                self._show_selected(axis)
             self.note.value = ""
             self.question.value = "<b>All samples rated. Thank you.</b>"
             return
@@ -621,6 +730,7 @@ class RatingApp:
         )
         for axis, choice in self.choices.items():
             choice.value = earlier.get(axis)
+            self._show_selected(axis)
         self.note.value = earlier.get("note", "")
 
     def _on_keys(self, change) -> None:
@@ -672,12 +782,34 @@ class RatingApp:
         )
         return True
 
+    def _show_selected(self, axis: str) -> None:
+        """The line under an axis: the chosen rating in words, or that none is chosen."""
+        value = self.choices[axis].value
+        self.selected[axis].value = (
+            "<span class='vg-unselected'>selected: none yet</span>"
+            if value is None
+            else f"<span class='vg-selected'>selected: {value} — "
+            f"{RATING_LABELS[axis][value]}</span>"
+        )
 
-def _boxed_png(sample, side: int = 420) -> bytes:
-    from vgutils.data.overlay import draw_boxes
 
-    image = draw_boxes(sample)
-    image.thumbnail((side, side))
+def _boxed_png(sample, side: int = 460) -> bytes:
+    """The sample's image scaled to ``side`` px on its longer side (a smaller image
+    upscaled with nearest neighbour, its pixels kept sharp; a larger one downscaled with
+    Lanczos), its boxes drawn afterwards at the display scale, as PNG."""
+    from PIL import Image, ImageDraw
+
+    from vgutils.data.images import load_image
+    from vgutils.data.overlay import BOX_COLOURS
+
+    image = load_image(sample.image_path).convert("RGB")
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(image)
+    for index, (x0, y0, x1, y1) in enumerate(np.asarray(sample.boxes, float) * scale):
+        colour = BOX_COLOURS[index % len(BOX_COLOURS)]
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=3)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
