@@ -1,6 +1,6 @@
 """Named protocols: the authors' settings and ours, as presets of the package's options.
 
-METHOD.md, "Protocol settings: the authors' values and ours", lists every setting where
+docs/METHOD.md, "Protocol settings: the authors' values and ours", lists every setting where
 the authors' public code and this package differ. Each is a named option (box mapping,
 processor kwargs, triage denominator, knockout layers and rows, decoding, number of
 heads); a protocol fixes all of them at once, and an explicit option overrides a single

@@ -4,7 +4,7 @@ Conversions (documented, deterministic):
 
 - 8-bit RGB: as is. Grayscale (``L``), palette (``P``), ``CMYK``, ``LA``: PIL's ``convert``.
 - RGBA / LA / palette with transparency: composited onto white (as the authors' code
-  does, METHOD.md "transparent images").
+  does, docs/METHOD.md "transparent images").
 - 16-bit and 32-bit integer or float images (``I;16``, ``I``, ``F``): scaled linearly from
   the image's own [min, max] to [0, 255] (a constant image becomes black).
 - DICOM (``.dcm``): modality LUT (rescale slope/intercept), then the first VOI window

@@ -19,7 +19,7 @@ STRATEGIES: tuple[str, ...] = ("last", "question", "all")
 
 
 def question_prompt_text(question: str) -> str:
-    """The user text of a question prompt (METHOD.md): question + answer instruction."""
+    """The user text of a question prompt (docs/METHOD.md): question + answer instruction."""
     return f"{question.strip()} {ANSWER_INSTRUCTION}"
 
 
@@ -116,7 +116,7 @@ class VisionLanguageModel:
         return self._prepare(image, user_text, box_mapping)
 
     def prepare_generic(self, image: Image.Image, box_mapping: str = "processor") -> Prepared:
-        """The generic prompt (METHOD.md) for the same image, for normalisation."""
+        """The generic prompt (docs/METHOD.md) for the same image, for normalisation."""
         return self._prepare(image, question_prompt_text(GENERIC_QUESTION), box_mapping)
 
     def _prepare(
