@@ -12,6 +12,7 @@ from vgutils.locks import build_lock
 from vgutils.models.attention import ATTENTION_NAME
 from vgutils.models.families import family_of
 from vgutils.models.original import BACKBONES, ensure_converted, original_config
+from vgutils.models.quiet import no_progress_bars, small_local
 from vgutils.models.sources import cache_dir, resolve
 from vgutils.models.vlm import VisionLanguageModel
 
@@ -99,15 +100,16 @@ def load_model(
     device_map, max_memory = placement(device)
     if max_memory is not None:
         options["max_memory"] = max_memory
-    model = _from_pretrained(
-        name_or_path,
-        AutoModelForImageTextToText,
-        source,
-        dtype=_torch_dtype(device_map, dtype),
-        device_map=device_map,
-        attn_implementation="sdpa",
-        **options,
-    )
+    with no_progress_bars(small_local(source)):  # a tiny or small local model: no bars
+        model = _from_pretrained(
+            name_or_path,
+            AutoModelForImageTextToText,
+            source,
+            dtype=_torch_dtype(device_map, dtype),
+            device_map=device_map,
+            attn_implementation="sdpa",
+            **options,
+        )
     options.pop("max_memory", None)
     processor = _from_pretrained(name_or_path, AutoProcessor, source, **options, **processor_kwargs)
     if processor_kwargs.get("do_pad"):

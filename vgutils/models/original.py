@@ -29,11 +29,14 @@ code's format, which transformers does not load (CHECKPOINTS-AND-BENCHMARKS.md s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vgutils.models import chat_templates
+from vgutils.models.quiet import small_local
 
 CONVERTER_VERSION = "1"
 RECORD_NAME = "vgutils_conversion.json"
@@ -352,7 +356,10 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
     else:
         vision_from = "checkpoint"
 
-    tokenizer = AutoTokenizer.from_pretrained(src, extra_special_tokens={"image_token": "<image>"})
+    with _original_type_accepted(config["model_type"]):  # the tokenizer reads config.json
+        tokenizer = AutoTokenizer.from_pretrained(
+            src, extra_special_tokens={"image_token": "<image>"}
+        )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     text_vocab = int(config["vocab_size"])
     if image_token_id > text_vocab:
@@ -466,7 +473,10 @@ def stream_weights(src: Path, conversion: Plan, out: Path, shard_bytes: int = SH
     written: dict[str, str] = {}
     writer = ShardWriter(out, shard_bytes)
     resized = ("model.language_model.embed_tokens.weight", "lm_head.weight")
-    with tqdm(total=len(expected), desc="converting tensors", unit="tensor") as progress:
+    small = small_local(src)  # a tiny checkpoint converts in a blink: no bar
+    with tqdm(
+        total=len(expected), desc="converting tensors", unit="tensor", disable=small
+    ) as progress:
         for source, path in sources:
             for key, tensor in iter_tensors(path):
                 target = map_key(source, key)
@@ -587,6 +597,32 @@ def record_matches(converted: Path, src: Path, tower: Path | None = None) -> boo
 
 
 # --- load_model: detect, convert once into the cache, reuse ---------------------------
+
+
+class _OriginalTypeWarning(logging.Filter):
+    """Drops transformers' "You are using a model of type `<model_type>` to instantiate a
+    model of type ..." for one original-format ``model_type``: reading the original
+    ``config.json`` for its tokenizer is expected to meet a type transformers does not
+    know. Every other record passes."""
+
+    def __init__(self, model_type: str):
+        super().__init__()
+        self.prefix = f"You are using a model of type `{model_type}` to instantiate"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _original_type_accepted(model_type: str) -> Iterator[None]:
+    """Inside: transformers' warning about the original ``model_type`` is not shown."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    only_this = _OriginalTypeWarning(model_type)
+    logger.addFilter(only_this)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only_this)
 
 
 def original_config(source: str, revision: str | None = None) -> dict | None:
