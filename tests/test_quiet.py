@@ -2,7 +2,13 @@
 local models, and not transformers' warning about the original LLaVA model types; the
 same bars and warnings for everything else."""
 
+import json
 import logging
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +70,48 @@ def test_converting_an_original_checkpoint_is_quiet(bars_on, capfd):
     err = capfd.readouterr().err
     assert "model of type `llava_qwen2`" not in err
     assert "Loading weights" not in err and "converting tensors" not in err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "jupyter"
+
+
+def test_the_figures_kernel_drops_only_the_tcp_warning():
+    from traitlets.config import Config
+
+    config = Config()
+    names = runpy.run_path(
+        str(KERNELS / "kernels" / "python3" / "kernel_config.py"),
+        init_globals={"get_config": lambda: config},
+    )
+    logging_config = config.IPKernelApp.logging_config
+    assert logging_config["handlers"]["console"]["filters"] == ["no_tcp_warning"]
+    only = logging_config["filters"]["no_tcp_warning"]["()"]()
+
+    def record(message):
+        return logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, message, None, None)
+
+    assert not only.filter(record(names["TCP_WARNING"] + ". All communication ..."))
+    assert only.filter(record("Failed to load connection file"))
+    spec = json.loads((KERNELS / "kernels" / "python3" / "kernel.json").read_text())
+    assert "--config={resource_dir}/kernel_config.py" in spec["argv"]
+    assert "JUPYTER_PATH=$(CURDIR)/jupyter" in (ROOT / "Makefile").read_text()
+
+
+def _kernel_stderr(env: dict) -> str:
+    code = (
+        "from jupyter_client.manager import start_new_kernel\n"
+        "km, kc = start_new_kernel(kernel_name='python3', startup_timeout=60)\n"
+        "kc.stop_channels(); km.shutdown_kernel(now=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_a_kernel_started_as_make_figures_does_prints_no_tcp_warning():
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
+    assert "without encryption" in _kernel_stderr(env)  # the stock kernel says it
+    assert "without encryption" not in _kernel_stderr({**env, "JUPYTER_PATH": str(KERNELS)})
