@@ -1,4 +1,4 @@
-"""Hand-computed cases and properties of the grounding metrics (METHOD.md)."""
+"""Hand-computed cases and properties of the grounding metrics (docs/METHOD.md)."""
 
 import math
 

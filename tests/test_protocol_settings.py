@@ -1,4 +1,4 @@
-"""The protocol settings of issue #23 (METHOD.md "Protocol settings"): each test fails if
+"""The protocol settings of issue #23 (docs/METHOD.md "Protocol settings"): each test fails if
 its setting were ignored. The VGRefine prompt suffix, Qwen pixels, attention precision,
 box overhang, decoding and image mode per family, given heads and layers, and the
 multiple-choice runs under the profile's protocol."""

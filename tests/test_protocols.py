@@ -1,4 +1,4 @@
-"""The protocol settings (METHOD.md, "Protocol settings"): each test fails if its setting
+"""The protocol settings (docs/METHOD.md, "Protocol settings"): each test fails if its setting
 were ignored."""
 
 import json

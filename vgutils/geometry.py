@@ -217,12 +217,12 @@ class TokenLayout:
 
 
 BOX_MAPPINGS: tuple[str, ...] = ("processor", "scaled")
-"""How boxes meet the token grid (METHOD.md, "box -> token grid"): ``processor`` = the
+"""How boxes meet the token grid (docs/METHOD.md, "box -> token grid"): ``processor`` = the
 processor's real geometry (pad, crop, tiles); ``scaled`` = the authors' mapping."""
 
 
 def scaled_layout(layout: TokenLayout, family: str = "this family") -> TokenLayout:
-    """The authors' box mapping (METHOD.md): the model's token grid spread uniformly over
+    """The authors' box mapping (docs/METHOD.md): the model's token grid spread uniformly over
     the WHOLE original image, ignoring any pad-to-square or centre crop. With "any
     positive overlap" (:func:`vgutils.metrics.gt_mask`) token ``(r, c)`` of a
     ``rows x cols`` grid is inside box ``[x0, y0, x1, y1]`` (clamped to the image) exactly

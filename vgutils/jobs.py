@@ -19,6 +19,7 @@ from vgutils import rehearsal
 from vgutils.errors import DataError, UsageError
 from vgutils.paths import PARAMS_DIR as PARAMS_DIR
 from vgutils.paths import check_profile, results_dir
+from vgutils.provenance import Provenance
 
 
 @dataclass(frozen=True)
@@ -264,17 +265,30 @@ def job_dir(profile: str, job: Job) -> Path:
 
 
 def ensure_results(
-    profile: str, progress: bool = True, shard: tuple[int, int] | None = None
+    profile: str,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    details: bool | None = None,
 ) -> list[Job]:
     """Run every job of ``profile`` that is not complete yet; returns the jobs.
     ``shard``: ``(rank, world)`` under a launcher: this process computes its share of
     each job's images (:func:`vgutils.runner.extract`), the last rank to finish a job
     merges it. A job folder left by other options or an older version of the code is
-    recomputed (unless ranks are writing it)."""
+    recomputed (unless ranks are writing it).
+
+    What it prints: one line per job when ``details`` (default: when ``progress`` bars
+    are on, as in ``python -m vgutils jobs``), else ONE status line (a notebook's
+    opening), e.g. ``profile default: 12 runs complete (3 computed now, 9 cached) in
+    41 s`` (:func:`status_line`)."""
+    import time
+
     from vgutils.runner import ExtractOptions, extract
 
+    details = progress if details is None else details
+    start = time.perf_counter()
     settings = use_profile(profile)
     jobs = profile_jobs(settings)
+    tally = {"complete": 0, "computed": 0, "cached": 0, "waiting": 0, "replaced": 0}
     for number, job in enumerate(jobs, start=1):
         options = ExtractOptions(
             model=job.model,
@@ -300,21 +314,53 @@ def ensure_results(
         )
         summary = extract(options, folder, **run)
         if summary.replaced:
-            print(f"{job.name}: recomputing ({summary.replaced.splitlines()[0]})")
+            tally["replaced"] += 1
+            if details:
+                print(f"{job.name}: recomputing ({summary.replaced.splitlines()[0]})")
         if not summary.complete:
-            who = f"rank {shard[0]} of {shard[1]}" if shard else "this process"
-            print(
-                f"[{number}/{len(jobs)}] {job.name}: {who} done "
-                f"({summary.computed} computed); {summary.missing} samples of other ranks "
-                "missing (the last rank to finish merges)"
-            )
+            tally["waiting"] += 1
+            if details:
+                who = f"rank {shard[0]} of {shard[1]}" if shard else "this process"
+                print(
+                    f"[{number}/{len(jobs)}] {job.name}: {who} done "
+                    f"({summary.computed} computed); {summary.missing} samples of other "
+                    "ranks missing (the last rank to finish merges)"
+                )
             continue
         state = "computed" if summary.computed else "cached"
-        print(
-            f"[{number}/{len(jobs)}] {job.name}: {summary.done} done, "
-            f"{summary.skipped} skipped ({state})"
-        )
+        tally["complete"] += 1
+        tally[state] += 1
+        if details:
+            print(
+                f"[{number}/{len(jobs)}] {job.name}: {summary.done} done, "
+                f"{summary.skipped} skipped ({state})"
+            )
+    print(status_line(profile, tally, time.perf_counter() - start))
     return jobs
+
+
+def status_line(profile: str, tally: dict, seconds: float) -> str:
+    """``profile P: N runs complete (C computed now, K cached) in S s``, with the runs
+    recomputed because they were stale and those waiting for other ranks when any."""
+    line = (
+        f"profile {profile}: {tally['complete']} runs complete ({tally['computed']} computed "
+        f"now, {tally['cached']} cached) in {seconds:.0f} s"
+    )
+    if tally.get("replaced"):
+        line += f"; {tally['replaced']} stale run(s) recomputed"
+    if tally.get("waiting"):
+        line += f"; {tally['waiting']} waiting for other ranks"
+    return line
+
+
+def profile_provenance(profile: str) -> Provenance:
+    """What the figures of ``profile`` are made from (:mod:`vgutils.provenance`): the
+    source commit, the profile's protocol, and the models and data of every run under
+    ``results/<profile>/`` (the extraction jobs and the runs the notebooks make)."""
+    from vgutils.provenance import from_runs, run_folders
+
+    protocol = load_profile(profile).get("protocol", "corrected")
+    return from_runs(profile, protocol, run_folders(results_dir(profile)))
 
 
 def load_jobs_metrics(profile: str, jobs: list[Job], kind: str = "metrics") -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 PUBLISHED = {
-    # the paper's VGRefine table (METHOD.md), accuracy in %
+    # the paper's VGRefine table (docs/METHOD.md), accuracy in %
     "HuatuoGPT-Vision-7B": {
         "baseline": {
             "VQA-RAD_test": 67.4,

@@ -1,4 +1,4 @@
-"""Grounding metrics of an attention map against the ground-truth token set (METHOD.md).
+"""Grounding metrics of an attention map against the ground-truth token set (docs/METHOD.md).
 
 Every metric takes ``att`` of shape ``(..., N)`` (e.g. ``(layers, heads, N)``): weights over
 the ``N`` image tokens, any positive scale, and a boolean ground-truth mask ``(N,)``. It
@@ -19,7 +19,7 @@ KL_FLOOR = 1e-12
 def gt_mask(layout: TokenLayout, boxes_xyxy: object) -> np.ndarray:
     """Boolean ``(N,)``: token ``i`` is ground truth iff its rectangle overlaps some box
     with positive area (strict inequalities, so touching edges do not count). Boxes are
-    clamped to the image first (METHOD.md, "inside"), so a box running past the image
+    clamped to the image first (docs/METHOD.md, "inside"), so a box running past the image
     edge never marks tokens that only see padding.
 
     ``boxes_xyxy``: one ``(4,)`` box or ``(k, 4)`` boxes in original-image pixels.

@@ -20,6 +20,7 @@ import seaborn as sns
 from vgutils import context
 from vgutils.geometry import TokenLayout
 from vgutils.paths import figures_dir
+from vgutils.provenance import Provenance
 
 DOMAIN_COLOURS = {"medical": "#D55E00", "natural": "#0072B2"}
 QTYPE_STYLES = {"localization": "-", "attribute": "--"}
@@ -51,18 +52,27 @@ def use_style() -> None:
     )
 
 
-def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
+def save_figure(
+    fig: plt.Figure, profile: str, name: str, provenance: Provenance | None = None
+) -> list[Path]:
     """Write ``figures/<profile>/<name>.pdf`` and ``.png``; returns both paths. The
     context's figure note (a rehearsal's "REHEARSAL: ...") goes on top
-    (:func:`mark_note`)."""
+    (:func:`mark_note`). Both files record ``provenance`` in their metadata
+    (:mod:`vgutils.provenance`); default: :func:`vgutils.jobs.profile_provenance` (the
+    commit, the profile's protocol and every run of the profile at this moment)."""
     note = context.current().figure_note
     if note:
         mark_note(fig, note)
+    if provenance is None:
+        from vgutils.jobs import profile_provenance
+
+        provenance = profile_provenance(profile)
     folder = figures_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{suffix}" for suffix in ("pdf", "png")]
     for path in paths:
-        fig.savefig(path)
+        metadata = provenance.pdf_metadata() if path.suffix == ".pdf" else provenance.png_metadata()
+        fig.savefig(path, metadata=metadata)
     return paths
 
 

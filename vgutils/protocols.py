@@ -1,6 +1,6 @@
 """Named protocols: the authors' settings and ours, as presets of the package's options.
 
-METHOD.md, "Protocol settings: the authors' values and ours", lists every setting where
+docs/METHOD.md, "Protocol settings: the authors' values and ours", lists every setting where
 the authors' public code and this package differ. Each is a named option; a protocol fixes
 all of them at once, and an explicit option overrides a single setting. Results carry the
 protocol's name (``run.json`` and a ``protocol`` column). Option: ``authors`` value /

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 FIGURE_SUFFIXES = (".pdf", ".png")
@@ -15,7 +16,8 @@ def produced_figures(folder: Path) -> list[Path]:
 
 
 def figures_report(folder: Path, n_notebooks: int) -> str:
-    """A short human report: how many notebooks ran and which figure files exist."""
+    """A short human report: how many notebooks ran, which figure files exist and what
+    each records it was made from (:func:`provenance_table`)."""
     figures = produced_figures(folder)
     lines = [f"{n_notebooks} figure notebook(s) up to date."]
     if not figures:
@@ -25,7 +27,57 @@ def figures_report(folder: Path, n_notebooks: int) -> str:
         return "\n".join(lines)
     lines.append(f"{len(figures)} figure file(s) in {folder}:")
     lines += [f"  {p.name}  ({p.stat().st_size / 1024:.0f} KiB)" for p in figures]
+    lines += ["", *provenance_table(figures)]
     return "\n".join(lines)
+
+
+def _short(value: str, keep: int = 12) -> str:
+    """``hub:<sha>`` / ``sha256:<hex>`` / a commit cut to ``keep`` hex digits."""
+    kind, _, digest = value.rpartition(":")
+    head, dirty = (digest[:-6], "-dirty") if digest.endswith("-dirty") else (digest, "")
+    if len(head) > keep and re.fullmatch(r"[0-9a-f]+", head):
+        head = head[:keep]
+    return f"{kind}:{head}{dirty}" if kind else f"{head}{dirty}"
+
+
+def provenance_table(figures: list[Path]) -> list[str]:
+    """Lines: one row per figure file with the provenance read back from the file (commit,
+    profile, protocol, record number), then each distinct record's models with their
+    revisions and data files with their sha256 (hashes cut to 12 hex digits)."""
+    from vgutils.provenance import read_figure
+
+    records: list = []
+    rows = []
+    for path in figures:
+        try:
+            recorded = read_figure(path)
+        except Exception as err:  # a damaged or foreign file: said, not fatal
+            rows.append((path.name, f"unreadable ({type(err).__name__})", "", "", ""))
+            continue
+        if recorded is None:
+            rows.append((path.name, "none recorded", "", "", ""))
+            continue
+        if recorded not in records:
+            records.append(recorded)
+        number = f"#{records.index(recorded) + 1}"
+        rows.append(
+            (path.name, _short(recorded.commit), recorded.profile, recorded.protocol, number)
+        )
+    header = ("file", "commit", "profile", "protocol", "record")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["Provenance recorded in each file:"]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    for number, recorded in enumerate(records, start=1):
+        lines.append(
+            f"record #{number}: commit {recorded.commit}, {len(recorded.models)} model(s), "
+            f"{len(recorded.data)} data file(s)"
+        )
+        lines += [f"  model {model}  {_short(rev)}" for model, rev in recorded.models]
+        lines += [f"  data  {name}  {_short(digest)}" for name, digest in recorded.data]
+    return lines
 
 
 def executed_notebooks(build: Path, profile: str) -> list[Path]:

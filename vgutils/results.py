@@ -254,6 +254,13 @@ def describe_differences(old: dict, new: dict) -> list[str]:
     ]
 
 
+def version_changes(old: dict, new: dict) -> str:
+    """``torch 2.14.1 -> 2.15.0, numpy 2.4.6 -> 2.5.0`` for the packages whose recorded
+    version differs (``none`` for one absent), or an empty string."""
+    names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    return ", ".join(f"{n} {old.get(n) or 'none'} -> {new.get(n) or 'none'}" for n in names)
+
+
 def images_digest(images: dict[str, str]) -> str:
     """One sha256 over ``{image name: sha256}`` (order-independent)."""
     digest = hashlib.sha256()
@@ -580,6 +587,15 @@ class RunStore:
             self._drop_orphans()
         if retry_errors:
             self.clear_errors()
+        changed = version_changes(existing.get("versions") or {}, versions)
+        if changed:  # the results will mix samples computed under both
+            log.warning(
+                "%s: resumed under other package versions than it started with: %s",
+                self.folder,
+                changed,
+            )
+            existing.setdefault("earlier_versions", []).append(existing.get("versions"))
+            existing["versions"] = versions
         existing["resumed"] = existing.get("resumed", 0) + 1
         return existing
 

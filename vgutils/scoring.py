@@ -1,4 +1,4 @@
-"""From captured per-head attention to per-layer maps and metric rows (METHOD.md)."""
+"""From captured per-head attention to per-layer maps and metric rows (docs/METHOD.md)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def add_protocol(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=sorted(PROTOCOLS),
         default="corrected",
-        help="preset of the settings (METHOD.md): authors | corrected (default)",
+        help="preset of the settings (docs/METHOD.md): authors | corrected (default)",
     )
     parser.add_argument("--max-pixels", type=int, help="processor max_pixels (Qwen family)")
     parser.add_argument("--min-pixels", type=int, help="processor min_pixels (Qwen family)")

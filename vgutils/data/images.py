@@ -1,7 +1,7 @@
 """Reading any image the datasets hold as an 8-bit RGB PIL image.
 
 Conversions (documented, deterministic), by ``mode`` (:data:`MODES`; the protocols'
-``image_mode``, METHOD.md "transparent images, 16-bit"):
+``image_mode``, docs/METHOD.md "transparent images, 16-bit"):
 
 - ``composite`` (ours, the default, every family): 8-bit RGB as is; grayscale (``L``),
   palette (``P``), ``CMYK``: PIL's ``convert``; RGBA / LA / PA / palette with

@@ -41,7 +41,7 @@ class DatasetEntry:
         """The box format of a row whose ``image`` is ``image`` (manifest rule): a rule
         matches when the row's ``image`` string itself (the relative path as written in
         the row, not its base name) starts with the rule's prefix, as in the authors' code
-        (METHOD.md, "Slake rule")."""
+        (docs/METHOD.md, "Slake rule")."""
         for prefix, fmt in self.bbox_format_rules:
             if str(image).startswith(prefix):
                 return fmt

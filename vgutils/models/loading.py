@@ -24,6 +24,7 @@ from vgutils.models.original import (
     original_config,
     split_hub_id,
 )
+from vgutils.models.quiet import no_progress_bars, small_local
 from vgutils.models.sources import cache_dir, resolve
 from vgutils.models.vlm import VisionLanguageModel
 
@@ -121,15 +122,16 @@ def load_model(
     device_map, max_memory = placement(device)
     if max_memory is not None:
         options["max_memory"] = max_memory
-    model = _from_pretrained(
-        name_or_path,
-        AutoModelForImageTextToText,
-        source,
-        dtype=_torch_dtype(device_map, dtype),
-        device_map=device_map,
-        attn_implementation="sdpa",
-        **options,
-    )
+    with no_progress_bars(small_local(source)):  # a tiny or small local model: no bars
+        model = _from_pretrained(
+            name_or_path,
+            AutoModelForImageTextToText,
+            source,
+            dtype=_torch_dtype(device_map, dtype),
+            device_map=device_map,
+            attn_implementation="sdpa",
+            **options,
+        )
     options.pop("max_memory", None)
     processor = _from_pretrained(name_or_path, AutoProcessor, source, **options, **processor_kwargs)
     if pil_pixels:  # (not for the whole processor: a video processor has no PIL backend)

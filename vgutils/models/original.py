@@ -40,11 +40,14 @@ folder that ``from_pretrained`` loads; InternVL-Chat's part is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +76,7 @@ from vgutils.models.original_files import (
     split_hub_id,
     weight_files,
 )
+from vgutils.models.quiet import small_local
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -345,7 +349,8 @@ def plan(src: Path, vision_tower: str | Path | None = None) -> Plan:
     else:
         vision_from = "checkpoint"
 
-    with warnings.catch_warnings():  # it reads config.json: Llama-3's "rope_scaling": null
+    # the tokenizer reads config.json: Llama-3's "rope_scaling": null, an original type
+    with warnings.catch_warnings(), _original_type_accepted(config["model_type"]):
         warnings.filterwarnings("ignore", "`rope_scaling` is deprecated", FutureWarning)
         tokenizer = AutoTokenizer.from_pretrained(
             src, extra_special_tokens={"image_token": "<image>"}
@@ -434,7 +439,10 @@ def stream_weights(src: Path, conversion: Plan, out: Path, shard_bytes: int = SH
     written: dict[str, str] = {}
     writer = ShardWriter(out, shard_bytes)
     resized = ("model.language_model.embed_tokens.weight", "lm_head.weight")
-    with tqdm(total=len(expected), desc="converting tensors", unit="tensor") as progress:
+    small = small_local(src)  # a tiny checkpoint converts in a blink: no bar
+    with tqdm(
+        total=len(expected), desc="converting tensors", unit="tensor", disable=small
+    ) as progress:
         for source, path in sources:
             for key, tensor in iter_tensors(path):
                 target = map_key(source, key)
@@ -524,6 +532,32 @@ def convert(
 
 
 # --- load_model: detect, convert once into the cache, reuse ---------------------------
+
+
+class _OriginalTypeWarning(logging.Filter):
+    """Drops transformers' "You are using a model of type `<model_type>` to instantiate a
+    model of type ..." for one original-format ``model_type``: reading the original
+    ``config.json`` for its tokenizer is expected to meet a type transformers does not
+    know. Every other record passes."""
+
+    def __init__(self, model_type: str):
+        super().__init__()
+        self.prefix = f"You are using a model of type `{model_type}` to instantiate"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _original_type_accepted(model_type: str) -> Iterator[None]:
+    """Inside: transformers' warning about the original ``model_type`` is not shown."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    only_this = _OriginalTypeWarning(model_type)
+    logger.addFilter(only_this)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only_this)
 
 
 def original_config(source: str, revision: str | None = None) -> dict | None:

@@ -54,12 +54,14 @@ class TinyBuilds:
     def resolve(self, name_or_path: str, cache: Path) -> str | None:
         if name_or_path not in self.names():
             return None
+        from vgutils.models.quiet import no_progress_bars
         from vgutils.models.tiny import build_tiny
 
         family = name_or_path[len(TINY_PREFIX) :]
         folder = cache / "tiny" / family
         if not (folder / "config.json").exists():
-            build_tiny(family, folder)
+            with no_progress_bars():  # "Writing model shards" of a few kilobytes
+                build_tiny(family, folder)
         return str(folder)
 
 

@@ -47,7 +47,7 @@ def qwen_pre_resize(image: Image.Image, processor) -> Image.Image:
 
 
 def question_prompt_text(question: str) -> str:
-    """The user text of a question prompt (METHOD.md): question + answer instruction."""
+    """The user text of a question prompt (docs/METHOD.md): question + answer instruction."""
     return f"{question.strip()} {ANSWER_INSTRUCTION}"
 
 
@@ -186,7 +186,7 @@ class VisionLanguageModel:
         return self._prepare(image, user_text, box_mapping)
 
     def prepare_generic(self, image: Image.Image, box_mapping: str = "processor") -> Prepared:
-        """The generic prompt (METHOD.md) for the same image, for normalisation."""
+        """The generic prompt (docs/METHOD.md) for the same image, for normalisation."""
         return self._prepare(image, question_prompt_text(GENERIC_QUESTION), box_mapping)
 
     def _prepare(

@@ -5,7 +5,7 @@ row format, so that the same loading code runs offline (a "rehearsal").
 
 - ``vgmed/VGMED_localization.jsonl``, ``vgmed/VGMED_attribute.jsonl``, images under
   ``vgmed/images/<source>/...png``. Boxes xyxy, except rows whose ``image`` string starts
-  with ``Slake`` (``Slake/xmlab<n>/source.png``): xywh, as in the real release (METHOD.md,
+  with ``Slake`` (``Slake/xmlab<n>/source.png``): xywh, as in the real release (docs/METHOD.md,
   "Data"). Rows carry no ``bbox_format``: the manifest's rule must tell, as for the real
   files.
 - ``coco/COCO_localization.jsonl``, ``coco/COCO_attribute.jsonl``, images
