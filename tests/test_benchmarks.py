@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -240,10 +241,32 @@ def test_vgrefine_table_puts_published_numbers_beside_ours():
     assert table.loc["SLAKE_test", "change (points)"] == 0.0
     text = mc_report.describe(table.reset_index())
     assert "VGRefine helps" in text and "no change" in text and "Published: 67.4%" in text
-    mc_report.vgrefine_figure(table.reset_index())
+    fig = mc_report.vgrefine_figure(table.reset_index())
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "published (paper), without" in labels and "published (paper), VGRefine" in labels
+    unpublished = table.reset_index().assign(**{"published without %": np.nan})
+    unpublished["published VGRefine %"] = np.nan
+    labels = mc_report.vgrefine_figure(unpublished).axes[0].get_legend_handles_labels()[1]
+    assert not any(label.startswith("published") for label in labels)  # no mark, no entry
     assert mc_report.published_table().set_index("model (published)").loc[
-        "LLaVA-Med-7B", "avg"
+        "LLaVA-Med-7B", "avg (as published)"
     ] == pytest.approx(45.4)
+
+
+def test_published_averages_are_computed_and_the_odd_ones_named():
+    """The paper's avg for HuatuoGPT-Vision-7B (65.3 -> 68.4) is not the mean of its own
+    four columns: (67.4 + 76.5 + 60.7 + 53.9) / 4 = 64.625; (71.2 + 76.9 + 67.6 + 56.2) / 4
+    = 67.975; weighted by 251, 416, 3362, 2000 questions: 360614.8 / 6029 = 59.81."""
+    from vgutils import mc_report
+
+    table = mc_report.published_table().set_index(["model (published)", "setting"])
+    huatuo = table.loc[("HuatuoGPT-Vision-7B", "without")]
+    assert huatuo["mean of the four"] == pytest.approx(64.6)
+    assert huatuo["question-weighted mean"] == pytest.approx(59.8)
+    assert table.loc[("HuatuoGPT-Vision-7B", "with VGRefine"), "mean of the four"] == 68.0
+    note = mc_report.published_average_note()
+    assert "HuatuoGPT-Vision-7B without: 65.3 as published, 64.6 the mean" in note
+    assert "LLaVA-Med-7B without (45.4)" in note and "LLaVA-v1.6-7B without (48.5)" in note
 
 
 def test_vgrefine_table_mixes_runs_with_and_without_vgrefine():
