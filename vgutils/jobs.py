@@ -98,6 +98,7 @@ def use_profile(profile: str) -> dict:
 
 
 SECTIONS = ("layer_maps", "curves", "strategies", "refine", "sensitivity", "teach", "benchmarks")
+SECTIONS += ("anatomy",)
 """The figures' settings (mappings read by the notebooks)."""
 JOB_KEYS = ("models", "datasets", "strategies", "save_maps", "heads", "limit", "protocol")
 JOB_KEYS += ("box_mapping", "processor", "device_map")
@@ -143,7 +144,7 @@ def check_settings(settings: dict, path: Path) -> None:
         names([value] if isinstance(value, str) else value, where, sorted(PROTOCOLS), "protocol")
 
     top = ("caption", "protocol", "device", "dtype", "limit", "batch_size", "image_batch")
-    top += ("n_boot", "jobs", *SECTIONS)
+    top += ("n_boot", "jobs", "revisions", *SECTIONS)
     for key, value in settings.items():
         if not known(key, str(key), top):
             continue
@@ -164,6 +165,10 @@ def check_settings(settings: dict, path: Path) -> None:
             problems.append(f"dtype: {value!r} is not one of {', '.join(checks.DTYPES)}")
         elif key in ("limit", "batch_size", "image_batch", "n_boot"):
             count(value, key, nullable=key == "limit")
+        elif key == "revisions" and not isinstance(value, dict):
+            problems.append(
+                f"revisions: expected a mapping of model ids to Hub commits, got {value!r}"
+            )
         elif key in SECTIONS and not isinstance(value, dict):
             problems.append(f"{key}: expected a mapping of settings, got {value!r}")
     jobs = settings.get("jobs", [])
