@@ -171,3 +171,21 @@ def test_multiple_choice_random_triage_averages_its_draws(tmp_path):
             ),
             tmp_path / "mc2",
         )
+
+
+def test_profiles_name_the_anatomy_arms_and_the_rehearsal_maps_their_heads():
+    from vgutils.jobs import load_profile
+
+    for profile in ("default", "smoke", "paper"):
+        spec = load_profile(profile)["anatomy"]
+        assert set(spec["arms"]) <= set(TRIAGES) and spec["models"]
+        for entry in spec["models"]:
+            settings = RefineSettings.from_spec({**entry, "triage": "random"})
+            assert settings.triage == "random"
+    rehearsed = load_profile("paper-rehearsal")
+    huatuo, llava = rehearsed["anatomy"]["models"]
+    assert huatuo["heads"] == rehearsed["refine"]["heads"] and huatuo["layers"] == [2]
+    assert llava["top_k"] == 2  # 20 of 1024 heads -> 2 of 16
+    assert any(
+        line.startswith("anatomy.models[1].top_k") for line in rehearsed["rehearsal"]["mapped"]
+    )
