@@ -715,6 +715,14 @@ def _anatomy_reading(table: pd.DataFrame, answers: pd.DataFrame) -> str:
                 text += f"; VGRefine's loss comes from what its triage cuts away{kept}."
             else:
                 text += f"; VGRefine does not change accuracy beyond noise either{kept}."
+        rand = by_arm.get("random")
+        if rand is not None and anti is not None and rand["diff_high"] < anti["diff_low"]:
+            text += (
+                f" A random cut ({rand['accuracy']:.3f}) hurts more than the anti-oracle "
+                f"({anti['accuracy']:.3f}), which cuts the whole box but, like the heads, "
+                "keeps the tokens the heads rank highest outside it: the answer leans on "
+                "those tokens, not on the box alone."
+            )
         text += _anatomy_why(answers, label, protocol, domain, heads)
         out.append(text)
     return "\n".join(out)
