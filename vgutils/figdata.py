@@ -592,10 +592,15 @@ def describe_anatomy(table: pd.DataFrame, answers: pd.DataFrame) -> str:
             )
             heads = by_arm.get("heads")
             if heads is not None and pd.notna(heads["box_kept"]):
-                worse = "less" if heads["box_kept"] < heads["chance"] else "more"
+                gap = heads["box_kept"] - heads["chance"]
+                worse = (
+                    "about chance"
+                    if abs(gap) < 0.01
+                    else ("less than chance" if gap < 0 else "more than chance")
+                )
                 line += (
                     f" The heads triage keeps {heads['box_kept']:.0%} of the box tokens; a "
-                    f"random cut keeps {heads['chance']:.0%}: {worse} than chance."
+                    f"random cut keeps {heads['chance']:.0%}: {worse}."
                 )
             lines.append(line)
     lines.append("")
@@ -618,29 +623,49 @@ def _anatomy_claim(table: pd.DataFrame) -> str:
     helps = sum(c["oracle"]["diff_low"] > 0 for c in cells)
     heads_helps = sum(c["heads"]["diff_low"] > 0 for c in cells)
     heads_hurts = sum(c["heads"]["diff_high"] < 0 for c in cells)
-    below = sum(
-        pd.notna(c["heads"]["box_kept"]) and c["heads"]["box_kept"] < c["heads"]["chance"]
+    below = [
+        f"{c['heads']['label']} {c['heads']['protocol']} {c['heads']['domain']}"
         for c in cells
-    )
-    return (
+        if pd.notna(c["heads"]["box_kept"])
+        and c["heads"]["box_kept"] < c["heads"]["chance"] - 0.005
+    ]
+    oracle_mean = float(np.mean([c["oracle"]["difference"] for c in cells]))
+    heads_mean = float(np.mean([c["heads"]["difference"] for c in cells]))
+    text = (
         f"**For the paper's claim.** Over {len(cells)} model x protocol x domain cells, the "
         f"oracle raises accuracy beyond its paired interval in {helps}, the heads triage "
-        f"(VGRefine) in {heads_helps} and lowers it in {heads_hurts}; the heads keep fewer "
-        f"box tokens than a random cut in {below}. "
-        + (
+        f"(VGRefine) in {heads_helps} and lowers it in {heads_hurts} (mean change: oracle "
+        f"{oracle_mean:+.3f}, heads {heads_mean:+.3f}). The heads keep fewer box tokens "
+        f"than a random cut in {len(below)}" + (f" ({'; '.join(below)})" if below else "") + ". "
+    )
+    if helps == 0:
+        text += (
+            "With the box kept and the same number of other tokens cut, the answers do not "
+            "improve anywhere: on these data removing distractors does not help even with a "
+            "perfect triage, and the knockout can only lose, by how much depending on which "
+            "tokens go (heads, random, anti-oracle). "
+            + (
+                "A triage that misses the box, as the heads do where they keep less than "
+                "chance, explains part of VGRefine's loss; a better triage would at best "
+                "avoid that loss, not add a gain. "
+                if heads_hurts
+                else "VGRefine's own changes stay within noise at this sample size; a better "
+                "triage would at best avoid a loss, not add a gain. "
+            )
+        )
+    elif helps > heads_helps:
+        text += (
             "Where the oracle helps and the heads do not, the idea stands and the triage "
             "fails, as the paper's thesis says for the medical domain. "
-            if helps > heads_helps
-            else "The oracle helps no more often than the heads triage: here the data do "
-            "not separate a triage failure from a failure of the idea itself. "
         )
-        + "Intervals are over questions (paired bootstrap); small profiles give wide ones."
-    )
+    else:
+        text += "The oracle helps no more often than the heads triage. "
+    return text + "Intervals are over questions (paired bootstrap); small profiles give wide ones."
 
 
 def _anatomy_why(answers: pd.DataFrame, label, protocol, domain, heads: dict) -> str:
     """The per-question evidence behind a reading: the oracle's change per question type,
-    and how much of their box the questions the heads triage turns wrong keep."""
+    and how much of their box the question(s) the heads triage turns wrong keep."""
     where = answers[["label", "protocol", "domain"]].eq([label, protocol, domain]).all(axis=1)
     sub = answers[where]
     text = ""
@@ -654,7 +679,7 @@ def _anatomy_why(answers: pd.DataFrame, label, protocol, domain, heads: dict) ->
     kept = 1 - lost["knocked_box_share"]
     if len(lost) and kept.notna().any() and pd.notna(heads["box_kept"]):
         text += (
-            f" The {len(lost)} questions the heads triage turns wrong keep "
+            f" The {len(lost)} question(s) the heads triage turns wrong keep "
             f"{kept.mean():.0%} of their box tokens (all questions: {heads['box_kept']:.0%})."
         )
     return text
@@ -707,16 +732,19 @@ def _anatomy_reading(table: pd.DataFrame, answers: pd.DataFrame) -> str:
             text += "A perfect triage does not help either: focusing adds nothing here"
             if anti is not None and anti["diff_high"] < 0:
                 text += " although the box tokens matter (cutting them first hurts)"
-            text += (
-                f", since the model answers {oracle['accuracy'] - oracle['difference']:.0%} "
-                "right without VGRefine from a box it already attends to"
-            )
+            base = oracle["accuracy"] - oracle["difference"]
+            text += f", with {base:.0%} right without VGRefine (at most {1 - base:.0%} to gain)"
             if heads["diff_high"] < 0:
                 text += f"; VGRefine's loss comes from what its triage cuts away{kept}."
             else:
                 text += f"; VGRefine does not change accuracy beyond noise either{kept}."
         rand = by_arm.get("random")
-        if rand is not None and anti is not None and rand["diff_high"] < anti["diff_low"]:
+        if (
+            rand is not None
+            and anti is not None
+            and rand["diff_high"] < 0
+            and rand["difference"] < anti["difference"]
+        ):
             text += (
                 f" A random cut ({rand['accuracy']:.3f}) hurts more than the anti-oracle "
                 f"({anti['accuracy']:.3f}), which cuts the whole box but, like the heads, "
