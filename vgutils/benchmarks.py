@@ -322,6 +322,11 @@ def is_correct(predicted: str | None, gold: str | None) -> bool:
     return gold is not None and predicted == gold
 
 
+def _count(total: float) -> int | float:
+    """A sum of correctness: a count, or (answers averaged over random draws) a float."""
+    return int(total) if float(total).is_integer() else round(float(total), 3)
+
+
 def mc_accuracy(
     frame: pd.DataFrame,
     column: str = "correct",
@@ -332,8 +337,9 @@ def mc_accuracy(
 ) -> pd.DataFrame:
     """Accuracy per ``dataset``, per ``dataset`` x ``subset`` (when a ``subset`` column has
     values) and the micro-averaged total, from a frame with ``dataset`` and ``column``
-    (0/1 or bool per question). Columns: ``level`` (``dataset`` | ``subset`` |
-    ``total``), ``dataset``, ``subset``, ``n``, ``correct`` (count), ``accuracy``
+    (0/1 or bool per question; or a mean over random draws). Columns: ``level``
+    (``dataset`` | ``subset`` | ``total``), ``dataset``, ``subset``, ``n``, ``correct``
+    (count; not whole for means over draws), ``accuracy``
     (fraction) and its percentile bootstrap interval ``ci_low``, ``ci_high`` (over
     questions, ``level``)."""
     from vgutils.stats import bootstrap_ci
@@ -346,7 +352,7 @@ def mc_accuracy(
             "dataset": dataset,
             "subset": subset,
             "n": len(values),
-            "correct": int(values.sum()),
+            "correct": _count(values.sum()),
             "accuracy": mean,
             "ci_low": low,
             "ci_high": high,

@@ -257,7 +257,13 @@ def refine_protocols(profile: str, spec: dict) -> list[str]:
 def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[dict]:
     """Rows for :func:`vgutils.plots.failure_cases_figure`: VGRefine under ``protocol`` on
     ``spec["cases"]`` ({dataset: [sample ids] or a count}) with heads ranked on
-    ``spec["calibration"]`` (settings: :func:`refine_options`)."""
+    ``spec["calibration"]`` (settings: :func:`refine_options`). Each row also has the
+    oracle arm's answer (``oracle``: the same number of tokens knocked out, the ones
+    outside the ground-truth boxes first; ``oracle_low`` its mask, ``box_kept`` the share
+    of the box tokens the heads triage keeps): without, VGRefine and the oracle side by
+    side."""
+    from dataclasses import replace
+
     from vgutils.models import load_model
     from vgutils.protocols import DECODINGS
 
@@ -290,6 +296,15 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
                 sample.question,
                 options.max_new_tokens,
                 generation=DECODINGS[options.decoding],
+                boxes=sample.boxes,
+            )
+            oracle = replace(refine, triage="oracle").answer(
+                vlm,
+                image,
+                sample.question,
+                options.max_new_tokens,
+                generation=DECODINGS[options.decoding],
+                boxes=sample.boxes,
             )
             rows.append(
                 {
@@ -308,6 +323,9 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
                     "baseline": result.baseline_answer,
                     "refined": result.answer,
                     "low": result.triage.low,
+                    "oracle": oracle.answer,
+                    "oracle_low": oracle.knocked,
+                    "box_kept": 1 - result.knocked_box_share,
                 }
             )
     return rows
@@ -377,12 +395,24 @@ def describe_refine(rows: list[dict], accuracy: pd.DataFrame) -> str:
     lines = []
     for row in rows:
         changed = "changed" if row["baseline"] != row["refined"] else "unchanged"
-        lines.append(
+        line = (
             f"- [{row.get('protocol', '')}] `{row['sample_id']}` (truth *{row['truth']}*): "
             f"baseline *{row['baseline']}*, VGRefine *{row['refined']}* ({changed}; "
             f"{int(row['low'].sum())} of {len(row['low'])} image tokens knocked out in "
-            f"layer(s) {', '.join(map(str, row.get('knockout_layers', [])))})."
+            f"layer(s) {', '.join(map(str, row.get('knockout_layers', [])))})"
         )
+        if "oracle" in row:
+            kept = row.get("box_kept", np.nan)
+            line += (
+                f"; the oracle (the same number knocked out, the box kept) answers "
+                f"*{row['oracle']}*"
+                + (
+                    f"; the heads triage kept {kept:.0%} of the box tokens"
+                    if pd.notna(kept)
+                    else ""
+                )
+            )
+        lines.append(line + ".")
     for record in accuracy.to_dict("records"):
         before, after = record["baseline_exact"], record["refined_exact"]
         delta = after - before
@@ -418,3 +448,309 @@ def describe_refine(rows: list[dict], accuracy: pd.DataFrame) -> str:
             )
         lines.append(line)
     return "\n".join(lines)
+
+
+ANATOMY_SHARED = ("percentile", "limit", "max_new_tokens", "decoding", "seed", "top_k", "layers")
+"""Keys of the ``anatomy`` block that every model entry takes unless it sets its own."""
+
+
+def anatomy_answers(profile: str, spec: dict) -> pd.DataFrame:
+    """Notebook 08: VGRefine's triage arms (``spec["arms"]``, :data:`vgutils.refine.
+    TRIAGES`) on ``spec["datasets"]`` for every entry of ``spec["models"]`` (``model``,
+    ``calibration`` or ``heads`` + ``layers``, optionally its own ``protocols``,
+    ``datasets``, ``label``) under each of ``spec["protocols"]`` (default: the
+    profile's). The block's ``percentile``, ``limit``, ``max_new_tokens``, ``top_k``,
+    ``layers``, ``seed`` apply to every entry that does not set its own; ``draws``: the
+    random arm's. One free-text VQA run per model x protocol x dataset x arm, cached in
+    ``results/<profile>/anatomy__<job>__<arm>``. Returns their answers with ``arm``,
+    ``label``, ``domain`` and ``protocol`` columns (one row per question and arm)."""
+    from vgutils.jobs import Job
+    from vgutils.paths import results_dir
+
+    frames = []
+    shared = {k: spec[k] for k in ANATOMY_SHARED if spec.get(k) is not None}
+    for entry in spec["models"]:
+        block = {**shared, **{k: v for k, v in entry.items() if v is not None}}
+        if block.get("heads"):
+            block.pop("top_k", None)  # given heads are used as they are
+        protocols = entry.get("protocols") or refine_protocols(profile, spec)
+        for protocol in protocols:
+            for dataset in entry.get("datasets") or spec["datasets"]:
+                entry_ = resolve_dataset(dataset).entry
+                domain = entry_.domain if entry_ is not None else dataset
+                for arm in spec.get("arms") or ("heads", "oracle", "random", "anti-oracle"):
+                    draws = spec.get("draws") if arm == "random" else None
+                    options = refine_options(
+                        profile, {**block, "triage": arm, "draws": draws}, dataset, protocol
+                    )
+                    name = Job(options.model, dataset, protocol=options.protocol).name
+                    folder = results_dir(profile) / f"anatomy__{name}__{arm}"
+                    answers, _, _ = fresh_vqa(options, folder, spec.get("device", "auto"))
+                    frames.append(
+                        answers.assign(
+                            arm=arm,
+                            label=entry.get("label") or model_label(options.model),
+                            domain=domain,
+                            protocol=options.protocol,
+                            percentile=options.refine.percentile,
+                        )
+                    )
+    return pd.concat(frames, ignore_index=True)
+
+
+ANATOMY_KEYS = ["label", "model", "protocol", "domain", "dataset"]
+
+
+def anatomy_table(answers: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """One row per model x protocol x domain x arm, and one ``none`` row (no VGRefine) per
+    model x protocol x domain: ``n``, ``accuracy`` (exact match; the random arm: the mean
+    over its draws) with its 95% bootstrap interval, ``difference`` from no VGRefine with
+    the paired bootstrap interval (``diff_low``, ``diff_high``: questions resampled with
+    both answers), flips ``right_to_wrong`` and ``wrong_to_right`` (the random arm:
+    expected counts, the mean over draws), ``changed`` (share of questions whose score
+    changed), ``box_kept`` (mean share of the box tokens the arm keeps) and ``chance``
+    (the share a random choice keeps: 1 - percentile / 100)."""
+    from vgutils.stats import bootstrap_ci
+
+    def summary(frame: pd.DataFrame, base: np.ndarray, refined: np.ndarray) -> dict:
+        mean, low, high = bootstrap_ci(refined, n_boot=n_boot)
+        diff, diff_low, diff_high = bootstrap_ci(refined - base, n_boot=n_boot)
+        kept = 1 - frame["knocked_box_share"].to_numpy(dtype=float)
+        return {
+            "n": len(frame),
+            "accuracy": mean,
+            "ci_low": low,
+            "ci_high": high,
+            "difference": diff,
+            "diff_low": diff_low,
+            "diff_high": diff_high,
+            "right_to_wrong": float((base * (1 - refined)).sum()),
+            "wrong_to_right": float(((1 - base) * refined).sum()),
+            "changed": float((refined != base).mean()),
+            "box_kept": float(np.nanmean(kept)) if np.isfinite(kept).any() else np.nan,
+            "chance": 1 - float(frame["percentile"].iloc[0]) / 100,
+        }
+
+    rows = []
+    for keys, group in answers.groupby(ANATOMY_KEYS, sort=False):
+        key = dict(zip(ANATOMY_KEYS, keys, strict=True))
+        arms = dict(list(group.groupby("arm", sort=False)))
+        first = arms.get("heads", next(iter(arms.values())))
+        base = first["baseline_exact"].to_numpy(dtype=float)
+        none = summary(first, base, base)
+        rows.append({**key, "arm": "none", **none, "box_kept": 1.0})
+        for arm, frame in arms.items():
+            base = frame["baseline_exact"].to_numpy(dtype=float)
+            refined = frame["refined_exact"].to_numpy(dtype=float)
+            rows.append({**key, "arm": arm, **summary(frame, base, refined)})
+    order = {arm: i for i, arm in enumerate(("none", *ARM_ORDER))}
+    table = pd.DataFrame(rows)
+    table["_order"] = table["arm"].map(order)
+    return (
+        table.sort_values(["label", "protocol", "domain", "_order"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+ARM_ORDER = ("heads", "oracle", "random", "anti-oracle")
+
+
+def _verdict(row: dict) -> str:
+    if row["diff_low"] > 0:
+        return "raises accuracy"
+    if row["diff_high"] < 0:
+        return "lowers accuracy"
+    return "leaves accuracy unchanged within its interval"
+
+
+def describe_anatomy(table: pd.DataFrame, answers: pd.DataFrame) -> str:
+    """What the arms show, from the numbers: per model, protocol and domain the accuracy
+    without VGRefine and with each arm (paired interval of the difference), the flips, the
+    share of the box tokens the heads triage keeps against chance; then what that says:
+    whether the triage or the knockout itself is what fails."""
+    lines = []
+    for (label, protocol), group in table.groupby(["label", "protocol"], sort=False):
+        lines.append(f"**{label}**, protocol `{protocol}`:")
+        for domain, frame in group.groupby("domain", sort=False):
+            by_arm = {r["arm"]: r for r in frame.to_dict("records")}
+            none = by_arm["none"]
+            parts = []
+            for arm in ARM_ORDER:
+                if arm not in by_arm:
+                    continue
+                r = by_arm[arm]
+                parts.append(
+                    f"{arm} {r['accuracy']:.3f} ({r['difference']:+.3f}, paired 95% CI "
+                    f"{r['diff_low']:+.3f} to {r['diff_high']:+.3f}; "
+                    f"{r['right_to_wrong']:.1f} right → wrong, "
+                    f"{r['wrong_to_right']:.1f} wrong → right)"
+                )
+            line = (
+                f"- {domain} ({none['dataset']}, n = {none['n']}): without VGRefine "
+                f"{none['accuracy']:.3f}; " + "; ".join(parts) + "."
+            )
+            heads = by_arm.get("heads")
+            if heads is not None and pd.notna(heads["box_kept"]):
+                gap = heads["box_kept"] - heads["chance"]
+                worse = (
+                    "about chance"
+                    if abs(gap) < 0.01
+                    else ("less than chance" if gap < 0 else "more than chance")
+                )
+                line += (
+                    f" The heads triage keeps {heads['box_kept']:.0%} of the box tokens; a "
+                    f"random cut keeps {heads['chance']:.0%}: {worse}."
+                )
+            lines.append(line)
+    lines.append("")
+    lines.append(_anatomy_reading(table, answers))
+    lines.append("")
+    lines.append(_anatomy_claim(table))
+    return "\n".join(lines)
+
+
+def _anatomy_claim(table: pd.DataFrame) -> str:
+    """What the arms mean for the paper's claim (the heads find the region and focusing
+    on it helps), counted over the model x protocol x domain cells."""
+    cells = []
+    for _, frame in table.groupby(["label", "protocol", "domain"], sort=False):
+        by_arm = {r["arm"]: r for r in frame.to_dict("records")}
+        if {"heads", "oracle"} <= set(by_arm):
+            cells.append(by_arm)
+    if not cells:
+        return ""
+    helps = sum(c["oracle"]["diff_low"] > 0 for c in cells)
+    heads_helps = sum(c["heads"]["diff_low"] > 0 for c in cells)
+    heads_hurts = sum(c["heads"]["diff_high"] < 0 for c in cells)
+    below = [
+        f"{c['heads']['label']} {c['heads']['protocol']} {c['heads']['domain']}"
+        for c in cells
+        if pd.notna(c["heads"]["box_kept"])
+        and c["heads"]["box_kept"] < c["heads"]["chance"] - 0.005
+    ]
+    oracle_mean = float(np.mean([c["oracle"]["difference"] for c in cells]))
+    heads_mean = float(np.mean([c["heads"]["difference"] for c in cells]))
+    text = (
+        f"**For the paper's claim.** Over {len(cells)} model x protocol x domain cells, the "
+        f"oracle raises accuracy beyond its paired interval in {helps}, the heads triage "
+        f"(VGRefine) in {heads_helps} and lowers it in {heads_hurts} (mean change: oracle "
+        f"{oracle_mean:+.3f}, heads {heads_mean:+.3f}). The heads keep fewer box tokens "
+        f"than a random cut in {len(below)}" + (f" ({'; '.join(below)})" if below else "") + ". "
+    )
+    if helps == 0:
+        text += (
+            "With the box kept and the same number of other tokens cut, the answers do not "
+            "improve anywhere: on these data removing distractors does not help even with a "
+            "perfect triage, and the knockout can only lose, by how much depending on which "
+            "tokens go (heads, random, anti-oracle). "
+            + (
+                "A triage that misses the box, as the heads do where they keep less than "
+                "chance, explains part of VGRefine's loss; a better triage would at best "
+                "avoid that loss, not add a gain. "
+                if heads_hurts
+                else "VGRefine's own changes stay within noise at this sample size; a better "
+                "triage would at best avoid a loss, not add a gain. "
+            )
+        )
+    elif helps > heads_helps:
+        text += (
+            "Where the oracle helps and the heads do not, the idea stands and the triage "
+            "fails, as the paper's thesis says for the medical domain. "
+        )
+    else:
+        text += "The oracle helps no more often than the heads triage. "
+    return text + "Intervals are over questions (paired bootstrap); small profiles give wide ones."
+
+
+def _anatomy_why(answers: pd.DataFrame, label, protocol, domain, heads: dict) -> str:
+    """The per-question evidence behind a reading: the oracle's change per question type,
+    and how much of their box the question(s) the heads triage turns wrong keep."""
+    where = answers[["label", "protocol", "domain"]].eq([label, protocol, domain]).all(axis=1)
+    sub = answers[where]
+    text = ""
+    oracle = sub[sub["arm"] == "oracle"]
+    if len(oracle) and "q_type" in oracle:
+        change = (oracle["refined_exact"] - oracle["baseline_exact"]).groupby(oracle["q_type"])
+        parts = [f"{q_type} {value:+.3f}" for q_type, value in change.mean().items()]
+        text += f" The oracle's change by question type: {', '.join(parts)}."
+    arm = sub[sub["arm"] == "heads"]
+    lost = arm[(arm["baseline_exact"] == 1) & (arm["refined_exact"] < 1)]
+    kept = 1 - lost["knocked_box_share"]
+    if len(lost) and kept.notna().any() and pd.notna(heads["box_kept"]):
+        text += (
+            f" The {len(lost)} question(s) the heads triage turns wrong keep "
+            f"{kept.mean():.0%} of their box tokens (all questions: {heads['box_kept']:.0%})."
+        )
+    return text
+
+
+def _anatomy_reading(table: pd.DataFrame, answers: pd.DataFrame) -> str:
+    """The closing reading: for each model and domain, does the oracle help (the idea),
+    does the heads triage find the box (the triage), and which questions lose."""
+    out = ["**What the arms say.**"]
+    arms = table[table["arm"].isin(ARM_ORDER)]
+    for (label, protocol, domain), frame in arms.groupby(
+        ["label", "protocol", "domain"], sort=False
+    ):
+        by_arm = {r["arm"]: r for r in frame.to_dict("records")}
+        if "oracle" not in by_arm or "heads" not in by_arm:
+            continue
+        oracle, heads = by_arm["oracle"], by_arm["heads"]
+        text = (
+            f"- {label}, `{protocol}`, {domain}: the oracle {_verdict(oracle)} "
+            f"({oracle['difference']:+.3f}), the heads triage {_verdict(heads)} "
+            f"({heads['difference']:+.3f})"
+        )
+        if "anti-oracle" in by_arm:
+            anti = by_arm["anti-oracle"]
+            text += f", the anti-oracle {_verdict(anti)} ({anti['difference']:+.3f})"
+        if "random" in by_arm:
+            rand = by_arm["random"]
+            text += f", a random cut {_verdict(rand)} ({rand['difference']:+.3f})"
+        text += ". "
+        kept = (
+            f" (the heads keep {heads['box_kept']:.0%} of the box tokens, the oracle "
+            f"{oracle['box_kept']:.0%}, chance {heads['chance']:.0%})"
+            if pd.notna(heads["box_kept"])
+            else ""
+        )
+        anti = by_arm.get("anti-oracle")
+        if oracle["diff_low"] > 0:
+            text += "Removing distractors helps when the box is kept: the idea works here"
+            if heads["diff_low"] > 0:
+                text += f", and the heads' triage finds enough of the box to help too{kept}."
+            else:
+                text += f"; what VGRefine lacks is the triage{kept}."
+        elif oracle["diff_high"] < 0:
+            text += (
+                "Even a perfect triage hurts: knocking out this many tokens removes "
+                "information the answer needs outside the box (context, the rest of the "
+                f"organ or scene), so the failure is not the triage's alone{kept}."
+            )
+        else:
+            text += "A perfect triage does not help either: focusing adds nothing here"
+            if anti is not None and anti["diff_high"] < 0:
+                text += " although the box tokens matter (cutting them first hurts)"
+            base = oracle["accuracy"] - oracle["difference"]
+            text += f", with {base:.0%} right without VGRefine (at most {1 - base:.0%} to gain)"
+            if heads["diff_high"] < 0:
+                text += f"; VGRefine's loss comes from what its triage cuts away{kept}."
+            else:
+                text += f"; VGRefine does not change accuracy beyond noise either{kept}."
+        rand = by_arm.get("random")
+        if (
+            rand is not None
+            and anti is not None
+            and rand["diff_high"] < 0
+            and rand["difference"] < anti["difference"]
+        ):
+            text += (
+                f" A random cut ({rand['accuracy']:.3f}) hurts more than the anti-oracle "
+                f"({anti['accuracy']:.3f}), which cuts the whole box but, like the heads, "
+                "keeps the tokens the heads rank highest outside it: the answer leans on "
+                "those tokens, not on the box alone."
+            )
+        text += _anatomy_why(answers, label, protocol, domain, heads)
+        out.append(text)
+    return "\n".join(out)

@@ -99,6 +99,7 @@ def use_profile(profile: str) -> dict:
 
 
 SECTIONS = ("layer_maps", "curves", "strategies", "refine", "sensitivity", "teach", "benchmarks")
+SECTIONS += ("anatomy",)
 """The figures' settings (mappings read by the notebooks)."""
 JOB_KEYS = ("models", "datasets", "strategies", "save_maps", "heads", "limit", "protocol")
 JOB_KEYS += ("box_mapping", "processor", "device_map")

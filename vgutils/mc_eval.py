@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -120,6 +121,8 @@ def resolve_mc_options(options: MCOptions) -> MCOptions:
 
     protocol = get_protocol(options.protocol)
     check_settings(decoding=options.decoding)
+    if options.refine is not None:  # no boxes here: heads and random only
+        options.refine.check_triage(has_boxes=False)
     explicit_resize = options.image_resize == "qwen_vl_utils"
     family = model_family(options.model) if protocol.needs_family or explicit_resize else None
     return replace(
@@ -192,6 +195,20 @@ def _scored(row: dict, which: str, output: str, record: MCRecord) -> None:
     row[f"{which}_no_letter"] = extract_letter(output, record.options, "reference") is None
 
 
+def _scored_draws(row: dict, outputs: list[str], record: MCRecord) -> None:
+    """``refined_*`` of one question answered once per draw (the random triage): the
+    first draw's letter and output, the mean correctness over the draws (the expected
+    accuracy of a random choice); one draw: :func:`_scored`."""
+    scored = []
+    for output in outputs:
+        one: dict = {}
+        _scored(one, "refined", output, record)
+        scored.append(one)
+    row.update(scored[0])
+    for key in ("refined_correct", "refined_correct_reference"):
+        row[key] = float(np.mean([one[key] for one in scored]))
+
+
 def _plain(value):
     """numpy scalars as Python numbers for json."""
     return value.item() if hasattr(value, "item") else str(value)
@@ -243,7 +260,13 @@ def run_mc(
     from vgutils.data import load_image
     from vgutils.errors import UsageError
     from vgutils.models.loading import load_model
-    from vgutils.refine import knockout, text_rows_after_image, triage
+    from vgutils.refine import (
+        draw_generator,
+        knocked_tokens,
+        knockout,
+        text_rows_after_image,
+        triage,
+    )
     from vgutils.vqa import options_record
 
     if options.refine is not None and not isinstance(options.refine, RefineSettings):
@@ -354,16 +377,23 @@ def run_mc(
                 prepared = found.prepared  # the VGRefine prompt (with the suffix, if any)
                 plain = vlm.prepare_text(image, text) if refine.prompt_suffix else prepared
                 baseline = generate(vlm, plain, options.decoding, seed)
-                keys = prepared.image_positions[found.low]
                 rows_after_image = text_rows_after_image(prepared)
-                with knockout(
-                    vlm, list(refine.layers), rows_after_image, keys, refine.include_generated
-                ):
-                    refined = generate(vlm, prepared, options.decoding, seed)
-                _scored(row, "refined", refined, item)
+                rng = draw_generator(refine.seed or 0, item.id)
+                draws = []
+                for _ in range(refine.draws or 1):  # random: draws; heads: one
+                    knocked = knocked_tokens(refine.triage, found.low, found.relevance, rng=rng)
+                    keys = prepared.image_positions[knocked]
+                    with knockout(
+                        vlm, list(refine.layers), rows_after_image, keys, refine.include_generated
+                    ):
+                        draws.append(generate(vlm, prepared, options.decoding, seed))
+                _scored_draws(row, draws, item)
                 row["masked_tokens"] = int(found.low.sum())
                 row["heads_source"] = refine.heads_source
                 row["knockout_layers"] = " ".join(map(str, refine.layers))
+                row["triage"] = refine.triage
+                row["draws"] = len(draws)
+                row["refined_draws"] = json.dumps(draws)
             else:
                 prepared = vlm.prepare_text(image, text)
                 baseline = generate(vlm, prepared, options.decoding, seed)

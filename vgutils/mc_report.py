@@ -61,22 +61,33 @@ evaluation reports them (6,029 in all): the weights of a question-weighted avera
 
 
 def run_folder_name(
-    model: str, benchmark: str, decoding: str, protocol: str = "corrected", heads=None
+    model: str,
+    benchmark: str,
+    decoding: str,
+    protocol: str = "corrected",
+    heads=None,
+    triage: str = "heads",
 ) -> str:
     """``mc__<model>__<benchmark>__<decoding>__<protocol>``, with ``__heads-given`` /
-    ``__heads-ranked`` when the run refines: runs of both protocols and both head sources
-    sit side by side."""
+    ``__heads-ranked`` when the run refines and ``__triage-random`` when its triage is not
+    the heads' (:data:`vgutils.refine.TRIAGES`): runs of both protocols, both head sources
+    and both triages sit side by side."""
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")
     name = f"mc__{slug}__{benchmark}__{decoding}__{protocol}"
-    return name + (f"__heads-{heads}" if heads else "")
+    name += f"__heads-{heads}" if heads else ""
+    return name + (f"__triage-{triage}" if heads and triage != "heads" else "")
 
 
 def run_label(run: dict, protocol: str, profile_protocol: str) -> str:
     """A run's row in the table: its ``label``, else the model; a run whose protocol is
-    not the profile's says so (``(corrected protocol)``)."""
+    not the profile's says so (``(corrected protocol)``), and one with another triage than
+    the heads' (``(random triage)``)."""
     label = run.get("label") or run["model"]
     if protocol != profile_protocol and protocol not in label:
         label += f" ({protocol} protocol)"
+    triage = run.get("triage") or "heads"
+    if run.get("refine") and triage != "heads" and triage not in label:
+        label += f" ({triage} triage)"
     return label
 
 
@@ -84,8 +95,9 @@ def benchmark_options(profile: str, spec: dict, run: dict):
     """The :class:`vgutils.mc_eval.MCOptions` of one run of the profile's ``benchmarks``
     block. A run's own settings win over the block's: ``protocol`` (default: the
     profile's), ``decoding``, and the VGRefine settings (``heads``, ``layers``, ``top_k``,
-    ``percentile``, ``denominator``, ``include_generated``, ``prompt_suffix``); heads not
-    given are ranked on the run's ``calibration`` job."""
+    ``percentile``, ``denominator``, ``include_generated``, ``prompt_suffix``, ``triage``:
+    ``heads`` or ``random`` here, no boxes; ``draws``, ``seed``); heads not given are
+    ranked on the run's ``calibration`` job."""
     from vgutils.jobs import find_job, job_dir, load_profile
     from vgutils.mc_eval import MCOptions
     from vgutils.refine import RefineSettings
@@ -122,11 +134,12 @@ def benchmark_folder(profile: str, spec: dict, run: dict) -> str:
     from vgutils.mc_eval import mc_decoding
 
     options = benchmark_options(profile, spec, run)
-    heads = None
+    heads, triage = None, "heads"
     if options.refine is not None:
         heads = "given" if options.refine.heads is not None else "ranked"
+        triage = options.refine.triage
     return run_folder_name(
-        run["model"], spec["benchmark"], mc_decoding(options), options.protocol, heads
+        run["model"], spec["benchmark"], mc_decoding(options), options.protocol, heads, triage
     )
 
 

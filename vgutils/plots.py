@@ -416,12 +416,15 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
     ``baseline`` / ``refined`` answers, ``low`` ``(N,)`` triage mask, ``domain``, and
     optionally ``protocol`` and ``knockout_layers`` (named at the left of the row).
     Columns: image with box and ground truth; the triage (knocked-out tokens dark);
-    attention before and after with the answers, on one colour scale per row (bar)."""
+    attention before and after with the answers, on one colour scale per row (bar); with
+    ``oracle`` (the oracle arm's answer) and ``oracle_low`` (its knocked-out tokens) in
+    the rows, a fifth column: the oracle's knockout and its answer."""
+    oracle = all("oracle" in row for row in rows)
     fig, axes = plt.subplots(
         len(rows),
-        4,
+        5 if oracle else 4,
         squeeze=False,
-        figsize=(7.0, 2.05 * len(rows) + 0.4),
+        figsize=(8.7 if oracle else 7.0, 2.05 * len(rows) + 0.4),
         layout="constrained",
     )
     for axes_row, row in zip(axes, rows, strict=True):
@@ -442,7 +445,7 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
         axes_row[1].imshow(
             kept, extent=extent, cmap="gray", vmin=0, vmax=1, alpha=0.65, interpolation="nearest"
         )
-        axes_row[1].set_title("triage: dark = knocked out", fontsize=6)
+        axes_row[1].set_title("heads triage: dark = knocked out", fontsize=6)
         axes_row[1].set_xlabel(f"{int(row['low'].sum())} of {len(row['low'])} tokens", fontsize=7)
         vmax = float(np.nanmax([np.nanmax(row["before"]), np.nanmax(row["after"])]))
         for ax, key, answer_key, label in (
@@ -465,6 +468,22 @@ def failure_cases_figure(rows: list[dict], caption: str | None = None):
         bar = fig.colorbar(mapped, ax=axes_row[3], fraction=0.05, pad=0.02)
         bar.set_label("question / generic", fontsize=6)
         bar.ax.tick_params(labelsize=5)
+        if oracle:
+            kept = token_heatmap((~row["oracle_low"]).astype(float), row["layout"])
+            axes_row[4].imshow(image, extent=extent)
+            axes_row[4].imshow(
+                kept,
+                extent=extent,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                alpha=0.65,
+                interpolation="nearest",
+            )
+            _draw_boxes(axes_row[4], row["boxes"], BEST_LAYER_COLOUR)
+            axes_row[4].set_title("oracle: box kept, same count", fontsize=6)
+            answer = " ".join(str(row["oracle"]).split())
+            axes_row[4].set_xlabel(_clip(f"oracle answer: {answer}"), fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -737,4 +756,141 @@ def protocol_sensitivity_figure(
     if caption:
         fig.suptitle(caption, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+ARM_COLOURS = {
+    "none": "#999999",
+    "heads": "#0072B2",
+    "oracle": "#009E73",
+    "random": "#E69F00",
+    "anti-oracle": "#D55E00",
+}
+"""Okabe-Ito colours of VGRefine's triage arms (``none``: without VGRefine)."""
+ARM_LABELS = {
+    "none": "without VGRefine",
+    "heads": "heads (VGRefine)",
+    "oracle": "oracle (box kept)",
+    "random": "random",
+    "anti-oracle": "anti-oracle (box first)",
+}
+
+
+def anatomy_figure(table: pd.DataFrame, answers: pd.DataFrame, caption: str | None = None):
+    """Notebook 08 (fig09): one row per model x protocol, four panels each, the domains
+    side by side in each panel. (a) accuracy per arm (exact match, 0-1) with the paired
+    95% bootstrap interval of its difference from no VGRefine, drawn around the grey
+    no-VGRefine level; (b) flips per arm: wrong → right up, right → wrong down (counts;
+    the random arm's are expected counts over its draws); (c) share of the box tokens
+    each arm keeps, with the chance line (1 - percentile / 100); (d) per question, the
+    change of its score against the share of its box the arm keeps (points jittered; the
+    lines: the mean per fifth of the share)."""
+    groups = list(table.groupby(["label", "protocol"], sort=False))
+    arms = [a for a in ("heads", "oracle", "random", "anti-oracle") if a in set(table["arm"])]
+    fig, axes = plt.subplots(len(groups), 4, squeeze=False, figsize=(11.0, 2.5 * len(groups) + 0.9))
+    width = 0.8 / (len(arms) + 1)
+    rng = np.random.default_rng(0)
+    for axes_row, ((label, protocol), group) in zip(axes, groups, strict=True):
+        domains = list(dict.fromkeys(group["domain"]))
+        x = np.arange(len(domains))
+        ax_acc, ax_flip, ax_kept, ax_change = axes_row
+        for d, domain in enumerate(domains):
+            frame = group[group["domain"] == domain].set_index("arm")
+            none = frame.loc["none"]
+            left, right = d - 0.4, d - 0.4 + width * (len(arms) + 1)
+            ax_acc.hlines(none["accuracy"], left, right, color=ARM_COLOURS["none"], lw=2)
+            ax_acc.errorbar(
+                d - 0.4 + width / 2,
+                none["accuracy"],
+                yerr=[[none["accuracy"] - none["ci_low"]], [none["ci_high"] - none["accuracy"]]],
+                fmt="s",
+                color=ARM_COLOURS["none"],
+                ms=4,
+                capsize=2,
+            )
+            for i, arm in enumerate(arms, start=1):
+                if arm not in frame.index:
+                    continue
+                r = frame.loc[arm]
+                pos = d - 0.4 + width * (i + 0.5)
+                low = none["accuracy"] + r["diff_low"]
+                high = none["accuracy"] + r["diff_high"]
+                ax_acc.errorbar(
+                    pos,
+                    r["accuracy"],
+                    yerr=[[max(r["accuracy"] - low, 0)], [max(high - r["accuracy"], 0)]],
+                    fmt="o",
+                    color=ARM_COLOURS[arm],
+                    ms=4,
+                    capsize=2,
+                )
+                ax_flip.bar(pos, r["wrong_to_right"], width * 0.9, color=ARM_COLOURS[arm])
+                ax_flip.bar(
+                    pos, -r["right_to_wrong"], width * 0.9, color=ARM_COLOURS[arm], alpha=0.55
+                )
+                ax_kept.bar(pos, r["box_kept"], width * 0.9, color=ARM_COLOURS[arm])
+                if np.isfinite(r["box_kept"]):
+                    ax_kept.text(
+                        pos, r["box_kept"] + 0.02, f"{r['box_kept']:.2f}", ha="center", fontsize=5
+                    )
+            chance = frame["chance"].iloc[0]
+            ax_kept.hlines(chance, left, right, color="black", ls="--", lw=1)
+        for ax in (ax_acc, ax_flip, ax_kept):
+            ax.set_xticks(x, domains)
+            ax.set_xlim(-0.5, len(domains) - 0.5)
+        ax_acc.set_ylim(0, 1.02)
+        ax_acc.set_ylabel(f"{label}\n{protocol}\n\naccuracy (exact match)")
+        ax_acc.set_title("(a) accuracy; bars: paired 95% CI vs without")
+        ax_flip.axhline(0, color="black", lw=0.6)
+        ax_flip.set_ylabel("questions (up: wrong→right,\ndown: right→wrong)")
+        ax_flip.set_title("(b) answers flipped per arm")
+        ax_kept.set_ylim(0, 1.1)
+        ax_kept.set_ylabel("share of box tokens kept")
+        ax_kept.set_title("(c) triage quality; dashed: chance")
+        rows = answers[(answers["label"] == label) & (answers["protocol"] == protocol)]
+        bins = np.linspace(0, 1, 6)
+        for arm in arms:
+            part = rows[rows["arm"] == arm]
+            kept = 1 - part["knocked_box_share"].to_numpy(dtype=float)
+            change = (part["refined_exact"] - part["baseline_exact"]).to_numpy(dtype=float)
+            ok = np.isfinite(kept)
+            ax_change.scatter(
+                kept[ok] + rng.uniform(-0.015, 0.015, ok.sum()),
+                change[ok] + rng.uniform(-0.08, 0.08, ok.sum()),
+                s=5,
+                color=ARM_COLOURS[arm],
+                alpha=0.35,
+                lw=0,
+            )
+            which = np.clip(np.digitize(kept[ok], bins) - 1, 0, len(bins) - 2)
+            means = [
+                (bins[b : b + 2].mean(), change[ok][which == b].mean())
+                for b in range(len(bins) - 1)
+                if (which == b).sum() >= 3
+            ]
+            if means:
+                ax_change.plot(*zip(*means, strict=True), color=ARM_COLOURS[arm], lw=1.5)
+        ax_change.axhline(0, color="black", lw=0.6)
+        ax_change.set_xlim(-0.05, 1.05)
+        ax_change.set_ylim(-1.15, 1.15)
+        ax_change.set_xlabel("share of the question's box tokens kept")
+        ax_change.set_ylabel("score change vs without")
+        ax_change.set_title("(d) per question (all domains)")
+    handles = [
+        plt.Line2D([], [], color=ARM_COLOURS["none"], marker="s", lw=2, label=ARM_LABELS["none"])
+    ]
+    handles += [
+        plt.Line2D([], [], color=ARM_COLOURS[a], marker="o", lw=0, label=ARM_LABELS[a])
+        for a in arms
+    ]
+    handles += [
+        mpl.patches.Patch(color="#555555", label="(b) solid: wrong→right"),
+        mpl.patches.Patch(color="#555555", alpha=0.55, label="(b) light: right→wrong"),
+        plt.Line2D([], [], color="black", ls="--", label="(c) chance: 1 - percentile/100"),
+        plt.Line2D([], [], color="#555555", lw=1.5, label="(d) line: mean per fifth of share"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False, fontsize=7)
+    fig.tight_layout(rect=(0, 0.07 if len(groups) > 1 else 0.12, 1, 0.97 if caption else 1))
+    if caption:
+        fig.suptitle(caption, fontsize=8)
     return fig

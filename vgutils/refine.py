@@ -4,6 +4,7 @@ knockout of the low-relevance image patches while answering. Inference time only
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -18,6 +19,18 @@ from vgutils.scoring import head_mean, normalized
 from vgutils.stats import LOWER_IS_BETTER
 
 DEFAULT_PERCENTILE = 80
+TRIAGES: tuple[str, ...] = ("heads", "oracle", "random", "anti-oracle")
+"""Where VGRefine's knocked-out tokens come from (``triage``), always as many as the heads
+triage knocks out at the ``percentile`` (:func:`knocked_tokens`): ``heads`` (the method:
+the tokens below the percentile of the heads' relevance); ``oracle`` (the tokens outside
+the ground-truth boxes first, lowest heads relevance first, box tokens only when more
+must go than there are others); ``random`` (a seeded uniform choice, ``draws`` times, the
+answers' scores averaged); ``anti-oracle`` (the box tokens first, then the others: a
+sanity arm that must hurt). ``oracle`` and ``anti-oracle`` need boxes."""
+BOX_TRIAGES: tuple[str, ...] = ("oracle", "anti-oracle")
+"""The triages that need the samples' ground-truth boxes (none for multiple choice)."""
+DEFAULT_DRAWS = 5
+"""Random draws per question of ``triage: random`` (``--draws``)."""
 DENOMINATORS: tuple[str, ...] = ("head", "layer")
 """Triage normalisation: ``head`` = each head's raw map over the same head's generic map
 (ours); ``layer`` = over its layer's mean generic map (the authors' code)."""
@@ -108,7 +121,12 @@ class RefineSettings:
       ``heads_from``) or ``"heads"`` (every layer holding a chosen head);
     - ``percentile``: the low-relevance cut; ``denominator``, ``include_generated``,
       ``prompt_suffix``: as in :func:`triage`, :func:`knockout` and the protocols'
-      ``refine_prompt_suffix``.
+      ``refine_prompt_suffix``;
+    - ``triage``: which tokens are knocked out (:data:`TRIAGES`: ``heads``, the method;
+      ``oracle``, ``random``, ``anti-oracle``: the same number of tokens chosen by the
+      ground-truth boxes or by chance); ``draws`` (``random`` only, default
+      :data:`DEFAULT_DRAWS`) and ``seed`` (``random`` only, default 0; each question's
+      draws are seeded with ``seed`` and its sample id).
 
     ``None`` means the protocol's value; :meth:`resolve` fills them in and makes heads and
     layers concrete, with ``heads_source`` (:data:`HEADS_SOURCES`) and ``layers_source``
@@ -125,6 +143,9 @@ class RefineSettings:
     prompt_suffix: str | None = None
     heads_source: str | None = None
     layers_source: str | None = None
+    triage: str = "heads"
+    draws: int | None = None
+    seed: int | None = None
 
     KEYS = (
         "heads",
@@ -134,6 +155,9 @@ class RefineSettings:
         "denominator",
         "include_generated",
         "prompt_suffix",
+        "triage",
+        "draws",
+        "seed",
     )
     """The keys :meth:`from_spec` reads from a profile (besides ``heads_from``)."""
 
@@ -153,7 +177,31 @@ class RefineSettings:
             denominator=spec.get("denominator"),
             include_generated=spec.get("include_generated"),
             prompt_suffix=spec.get("prompt_suffix"),
+            triage=spec.get("triage") or "heads",
+            draws=spec.get("draws"),
+            seed=spec.get("seed"),
         )
+
+    def check_triage(self, has_boxes: bool = True, where: str = "--triage") -> None:
+        """UsageError for an unknown ``triage``, ``draws`` outside ``random``, and (data
+        without boxes: ``has_boxes`` false, the multiple-choice benchmarks) a triage that
+        needs boxes."""
+        if self.triage not in TRIAGES:
+            raise UsageError(f"{where} {self.triage!r}: expected one of {', '.join(TRIAGES)}")
+        if self.draws is not None:
+            if self.triage != "random":
+                raise UsageError(
+                    f"--draws {self.draws} with {where} {self.triage}: draws are for the "
+                    "random triage only"
+                )
+            if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+                raise UsageError(f"--draws {self.draws!r}: expected an integer >= 1")
+        if not has_boxes and self.triage in BOX_TRIAGES:
+            raise UsageError(
+                f"{where} {self.triage}: this benchmark has no ground-truth boxes (the "
+                "multiple-choice sets); run --triage heads or random here, and the oracle "
+                "arms on a free-text dataset with boxes (e.g. vqa --dataset teach-medical)"
+            )
 
     def resolve(self, protocol=None, verbose: bool = False) -> RefineSettings:
         """These settings with the ``protocol``'s value (a name or a
@@ -172,6 +220,7 @@ class RefineSettings:
             )
         if not 0 <= float(self.percentile) < 100:
             raise UsageError(f"--percentile {self.percentile}: expected 0 <= p < 100")
+        self.check_triage()
         head_metrics = None
         if self.heads is not None:
             heads = as_heads(self.heads)
@@ -238,6 +287,8 @@ class RefineSettings:
             ),
             heads_source=source,
             layers_source=layers_source,
+            draws=(self.draws or DEFAULT_DRAWS) if self.triage == "random" else None,
+            seed=(self.seed or 0) if self.triage == "random" else None,
         )
 
     def check_model(self, vlm: VisionLanguageModel) -> None:
@@ -261,7 +312,12 @@ class RefineSettings:
         heads = f"{len(self.heads or ())} {self.heads_source or ''} heads".replace("  ", " ")
         layers = ", ".join(map(str, self.layers)) if isinstance(self.layers, tuple) else "?"
         word = "layer" if isinstance(self.layers, tuple) and len(self.layers) == 1 else "layers"
-        return f"{heads}, knockout {word} {layers}"
+        arm = ""
+        if self.triage != "heads":
+            arm = f", {self.triage} triage" + (
+                f" ({self.draws} draws)" if self.triage == "random" else ""
+            )
+        return f"{heads}, knockout {word} {layers}{arm}"
 
     def answer(
         self,
@@ -273,11 +329,15 @@ class RefineSettings:
         generic_heads: np.ndarray | None = None,
         user_text: str | None = None,
         generation: dict | None = None,
+        boxes=None,
+        sample_id: str | None = None,
     ) -> RefineResult:
         """:func:`answer` with these (resolved) settings; ``user_text`` (a whole prompt
         text, e.g. multiple choice) gets the ``prompt_suffix``. A free-text ``question``
         needs none: its prompt already ends with the answer instruction the authors'
-        ``VGRefine()`` appends."""
+        ``VGRefine()`` appends. ``boxes``: the sample's ground-truth boxes (xyxy, original
+        pixels; needed by the oracle arms, counted by every arm); ``sample_id``: seeds the
+        random arm's draws with :attr:`seed` (:func:`draw_generator`)."""
         if self.heads_source is None:
             raise ValueError("RefineSettings.answer needs resolved settings (resolve())")
         if user_text is not None and self.prompt_suffix:
@@ -295,7 +355,74 @@ class RefineSettings:
             include_generated=self.include_generated,
             user_text=user_text,
             generation=generation,
+            arm=self.triage,
+            boxes=boxes,
+            draws=self.draws or 1,
+            rng=draw_generator(self.seed or 0, sample_id) if self.triage == "random" else None,
         )
+
+
+def draw_generator(seed: int, sample_id) -> np.random.Generator:
+    """The random arm's generator of one question: seeded with the run's ``seed`` and a
+    stable hash (CRC-32) of ``sample_id``, so a resumed or sharded run draws the same."""
+    key = zlib.crc32(str(sample_id if sample_id is not None else "").encode())
+    return np.random.default_rng([int(seed), key])
+
+
+def box_tokens(layout, boxes) -> np.ndarray | None:
+    """Boolean ``(N,)``: the image tokens whose rectangle (``layout``: the prepared
+    prompt's, processor-true geometry) overlaps a ground-truth box
+    (:func:`vgutils.metrics.gt_mask`); all false when the boxes cover no token; ``None``
+    without boxes."""
+    from vgutils.metrics import gt_mask
+
+    if boxes is None or len(np.atleast_1d(np.asarray(boxes, dtype=float))) == 0:
+        return None
+    try:
+        return gt_mask(layout, boxes)
+    except ValueError:
+        return np.zeros(layout.n_tokens, dtype=bool)
+
+
+def knocked_tokens(
+    arm: str,
+    low: np.ndarray,
+    relevance: np.ndarray,
+    box: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Boolean ``(N,)``: the tokens the ``arm`` (:data:`TRIAGES`) knocks out, exactly
+    ``low.sum()`` of them (``low``: the heads triage at the percentile; ``relevance``: its
+    ``(N,)`` scores). ``oracle``: tokens outside ``box`` first, then box tokens; within
+    each group the lowest ``relevance`` first (ties: lower index). ``anti-oracle``: box
+    tokens first, then the others, the same order within each. ``random``: a uniform
+    choice by ``rng``. ``heads``: ``low``."""
+    low = np.asarray(low, dtype=bool)
+    count, n = int(low.sum()), len(low)
+    if arm == "heads":
+        return low.copy()
+    knocked = np.zeros(n, dtype=bool)
+    if arm == "random":
+        if rng is None:
+            raise ValueError("the random triage needs a generator (draw_generator)")
+        knocked[rng.choice(n, size=count, replace=False)] = True
+        return knocked
+    if arm not in BOX_TRIAGES:
+        raise ValueError(f"unknown triage {arm!r}; expected one of {TRIAGES}")
+    if box is None:
+        raise UsageError(f"triage {arm}: needs the sample's ground-truth boxes; it has none")
+    box = np.asarray(box, dtype=bool)
+    first = ~box if arm == "oracle" else box
+    order = np.lexsort((np.arange(n), np.asarray(relevance, dtype=float), ~first))
+    knocked[order[:count]] = True
+    return knocked
+
+
+def knocked_box_share(knocked: np.ndarray, box: np.ndarray | None) -> float:
+    """The share of the box tokens in ``knocked`` (NaN without box tokens)."""
+    if box is None or not np.any(box):
+        return float("nan")
+    return float((np.asarray(knocked) & box).sum() / box.sum())
 
 
 def _head_metrics(run: str) -> pd.DataFrame:
@@ -400,13 +527,33 @@ def knockout(
 @dataclass(frozen=True, eq=False)
 class RefineResult:
     """Answers with and without VGRefine, the triage and the layer-mean normalised maps
-    ``(layers, N)`` of the last prompt token before and after the knockout."""
+    ``(layers, N)`` of the last prompt token before and after the knockout. ``arm``: the
+    triage (:data:`TRIAGES`); ``knocked``: ``(N,)`` the tokens it knocked out (the first
+    draw's for ``random``); ``answers`` and ``box_shares``: per draw (one for every other
+    arm) the answer and the share of the box tokens knocked out; ``box``: ``(N,)`` the
+    box tokens (``None`` without boxes). ``answer`` is the first draw's."""
 
     answer: str
     baseline_answer: str
     triage: Triage
     map_before: np.ndarray
     map_after: np.ndarray
+    arm: str = "heads"
+    knocked: np.ndarray | None = None
+    answers: tuple[str, ...] = ()
+    box_shares: tuple[float, ...] = ()
+    box: np.ndarray | None = None
+
+    @property
+    def box_tokens(self) -> int | None:
+        """How many image tokens the ground-truth boxes cover (``None`` without boxes)."""
+        return None if self.box is None else int(self.box.sum())
+
+    @property
+    def knocked_box_share(self) -> float:
+        """Mean over draws of the share of the box tokens knocked out (NaN without)."""
+        shares = np.asarray(self.box_shares, dtype=float)
+        return float(shares.mean()) if len(shares) and np.isfinite(shares).all() else np.nan
 
 
 def answer(
@@ -423,6 +570,10 @@ def answer(
     include_generated: bool = True,
     user_text: str | None = None,
     generation: dict | None = None,
+    arm: str = "heads",
+    boxes=None,
+    draws: int = 1,
+    rng: np.random.Generator | None = None,
 ) -> RefineResult:
     """Answer ``question`` about ``image`` without and with VGRefine, greedily or with
     ``generation`` (:meth:`VisionLanguageModel.generate`'s ``settings``; ``max_new_tokens``
@@ -431,7 +582,11 @@ def answer(
     ``corrected`` protocol's; the authors' are ``denominator="layer"``, one given layer,
     ``include_generated=False`` and their decoding per family
     (:data:`vgutils.protocols.AUTHORS_DECODING`). :class:`RefineSettings` holds all of
-    them (:meth:`RefineSettings.answer`)."""
+    them (:meth:`RefineSettings.answer`). ``arm``: which tokens are knocked out
+    (:func:`knocked_tokens`; as many as the heads triage's), ``boxes`` the sample's
+    ground-truth boxes, ``draws`` and ``rng`` the random arm's (one answer per draw)."""
+    if arm not in TRIAGES:
+        raise ValueError(f"unknown triage {arm!r}; expected one of {TRIAGES}")
     found = triage(
         vlm,
         image,
@@ -443,13 +598,22 @@ def answer(
         user_text=user_text,
     )
     prepared = found.prepared
+    box = box_tokens(prepared.layout, boxes)
     baseline = vlm.generate(prepared, max_new_tokens, generation)
-    keys = prepared.image_positions[found.low]
-    with knockout(vlm, layers, text_rows_after_image(prepared), keys, include_generated):
-        refined = vlm.generate(prepared, max_new_tokens, generation)
-        after_heads = vlm.attention(prepared, "last")
+    answers, shares, first, after_heads = [], [], None, None
+    for _ in range(draws if arm == "random" else 1):
+        knocked = knocked_tokens(arm, found.low, found.relevance, box, rng)
+        keys = prepared.image_positions[knocked]
+        with knockout(vlm, layers, text_rows_after_image(prepared), keys, include_generated):
+            answers.append(vlm.generate(prepared, max_new_tokens, generation))
+            if after_heads is None:
+                after_heads = vlm.attention(prepared, "last")
+        shares.append(knocked_box_share(knocked, box))
+        first = knocked if first is None else first
     dtype = vlm.head_mean_dtype
     generic = head_mean(found.generic_heads, dtype, axis=1)
     before = normalized(head_mean(found.question_heads, dtype, axis=1), generic)
     after = normalized(head_mean(after_heads, dtype, axis=1), generic)
-    return RefineResult(refined, baseline, found, before, after)
+    return RefineResult(
+        answers[0], baseline, found, before, after, arm, first, tuple(answers), tuple(shares), box
+    )

@@ -132,8 +132,9 @@ def options_record(options) -> dict:
 
 def _knocked_truth(sample, result) -> dict:
     """``gt_tokens``: image tokens inside the sample's boxes (processor geometry), and
-    ``gt_knocked``: how many of them the triage knocked out (NaN without boxes). Knocking
-    out the evidence is one way VGRefine can lower accuracy."""
+    ``gt_knocked``: how many of them the *heads* triage marks low (NaN without boxes),
+    whatever the run's triage arm (its own count: ``knocked_box_share`` x ``box_tokens``).
+    Knocking out the evidence is one way VGRefine can lower accuracy."""
     from vgutils.metrics import gt_mask
 
     try:
@@ -171,7 +172,12 @@ def run_vqa(
     shard: tuple[int, int] | None = None,
 ):
     """Answer every question (baseline, and VGRefine with ``refine``) into ``out``:
-    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable. ``shard``:
+    ``answers.parquet`` (one row per question), ``accuracy.json``; resumable. With VGRefine
+    each row has ``triage`` (the arm, :data:`vgutils.refine.TRIAGES`), ``draws``,
+    ``refined_draws`` (every draw's answer, json), ``box_tokens`` (image tokens the boxes
+    cover) and ``knocked_box_share`` (the share of them knocked out, mean over draws);
+    ``refined`` is the first draw's answer and ``refined_exact`` / ``refined_recall`` the
+    mean of the draws' scores (the random arm's expected accuracy). ``shard``:
     ``(rank, world)``: answer only rank ``rank``'s images (:func:`vgutils.results.
     split_work`); whichever rank finds every question answered merges the run. Returns
     ``(answers, table, seconds)``; ``table`` is None (and the answers partial) while
@@ -270,12 +276,19 @@ def run_vqa(
                     options.max_new_tokens,
                     generic_heads=generic,
                     generation=generation,
+                    boxes=sample.boxes,
+                    sample_id=sample.id,
                 )
                 row.update(
                     baseline=result.baseline_answer,
                     refined=result.answer,
                     masked_tokens=int(result.triage.low.sum()),
                     heads_source=refine.heads_source,
+                    triage=refine.triage,
+                    draws=len(result.answers),
+                    refined_draws=json.dumps(list(result.answers)),
+                    box_tokens=result.box_tokens if result.box is not None else np.nan,
+                    knocked_box_share=result.knocked_box_share,
                     **_knocked_truth(sample, result),
                 )
             else:
@@ -283,10 +296,13 @@ def run_vqa(
                 row["baseline"] = vlm.generate(prepared, options.max_new_tokens, generation)
             for which in ("baseline", "refined"):
                 if which in row:
-                    scores = score_answer(row[which], sample.answer)
-                    row["closed"] = scores["closed"]
-                    row[f"{which}_exact"] = scores["exact"]
-                    row[f"{which}_recall"] = scores["recall"]
+                    answers = (
+                        result.answers if which == "refined" else [row[which]]
+                    )  # the random triage: the scores' mean over its draws
+                    scores = [score_answer(text, sample.answer) for text in answers]
+                    row["closed"] = scores[0]["closed"]
+                    row[f"{which}_exact"] = float(np.mean([s["exact"] for s in scores]))
+                    row[f"{which}_recall"] = float(np.mean([s["recall"] for s in scores]))
             rows.append(row)
             bar.update(1)
         if rows:

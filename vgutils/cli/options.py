@@ -222,6 +222,20 @@ def add_refine(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="knockout also blocks the generated tokens (default: the protocol's)",
     )
+    parser.add_argument(
+        "--triage",
+        choices=("heads", "oracle", "random", "anti-oracle"),
+        help="which tokens VGRefine knocks out, always as many as the heads triage at "
+        "--percentile: heads (the method, default), oracle (outside the ground-truth boxes "
+        "first), random (seeded by --seed and the sample id, --draws times, scores "
+        "averaged), anti-oracle (the box tokens first). oracle and anti-oracle need "
+        "boxes: not for --benchmark",
+    )
+    parser.add_argument(
+        "--draws",
+        type=_arg(checks.positive_int, "--draws"),
+        help="--triage random: draws per question (default 5)",
+    )
 
 
 def _refine_settings(args: argparse.Namespace):
@@ -229,11 +243,8 @@ def _refine_settings(args: argparse.Namespace):
     a VGRefine option without ``--refine`` is a usage error)."""
     from vgutils.refine import RefineSettings
 
-    given = [
-        name
-        for name in ("heads", "heads_from", "top_k", "layers", "refine_prompt_suffix")
-        if getattr(args, name, None) is not None
-    ]
+    names = ("heads", "heads_from", "top_k", "layers", "refine_prompt_suffix", "triage", "draws")
+    given = [name for name in names if getattr(args, name, None) is not None]
     if not args.refine:
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -248,4 +259,7 @@ def _refine_settings(args: argparse.Namespace):
         denominator=args.denominator,
         include_generated=args.include_generated,
         prompt_suffix=args.refine_prompt_suffix,
+        triage=args.triage or "heads",
+        draws=args.draws,
+        seed=getattr(args, "seed", None),
     )

@@ -55,7 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     group.add_argument("--datasets", nargs="+", help="e.g. VQA-RAD_test SLAKE_test")
     group.add_argument("--subsets", nargs="+", help="keep only these subsets")
-    group.add_argument("--seed", type=int, default=42, help="sampling seed (+ record index)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="sampling seed (--benchmark: + record index); --triage random: its draws' "
+        "seed (+ the sample id)",
+    )
     group.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     add_data_root(group)
     parser.set_defaults(run=run)

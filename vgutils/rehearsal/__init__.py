@@ -199,7 +199,8 @@ def _walk_names(settings: dict):
             return
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)
-            if key in model_keys:
+            entries = isinstance(value, list) and any(isinstance(v, dict) for v in value)
+            if key in model_keys and not entries:  # entries: notebook 08's model blocks
                 yield from ((p, "model", v) for p, v in values(where, value))
             elif key == "benchmark":
                 yield where, "benchmark", value
@@ -336,6 +337,14 @@ def rehearse_settings(settings: dict, path: Path, scale: str) -> dict:
         spec = (settings.get("sensitivity") or {}).get(key)
         if spec and spec.get("model"):
             mapped += _map_spec(spec, spec["model"], scale, f"sensitivity.{key}", protocol_top_k)
+    anatomy = settings.get("anatomy")
+    for i, entry in enumerate((anatomy or {}).get("models", [])):  # notebook 08's models
+        spec = dict(entry)
+        if not entry.get("heads"):
+            spec["top_k"] = entry.get("top_k", anatomy.get("top_k") or protocol_top_k)
+        spec.setdefault("layers", anatomy.get("layers"))
+        mapped += _map_spec(spec, entry["model"], scale, f"anatomy.models[{i}]", protocol_top_k)
+        entry.update({k: spec[k] for k in ("top_k", "heads", "layers") if k in spec})
     benchmarks = settings.get("benchmarks")
     if benchmarks:
         default_top_k = benchmarks.get("top_k", 10)
