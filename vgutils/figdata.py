@@ -123,27 +123,115 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+AGAINST = "**against the paper's claim**"
+
+
+def curve_verdicts(frame: pd.DataFrame) -> list[tuple[bool | None, str]]:
+    """One model's rows of :func:`summary_table`, read against the paper's claim (natural
+    images: a higher best-layer ratio, a lower lowest KL, attention above chance at the
+    natural domain's lowest-KL layer): ``(supports, sentence)`` per comparison,
+    ``supports`` None where a domain is missing or the test could not be run."""
+    ratio = frame[frame["metric"] == "attention_ratio"].set_index("domain")
+    kl = frame[frame["metric"] == "kl"].set_index("domain")
+    if not {"natural", "medical"} <= set(ratio.index) or not {"natural", "medical"} <= set(
+        kl.index
+    ):
+        return [(None, "one domain only: no medical-vs-natural comparison")]
+    verdicts = []
+    r_nat, r_med = ratio.loc["natural", "best_mean"], ratio.loc["medical", "best_mean"]
+    if r_nat > r_med:
+        verdicts.append(
+            (
+                True,
+                f"the best-layer ratio is higher on natural images ({r_nat:.2f} "
+                f"vs {r_med:.2f} medical), as the paper claims",
+            )
+        )
+    else:
+        verdicts.append(
+            (
+                False,
+                f"the best-layer ratio is **not** higher on natural images "
+                f"({r_nat:.2f} vs {r_med:.2f} medical): {AGAINST}",
+            )
+        )
+    k_nat, k_med = kl.loc["natural", "best_mean"], kl.loc["medical", "best_mean"]
+    if k_nat < k_med:
+        verdicts.append(
+            (
+                True,
+                f"the lowest KL is lower on natural images ({k_nat:.3f} vs "
+                f"{k_med:.3f} medical), as the paper claims",
+            )
+        )
+    else:
+        verdicts.append(
+            (
+                False,
+                f"the medical domain's lowest KL is **lower than** (or equal "
+                f"to) the natural domain's ({k_med:.3f} vs {k_nat:.3f} natural): "
+                f"{AGAINST} (KL also grows as boxes shrink, see above)",
+            )
+        )
+    at = frame[frame["metric"] == "attention_ratio"].iloc[0]
+    if pd.notna(at.get("mean_natural")):
+        layer, value = int(at["layer"]), at["mean_natural"]
+        if value < 1:
+            verdicts.append(
+                (
+                    False,
+                    f"at the natural domain's lowest-KL layer ({layer}) the "
+                    f"natural ratio is **below chance** ({value:.2f} < 1: the box "
+                    f"gets less than its uniform share): {AGAINST}",
+                )
+            )
+        else:
+            verdicts.append(
+                (
+                    True,
+                    f"at the natural domain's lowest-KL layer ({layer}) the "
+                    f"natural ratio is above chance ({value:.2f})",
+                )
+            )
+    test = frame[frame["metric"] == "kl"].iloc[0]
+    if pd.isna(test.get("p_value")):
+        verdicts.append((None, "no test (a domain has no samples at that layer)"))
+    else:
+        layer, p = int(test["layer"]), test["p_value"]
+        nat, med = test["mean_natural"], test["mean_medical"]
+        where = f"KL at layer {layer}: natural {nat:.3f} vs medical {med:.3f}, " + (
+            f"Mann-Whitney p = {p:.3g} (n = {int(test['n_natural'])} / {int(test['n_medical'])})"
+        )
+        if p >= 0.05:
+            verdicts.append((None, f"{where}: not a significant difference at 5%"))
+        elif nat < med:
+            verdicts.append((True, f"{where}: significantly lower on natural images, as claimed"))
+        else:
+            verdicts.append(
+                (False, f"{where}: significantly **higher** on natural images: {AGAINST}")
+            )
+    return verdicts
+
+
 def describe_curves(summary: pd.DataFrame) -> str:
-    """Per model: best-layer ratio and KL for medical vs natural and the test's p-value."""
+    """Per model: best-layer ratio and KL for medical vs natural, the ratio at the natural
+    domain's lowest-KL layer and the test, each saying whether it supports the paper's
+    claim or goes against it, and a one-line overall reading."""
     lines = []
     for model, frame in summary.groupby("model", sort=False):
-        ratio = frame[frame["metric"] == "attention_ratio"].set_index("domain")
-        kl = frame[frame["metric"] == "kl"].set_index("domain")
-        parts = []
-        for domain in ("natural", "medical"):
-            if domain in ratio.index:
-                parts.append(
-                    f"{domain}: best ratio {ratio.loc[domain, 'best_mean']:.2f} (layer "
-                    f"{int(ratio.loc[domain, 'best_layer'])}), lowest KL "
-                    f"{kl.loc[domain, 'best_mean']:.3f} (layer {int(kl.loc[domain, 'best_layer'])})"
-                )
-        test = frame[frame["metric"] == "kl"].iloc[0]
-        verdict = (
-            f"KL at layer {int(test['layer'])}: natural {test['mean_natural']:.3f} vs medical "
-            f"{test['mean_medical']:.3f}, Mann-Whitney p = {test['p_value']:.3g} "
-            f"(n = {int(test['n_natural'])} / {int(test['n_medical'])})"
-        )
-        lines.append(f"- **{model}** — " + "; ".join(parts) + f". {verdict}.")
+        verdicts = curve_verdicts(frame)
+        said = [v for v, _ in verdicts if v is not None]
+        if said and all(said):
+            overall = "every comparison below goes the paper's way"
+        elif said and not any(said):
+            overall = "every comparison below goes **against** the paper's claim"
+        elif said:
+            against = sum(1 for v in said if not v)
+            overall = f"mixed: {against} of {len(said)} comparisons go **against** the claim"
+        else:
+            overall = "nothing to compare"
+        lines.append(f"- **{model}** — {overall}:")
+        lines += [f"  - {sentence}." for _, sentence in verdicts]
     return "\n".join(lines)
 
 
