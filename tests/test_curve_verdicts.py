@@ -1,5 +1,6 @@
-"""Notebook 02's "What the numbers say" (:func:`vgutils.figdata.describe_curves`) on
-hand-made tables: results that go against the paper's claim are said to, plainly."""
+"""Notebooks 02's and 04's "What the numbers say" (:func:`vgutils.figdata.describe_curves`,
+:func:`~vgutils.figdata.describe_strategies`) on hand-made tables: results that go
+against the paper's claim are said to, plainly."""
 
 import numpy as np
 import pandas as pd
@@ -79,3 +80,23 @@ def test_curves_mixed_and_one_domain():
     natural_only = mixed[mixed["domain"] == "natural"]
     text = figdata.describe_curves(figdata.summary_table(natural_only))
     assert "one domain only" in text
+
+
+def test_strategies_say_when_last_is_not_best():
+    rows = [
+        {
+            "model": "m",
+            "domain": "natural",
+            "strategy": st,
+            "metric": "kl",
+            "best_layer": 1,
+            "best_mean": kl,
+        }
+        for st, kl in (("last", 0.4), ("question", 0.3), ("all", 0.9))
+    ]
+    text = figdata.describe_strategies(pd.DataFrame(rows))
+    assert "`question` grounds better than `last`: **against the paper's claim**" in text
+    rows[0]["best_mean"] = 0.2
+    text = figdata.describe_strategies(pd.DataFrame(rows))
+    assert "`last` grounds as well as or better than the others, as claimed" in text
+    assert "against" not in text

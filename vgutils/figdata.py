@@ -283,7 +283,8 @@ def strategy_summary(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def describe_strategies(summary: pd.DataFrame) -> str:
-    """Which strategy grounds best (best-layer KL) for each model and domain."""
+    """Which strategy grounds best (best-layer KL) for each model and domain, and whether
+    that supports the paper's claim that ``last`` grounds as well as or better."""
     lines = []
     kl = summary[summary["metric"] == "kl"]
     for (model, domain), frame in kl.groupby(["model", "domain"], sort=False):
@@ -292,7 +293,18 @@ def describe_strategies(summary: pd.DataFrame) -> str:
             f"{r.strategy} {r.best_mean:.3f} (layer {int(r.best_layer)})"
             for r in ordered.itertuples()
         )
-        lines.append(f"- **{model}**, {domain}: lowest KL by strategy: {ranking}.")
+        line = f"- **{model}**, {domain}: lowest KL by strategy: {ranking}"
+        if "last" in set(ordered["strategy"]):
+            first = ordered.iloc[0]
+            last = ordered[ordered["strategy"] == "last"].iloc[0]
+            if first["best_mean"] < last["best_mean"]:
+                line += (
+                    f"; `{first['strategy']}` grounds better than `last`: {AGAINST} (`last` "
+                    "as well as or better than the others)"
+                )
+            else:
+                line += "; `last` grounds as well as or better than the others, as claimed"
+        lines.append(line + ".")
     return "\n".join(lines)
 
 
