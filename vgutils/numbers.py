@@ -322,7 +322,11 @@ def collect(profile: str, snippet: bool | None = None) -> dict:
         "profile": profile,
         "commit": git_commit(),
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_15min": round(os.getloadavg()[2], 1),
+        },
         "numbers": dict(sorted(numbers.items())),
     }
     path = figures / NUMBERS_FILE
@@ -475,12 +479,15 @@ def render_gallery(numbers: dict) -> str:
     rows = _value(numbers, "gallery")
     jobs = numbers["numbers"].get("time.jobs", {}).get("value")
     total = numbers["numbers"].get("time.notebooks_total", {}).get("value")
-    cpus = numbers.get("machine", {}).get("cpus")
+    machine = numbers.get("machine", {})
+    cpus = machine.get("cpus")
+    load = machine.get("load_15min")
+    shared = f", 15-minute load average {load:g} when collected" if load is not None else ""
     timed = [r for r in rows if r["seconds"] is not None]
     lines = []
     intro = (
         f"Wall times of the `make figures` run behind these numbers "
-        f"({numbers.get('generated')}, {cpus} CPU cores, commit "
+        f"({numbers.get('generated')}, {cpus} CPU cores{shared}, commit "
         f"`{str(numbers.get('commit'))[:12]}`; `figures/default/numbers.json`): "
     )
     parts = []
