@@ -54,7 +54,7 @@ def test_margin_names_the_thinnest_criterion_and_a_failure():
         "teach.criterion.accuracy_natural": ">= 0.97",
     }
     text = numbers.render_margin(document(**values))
-    assert "`ratio_medical`, 1.19 against a limit of <= 1.2" in text and "FAILS" not in text
+    assert "`ratio_medical`, 1.19 against a limit of at most 1.2" in text and "FAILS" not in text
     values["teach.accuracy_natural"] = 0.965
     text = numbers.render_margin(document(**values))
     assert "`accuracy_natural`, 96.5%" in text and "FAILS" in text

@@ -450,7 +450,8 @@ def render_margin(numbers: dict) -> str:
     limit_shown = f"{limit:.0%}" if name.startswith("accuracy") else f"{limit:g}"
     passes = value >= limit if op == ">=" else value <= limit
     return (
-        f"the pinned model's `{name}`, {shown} against a limit of {op} {limit_shown}, has the "
+        f"the pinned model's `{name}`, {shown} against a limit of "
+        f"{'at least' if op == '>=' else 'at most'} {limit_shown}, has the "
         f"thinnest margin{'' if passes else ' and FAILS it'}"
     )
 
