@@ -360,12 +360,13 @@ def notebook_title(path: Path) -> str:
 
 
 def notebook_figures(path: Path, figures: Path | None = None) -> list[str]:
-    """The figure and table names a notebook's code names (``figNN_...``,
+    """The figure and table names a notebook's code names in its strings (``figNN_...``,
     ``tableN_...``), those found in ``figures`` when given (a name standing for its
     PDF/PNG pair, a CSV with its extension)."""
     cells = json.loads(path.read_text())["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    names = list(dict.fromkeys(re.findall(r"\b(?:fig\d\d|table\d)\w*(?:\.csv)?", code)))
+    quoted = r"[\"'/]((?:fig\d\d|table\d)\w*(?:\.csv)?)[\"']"  # in a string literal
+    names = list(dict.fromkeys(re.findall(quoted, code)))
     shown = []
     for name in names:
         if figures is None:
@@ -373,10 +374,11 @@ def notebook_figures(path: Path, figures: Path | None = None) -> list[str]:
         elif name.endswith(".csv"):
             if (figures / name).is_file():
                 shown.append(name)
-        elif (figures / f"{name}.png").is_file() or (figures / f"{name}.pdf").is_file():
-            shown.append(name)
-        elif (figures / f"{name}.csv").is_file():
-            shown.append(f"{name}.csv")
+        else:
+            if (figures / f"{name}.png").is_file() or (figures / f"{name}.pdf").is_file():
+                shown.append(name)
+            if (figures / f"{name}.csv").is_file():  # a table written beside its figure
+                shown.append(f"{name}.csv")
     return list(dict.fromkeys(shown))
 
 
