@@ -46,8 +46,8 @@ def curve_metrics(
 def test_curves_that_support_the_claim_say_so():
     summary = figdata.summary_table(curve_metrics(natural_ratio=3.0, medical_ratio=1.1))
     text = figdata.describe_curves(summary)
-    assert "every comparison below goes the paper's way" in text
-    assert "against" not in text
+    assert "4 of 4 comparisons go the paper's way, none against" in text
+    assert "**against" not in text
     assert "higher on natural images (3.00 vs 1.10 medical), as the paper claims" in text
     assert "above chance (3.00)" in text
     assert "significantly lower on natural images, as claimed" in text
@@ -65,9 +65,9 @@ def test_curves_against_the_claim_say_so_plainly():
         low_ratio=0.6,
     )
     text = figdata.describe_curves(figdata.summary_table(metrics))
-    assert "every comparison below goes **against** the paper's claim" in text
+    assert "4 of 4 comparisons go **against** the paper's claim, none for it" in text
     assert "the best-layer ratio is **not** higher on natural images (1.50 vs 2.00" in text
-    assert "the medical domain's lowest KL is **lower than**" in text
+    assert "medical 0.196: the medical domain's is **lower**: **against" in text
     assert "natural ratio is **below chance** (0.60 < 1" in text
     assert "significantly **higher** on natural images" in text
     assert "as the paper claims" not in text
@@ -100,3 +100,28 @@ def test_strategies_say_when_last_is_not_best():
     text = figdata.describe_strategies(pd.DataFrame(rows))
     assert "`last` grounds as well as or better than the others, as claimed" in text
     assert "against" not in text
+
+
+def test_a_control_at_chance_shows_no_contrast():
+    # a random model: ratio 1 everywhere, KL = a uniform map's, larger for smaller boxes
+    metrics = curve_metrics(
+        natural_ratio=1.0,
+        medical_ratio=1.0,
+        natural_kl=(1.8, 1.8, 1.8),
+        medical_kl=(2.1, 2.1, 2.1),
+    )
+    metrics["n_tokens"] = 49
+    metrics["n_gt_tokens"] = np.where(metrics["domain"] == "natural", 8, 6)
+    metrics.loc[metrics["domain"] == "natural", "kl"] = np.log(49 / 8)
+    metrics.loc[metrics["domain"] == "medical", "kl"] = np.log(49 / 6)
+    summary = figdata.summary_table(metrics)
+    text = figdata.describe_curves(summary, chance=figdata.chance_kl(metrics))
+    assert "no comparison below shows a contrast either way" in text
+    assert "the same on both domains (1.00 vs 1.00 medical): no contrast" in text
+    assert "at chance (1.00)" in text
+    assert "box size alone gives such a difference" in text
+    assert "as the paper claims" not in text and "against" not in text.replace(
+        "neither for nor against", ""
+    )
+    # without the uniform map's KL the box-size difference reads as support: said so
+    assert "as the paper claims" in figdata.describe_curves(summary)

@@ -126,110 +126,134 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
 AGAINST = "**against the paper's claim**"
 
 
-def curve_verdicts(frame: pd.DataFrame) -> list[tuple[bool | None, str]]:
+def curve_verdicts(
+    frame: pd.DataFrame, chance: pd.DataFrame | None = None
+) -> list[tuple[bool | None, str]]:
     """One model's rows of :func:`summary_table`, read against the paper's claim (natural
     images: a higher best-layer ratio, a lower lowest KL, attention above chance at the
-    natural domain's lowest-KL layer): ``(supports, sentence)`` per comparison,
-    ``supports`` None where a domain is missing or the test could not be run."""
+    natural domain's lowest-KL layer): ``(supports, sentence)`` per comparison.
+    ``supports`` is None where the printed values are equal (no contrast either way), a
+    domain is missing, the test is not significant, or box size alone would give the KL
+    difference. ``chance``: this model's rows of :func:`chance_kl`; with it the KL
+    comparisons are made against a uniform map's KL ``log(N/k)`` per domain."""
     ratio = frame[frame["metric"] == "attention_ratio"].set_index("domain")
     kl = frame[frame["metric"] == "kl"].set_index("domain")
-    if not {"natural", "medical"} <= set(ratio.index) or not {"natural", "medical"} <= set(
-        kl.index
-    ):
+    domains = {"natural", "medical"}
+    if not domains <= set(ratio.index) or not domains <= set(kl.index):
         return [(None, "one domain only: no medical-vs-natural comparison")]
+    uniform = None
+    if chance is not None and domains <= set(chance["domain"]):
+        uniform = chance.set_index("domain")["chance"]
     verdicts = []
     r_nat, r_med = ratio.loc["natural", "best_mean"], ratio.loc["medical", "best_mean"]
-    if r_nat > r_med:
+    shown = f"({r_nat:.2f} vs {r_med:.2f} medical)"
+    if round(r_nat, 2) == round(r_med, 2):
         verdicts.append(
             (
-                True,
-                f"the best-layer ratio is higher on natural images ({r_nat:.2f} "
-                f"vs {r_med:.2f} medical), as the paper claims",
+                None,
+                f"the best-layer ratio is the same on both domains {shown}: "
+                "no contrast, neither for nor against the claim",
             )
+        )
+    elif r_nat > r_med:
+        verdicts.append(
+            (True, f"the best-layer ratio is higher on natural images {shown}, as the paper claims")
         )
     else:
         verdicts.append(
-            (
-                False,
-                f"the best-layer ratio is **not** higher on natural images "
-                f"({r_nat:.2f} vs {r_med:.2f} medical): {AGAINST}",
-            )
+            (False, f"the best-layer ratio is **not** higher on natural images {shown}: {AGAINST}")
         )
     k_nat, k_med = kl.loc["natural", "best_mean"], kl.loc["medical", "best_mean"]
-    if k_nat < k_med:
-        verdicts.append(
-            (
-                True,
-                f"the lowest KL is lower on natural images ({k_nat:.3f} vs "
-                f"{k_med:.3f} medical), as the paper claims",
-            )
+    if uniform is not None:
+        e_nat, e_med = k_nat - uniform["natural"], k_med - uniform["medical"]
+        shown = (
+            f"lowest KL minus a uniform map's: natural {k_nat:.3f} - {uniform['natural']:.3f} "
+            f"= {e_nat:+.3f}, medical {k_med:.3f} - {uniform['medical']:.3f} = {e_med:+.3f}"
         )
+    else:
+        e_nat, e_med = k_nat, k_med
+        shown = f"lowest KL: natural {k_nat:.3f}, medical {k_med:.3f}"
+    if round(e_nat, 3) == round(e_med, 3):
+        verdicts.append((None, f"{shown}: the same on both domains, no contrast"))
+    elif e_nat < e_med:
+        verdicts.append((True, f"{shown}: lower on natural images, as the paper claims"))
     else:
         verdicts.append(
             (
                 False,
-                f"the medical domain's lowest KL is **lower than** (or equal "
-                f"to) the natural domain's ({k_med:.3f} vs {k_nat:.3f} natural): "
-                f"{AGAINST} (KL also grows as boxes shrink, see above)",
+                f"{shown}: the medical domain's is **lower**: {AGAINST}"
+                + ("" if uniform is not None else " (KL also grows as boxes shrink)"),
             )
         )
     at = frame[frame["metric"] == "attention_ratio"].iloc[0]
     if pd.notna(at.get("mean_natural")):
         layer, value = int(at["layer"]), at["mean_natural"]
-        if value < 1:
+        where = f"at the natural domain's lowest-KL layer ({layer}) the natural ratio is"
+        if round(value, 2) < 1:
             verdicts.append(
                 (
                     False,
-                    f"at the natural domain's lowest-KL layer ({layer}) the "
-                    f"natural ratio is **below chance** ({value:.2f} < 1: the box "
-                    f"gets less than its uniform share): {AGAINST}",
+                    f"{where} **below chance** ({value:.2f} < 1: the box gets "
+                    f"less than its uniform share): {AGAINST}",
                 )
             )
+        elif round(value, 2) == 1:
+            verdicts.append((None, f"{where} at chance ({value:.2f})"))
         else:
-            verdicts.append(
-                (
-                    True,
-                    f"at the natural domain's lowest-KL layer ({layer}) the "
-                    f"natural ratio is above chance ({value:.2f})",
-                )
-            )
+            verdicts.append((True, f"{where} above chance ({value:.2f})"))
     test = frame[frame["metric"] == "kl"].iloc[0]
     if pd.isna(test.get("p_value")):
         verdicts.append((None, "no test (a domain has no samples at that layer)"))
-    else:
-        layer, p = int(test["layer"]), test["p_value"]
-        nat, med = test["mean_natural"], test["mean_medical"]
-        where = f"KL at layer {layer}: natural {nat:.3f} vs medical {med:.3f}, " + (
-            f"Mann-Whitney p = {p:.3g} (n = {int(test['n_natural'])} / {int(test['n_medical'])})"
-        )
-        if p >= 0.05:
-            verdicts.append((None, f"{where}: not a significant difference at 5%"))
-        elif nat < med:
-            verdicts.append((True, f"{where}: significantly lower on natural images, as claimed"))
-        else:
-            verdicts.append(
-                (False, f"{where}: significantly **higher** on natural images: {AGAINST}")
+        return verdicts
+    layer, p = int(test["layer"]), test["p_value"]
+    nat, med = test["mean_natural"], test["mean_medical"]
+    where = (
+        f"KL at layer {layer}: natural {nat:.3f} vs medical {med:.3f}, Mann-Whitney p = "
+        f"{p:.3g} (n = {int(test['n_natural'])} / {int(test['n_medical'])})"
+    )
+    if p >= 0.05:
+        verdicts.append((None, f"{where}: not a significant difference at 5%"))
+    elif uniform is not None and (nat < med) == (uniform["natural"] < uniform["medical"]):
+        verdicts.append(
+            (
+                None,
+                f"{where}: significant, but a uniform map's KL differs the "
+                f"same way ({uniform['natural']:.3f} vs {uniform['medical']:.3f}): "
+                "box size alone gives such a difference",
             )
+        )
+    elif nat < med:
+        verdicts.append((True, f"{where}: significantly lower on natural images, as claimed"))
+    else:
+        verdicts.append((False, f"{where}: significantly **higher** on natural images: {AGAINST}"))
     return verdicts
 
 
-def describe_curves(summary: pd.DataFrame) -> str:
+def describe_curves(summary: pd.DataFrame, chance: pd.DataFrame | None = None) -> str:
     """Per model: best-layer ratio and KL for medical vs natural, the ratio at the natural
     domain's lowest-KL layer and the test, each saying whether it supports the paper's
-    claim or goes against it, and a one-line overall reading."""
+    claim, goes against it, or shows no contrast, and a one-line overall reading.
+    ``chance``: :func:`chance_kl` of the same metrics (KL read against box size)."""
     lines = []
     for model, frame in summary.groupby("model", sort=False):
-        verdicts = curve_verdicts(frame)
+        mine = None if chance is None else chance[chance["model"] == model]
+        verdicts = curve_verdicts(frame, mine)
         said = [v for v, _ in verdicts if v is not None]
-        if said and all(said):
-            overall = "every comparison below goes the paper's way"
-        elif said and not any(said):
-            overall = "every comparison below goes **against** the paper's claim"
-        elif said:
-            against = sum(1 for v in said if not v)
-            overall = f"mixed: {against} of {len(said)} comparisons go **against** the claim"
+        against = sum(1 for v in said if not v)
+        if not said:
+            overall = "no comparison below shows a contrast either way"
+        elif against == 0:
+            overall = f"{len(said)} of {len(verdicts)} comparisons go the paper's way, none against"
+        elif against == len(said):
+            overall = (
+                f"{against} of {len(verdicts)} comparisons go **against** the paper's claim, "
+                "none for it"
+            )
         else:
-            overall = "nothing to compare"
+            overall = (
+                f"mixed: {against} of {len(verdicts)} comparisons go **against** the claim, "
+                f"{len(said) - against} its way"
+            )
         lines.append(f"- **{model}** — {overall}:")
         lines += [f"  - {sentence}." for _, sentence in verdicts]
     return "\n".join(lines)
