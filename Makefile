@@ -73,13 +73,17 @@ $(SAMPLES): vgutils/data/samples.py $(STAMP)
 figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper; REHEARSAL=1|full)
 	@$(PY) -m vgutils.notebook check build/$(RUN)/notebooks
 	@$(PY) -m vgutils report --profile $(RUN)
+	@$(PY) -m vgutils numbers --profile $(RUN)
 
 # the profile's extraction jobs; the runner skips jobs whose results are complete
 $(RESULTS_STAMP): notebooks/params/$(PROFILE).yaml $(SOURCES) vgutils/teach/registry.txt $(SAMPLES) $(STAMP)
-	$(PY) -m vgutils jobs $(RUN)
+	@mkdir -p build/$(RUN)/times
+	@start=$$(date +%s); $(PY) -m vgutils jobs $(RUN) \
+		&& echo $$(( $$(date +%s) - start )) > build/$(RUN)/times/jobs.s
 	@touch $@
 
-# one executed notebook per figure notebook; a failure keeps the partial notebook aside.
+# one executed notebook per figure notebook; a failure keeps the partial notebook aside;
+# its wall time goes to build/<run>/times/<notebook>.s (collected by `vgutils numbers`).
 # JUPYTER_PATH=jupyter: the kernel is jupyter/kernels/python3 (the stock ipykernel without
 # its "running over TCP without encryption" line, which papermill's kernels would print)
 build/$(RUN)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
@@ -90,6 +94,8 @@ build/$(RUN)/notebooks/%.ipynb: notebooks/%.ipynb $(RESULTS_STAMP)
 		$@.partial.ipynb -p profile $(RUN) --cwd notebooks --log-level WARNING \
 		--no-progress-bar \
 		&& mv $@.partial.ipynb $@ \
+		&& mkdir -p build/$(RUN)/times \
+		&& echo $$(( $$(date +%s) - start )) > build/$(RUN)/times/$(basename $(notdir $<)).s \
 		&& echo "  $(notdir $<): $$(( $$(date +%s) - start )) s" \
 		|| { echo "FAILED: notebook $< (profile $(RUN)); the failing cell and its" \
 			"traceback are above and in $@.partial.ipynb"; exit 1; }

@@ -123,27 +123,139 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def describe_curves(summary: pd.DataFrame) -> str:
-    """Per model: best-layer ratio and KL for medical vs natural and the test's p-value."""
+AGAINST = "**against the paper's claim**"
+
+
+def curve_verdicts(
+    frame: pd.DataFrame, chance: pd.DataFrame | None = None
+) -> list[tuple[bool | None, str]]:
+    """One model's rows of :func:`summary_table`, read against the paper's claim (natural
+    images: a higher best-layer ratio, a lower lowest KL, attention above chance at the
+    natural domain's lowest-KL layer): ``(supports, sentence)`` per comparison.
+    ``supports`` is None where the printed values are equal (no contrast either way), a
+    domain is missing, the test is not significant, or box size alone would give the KL
+    difference. ``chance``: this model's rows of :func:`chance_kl`; with it the KL
+    comparisons are made against a uniform map's KL ``log(N/k)`` per domain."""
+    ratio = frame[frame["metric"] == "attention_ratio"].set_index("domain")
+    kl = frame[frame["metric"] == "kl"].set_index("domain")
+    domains = {"natural", "medical"}
+    if not domains <= set(ratio.index) or not domains <= set(kl.index):
+        return [(None, "one domain only: no medical-vs-natural comparison")]
+    uniform = None
+    if chance is not None and domains <= set(chance["domain"]):
+        uniform = chance.set_index("domain")["chance"]
+    verdicts = []
+    r_nat, r_med = ratio.loc["natural", "best_mean"], ratio.loc["medical", "best_mean"]
+    shown = f"({r_nat:.2f} vs {r_med:.2f} medical)"
+    if round(r_nat, 2) == round(r_med, 2):
+        verdicts.append(
+            (
+                None,
+                f"the best-layer ratio is the same on both domains {shown}: "
+                "no contrast, neither for nor against the claim",
+            )
+        )
+    elif r_nat > r_med:
+        verdicts.append(
+            (True, f"the best-layer ratio is higher on natural images {shown}, as the paper claims")
+        )
+    else:
+        verdicts.append(
+            (False, f"the best-layer ratio is **not** higher on natural images {shown}: {AGAINST}")
+        )
+    k_nat, k_med = kl.loc["natural", "best_mean"], kl.loc["medical", "best_mean"]
+    if uniform is not None:
+        e_nat, e_med = k_nat - uniform["natural"], k_med - uniform["medical"]
+        shown = (
+            f"lowest KL minus a uniform map's: natural {k_nat:.3f} - {uniform['natural']:.3f} "
+            f"= {e_nat:+.3f}, medical {k_med:.3f} - {uniform['medical']:.3f} = {e_med:+.3f}"
+        )
+    else:
+        e_nat, e_med = k_nat, k_med
+        shown = f"lowest KL: natural {k_nat:.3f}, medical {k_med:.3f}"
+    if round(e_nat, 3) == round(e_med, 3):
+        verdicts.append((None, f"{shown}: the same on both domains, no contrast"))
+    elif e_nat < e_med:
+        verdicts.append((True, f"{shown}: lower on natural images, as the paper claims"))
+    else:
+        verdicts.append(
+            (
+                False,
+                f"{shown}: the medical domain's is **lower**: {AGAINST}"
+                + ("" if uniform is not None else " (KL also grows as boxes shrink)"),
+            )
+        )
+    at = frame[frame["metric"] == "attention_ratio"].iloc[0]
+    if pd.notna(at.get("mean_natural")):
+        layer, value = int(at["layer"]), at["mean_natural"]
+        where = f"at the natural domain's lowest-KL layer ({layer}) the natural ratio is"
+        if round(value, 2) < 1:
+            verdicts.append(
+                (
+                    False,
+                    f"{where} **below chance** ({value:.2f} < 1: the box gets "
+                    f"less than its uniform share): {AGAINST}",
+                )
+            )
+        elif round(value, 2) == 1:
+            verdicts.append((None, f"{where} at chance ({value:.2f})"))
+        else:
+            verdicts.append((True, f"{where} above chance ({value:.2f})"))
+    test = frame[frame["metric"] == "kl"].iloc[0]
+    if pd.isna(test.get("p_value")):
+        verdicts.append((None, "no test (a domain has no samples at that layer)"))
+        return verdicts
+    layer, p = int(test["layer"]), test["p_value"]
+    nat, med = test["mean_natural"], test["mean_medical"]
+    where = (
+        f"KL at layer {layer}: natural {nat:.3f} vs medical {med:.3f}, Mann-Whitney p = "
+        f"{p:.3g} (n = {int(test['n_natural'])} / {int(test['n_medical'])})"
+    )
+    if p >= 0.05:
+        verdicts.append((None, f"{where}: not a significant difference at 5%"))
+    elif uniform is not None and (nat < med) == (uniform["natural"] < uniform["medical"]):
+        verdicts.append(
+            (
+                None,
+                f"{where}: significant, but a uniform map's KL differs the "
+                f"same way ({uniform['natural']:.3f} vs {uniform['medical']:.3f}): "
+                "box size alone gives such a difference",
+            )
+        )
+    elif nat < med:
+        verdicts.append((True, f"{where}: significantly lower on natural images, as claimed"))
+    else:
+        verdicts.append((False, f"{where}: significantly **higher** on natural images: {AGAINST}"))
+    return verdicts
+
+
+def describe_curves(summary: pd.DataFrame, chance: pd.DataFrame | None = None) -> str:
+    """Per model: best-layer ratio and KL for medical vs natural, the ratio at the natural
+    domain's lowest-KL layer and the test, each saying whether it supports the paper's
+    claim, goes against it, or shows no contrast, and a one-line overall reading.
+    ``chance``: :func:`chance_kl` of the same metrics (KL read against box size)."""
     lines = []
     for model, frame in summary.groupby("model", sort=False):
-        ratio = frame[frame["metric"] == "attention_ratio"].set_index("domain")
-        kl = frame[frame["metric"] == "kl"].set_index("domain")
-        parts = []
-        for domain in ("natural", "medical"):
-            if domain in ratio.index:
-                parts.append(
-                    f"{domain}: best ratio {ratio.loc[domain, 'best_mean']:.2f} (layer "
-                    f"{int(ratio.loc[domain, 'best_layer'])}), lowest KL "
-                    f"{kl.loc[domain, 'best_mean']:.3f} (layer {int(kl.loc[domain, 'best_layer'])})"
-                )
-        test = frame[frame["metric"] == "kl"].iloc[0]
-        verdict = (
-            f"KL at layer {int(test['layer'])}: natural {test['mean_natural']:.3f} vs medical "
-            f"{test['mean_medical']:.3f}, Mann-Whitney p = {test['p_value']:.3g} "
-            f"(n = {int(test['n_natural'])} / {int(test['n_medical'])})"
-        )
-        lines.append(f"- **{model}** — " + "; ".join(parts) + f". {verdict}.")
+        mine = None if chance is None else chance[chance["model"] == model]
+        verdicts = curve_verdicts(frame, mine)
+        said = [v for v, _ in verdicts if v is not None]
+        against = sum(1 for v in said if not v)
+        if not said:
+            overall = "no comparison below shows a contrast either way"
+        elif against == 0:
+            overall = f"{len(said)} of {len(verdicts)} comparisons go the paper's way, none against"
+        elif against == len(said):
+            overall = (
+                f"{against} of {len(verdicts)} comparisons go **against** the paper's claim, "
+                "none for it"
+            )
+        else:
+            overall = (
+                f"mixed: {against} of {len(verdicts)} comparisons go **against** the claim, "
+                f"{len(said) - against} its way"
+            )
+        lines.append(f"- **{model}** — {overall}:")
+        lines += [f"  - {sentence}." for _, sentence in verdicts]
     return "\n".join(lines)
 
 
@@ -195,7 +307,8 @@ def strategy_summary(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def describe_strategies(summary: pd.DataFrame) -> str:
-    """Which strategy grounds best (best-layer KL) for each model and domain."""
+    """Which strategy grounds best (best-layer KL) for each model and domain, and whether
+    that supports the paper's claim that ``last`` grounds as well as or better."""
     lines = []
     kl = summary[summary["metric"] == "kl"]
     for (model, domain), frame in kl.groupby(["model", "domain"], sort=False):
@@ -204,7 +317,18 @@ def describe_strategies(summary: pd.DataFrame) -> str:
             f"{r.strategy} {r.best_mean:.3f} (layer {int(r.best_layer)})"
             for r in ordered.itertuples()
         )
-        lines.append(f"- **{model}**, {domain}: lowest KL by strategy: {ranking}.")
+        line = f"- **{model}**, {domain}: lowest KL by strategy: {ranking}"
+        if "last" in set(ordered["strategy"]):
+            first = ordered.iloc[0]
+            last = ordered[ordered["strategy"] == "last"].iloc[0]
+            if first["best_mean"] < last["best_mean"]:
+                line += (
+                    f"; `{first['strategy']}` grounds better than `last`: {AGAINST} (`last` "
+                    "as well as or better than the others)"
+                )
+            else:
+                line += "; `last` grounds as well as or better than the others, as claimed"
+        lines.append(line + ".")
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "merge": Command("vgutils.cli.merge", "merge a run its processes left unmerged"),
     "data": Command("vgutils.cli.data", "manifest, hashes and the sample sets"),
+    "numbers": Command(
+        "vgutils.cli.numbers", "every number README quotes, from a run's files; README's blocks"
+    ),
 }
 
 
