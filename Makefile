@@ -70,7 +70,7 @@ $(SAMPLES): vgutils/data/samples.py $(STAMP)
 	$(PY) -m vgutils data samples --data-root $(DATA_ROOT)
 	$(PY) -m vgutils data verify --data-root $(DATA_ROOT) samples/
 
-figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper; REHEARSAL=1|full)
+figures: $(EXECUTED) ## set up, extract (cached), run the notebooks of PROFILE (default|smoke|paper; REHEARSAL=1|full); numbers.json
 	@$(PY) -m vgutils.notebook check build/$(RUN)/notebooks
 	@$(PY) -m vgutils report --profile $(RUN)
 	@$(PY) -m vgutils numbers --profile $(RUN)

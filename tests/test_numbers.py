@@ -92,7 +92,7 @@ def test_gallery_lists_every_notebook_with_its_time(tmp_path, monkeypatch):
             **{k: v["value"] for k, v in times.items()},
         )
     )
-    assert "the extraction jobs 30 s, the 1 notebooks 1 min 11 s in all" in table
+    assert f"the extraction jobs 30 s, 1 of the {len(rows)} notebooks 1 min 11 s in all" in table
     assert "| `fig02_layer_curves`, `fig02_layer_curves_summary.csv` | `02_layer_curves`" in table
 
 

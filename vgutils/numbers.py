@@ -496,8 +496,13 @@ def render_gallery(numbers: dict) -> str:
     parts = []
     if jobs is not None:
         parts.append(f"the extraction jobs {duration(jobs)}")
-    if total is not None:
+    if total is not None and len(timed) == len(rows):
         parts.append(f"the {len(timed)} notebooks {duration(total)} in all")
+    elif total is not None:
+        parts.append(
+            f"{len(timed)} of the {len(rows)} notebooks {duration(total)} in all (the others "
+            "did not run to the end in this record)"
+        )
     lines.append(
         intro
         + (", ".join(parts) or "not recorded")
