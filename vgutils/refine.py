@@ -1,4 +1,4 @@
-"""VGRefine (METHOD.md): attention triage with visually sensitive heads, then attention
+"""VGRefine (docs/METHOD.md): attention triage with visually sensitive heads, then attention
 knockout of the low-relevance image patches while answering. Inference time only."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def best_layer(
     best``): the layer holding the most of the top heads ``heads`` (:func:`rank_heads`);
     ties go to the layer whose top heads have the best mean ``metric`` (mean over its top
     heads of their calibration means), then to the lower layer. The authors chose their
-    layer from layer-level metrics (METHOD.md), not by this rule: for HuatuoGPT-Vision-7B
+    layer from layer-level metrics (docs/METHOD.md), not by this rule: for HuatuoGPT-Vision-7B
     they give layer 16, which holds 4 of their 20 heads (the largest group, not a
     majority). Profiles give the authors' layer explicitly (``layers: [16]``)."""
     if not heads:
@@ -465,7 +465,7 @@ def triage(
     the whole user text instead of ``question`` + answer instruction (e.g. a
     multiple-choice prompt; :meth:`VisionLanguageModel.prepare_text`). Under the model's
     ``attention_precision="model"`` the layer-mean generic map is taken in the model's
-    dtype (:func:`vgutils.scoring.head_mean`): the authors' order of operations (METHOD.md)."""
+    dtype (:func:`vgutils.scoring.head_mean`): the authors' order of operations (docs/METHOD.md)."""
     if not heads:
         raise ValueError("triage needs at least one head")
     if denominator not in DENOMINATORS:
