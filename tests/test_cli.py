@@ -127,7 +127,7 @@ def test_mistyped_subcommand_says_the_closest_one(capsys):
     assert one_line(err).startswith(
         "error: python -m vgutils: argument command: invalid choice: 'extrct' (choose from "
     )
-    assert err.endswith("'merge', 'data'); did you mean 'extract'?\n")
+    assert err.endswith("'numbers'); did you mean 'extract'?\n")
     code, _, err = run(capsys, "teach", "trian")
     assert code == 2 and one_line(err).startswith("error: python -m vgutils teach: ")
     assert err.endswith("'evaluate'); did you mean 'train'?\n")

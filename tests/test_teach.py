@@ -198,3 +198,16 @@ def test_teaching_model_acceptance():
 
     measures = acceptance(load_model("tiny:teach", device="cpu"), 60)
     assert passes(measures) == dict.fromkeys(passes(measures), True), measures
+
+
+def test_readme_seed_table_is_the_recorded_sweep(capsys, monkeypatch):
+    """README's seed spread is `sweep --summary-only` on the committed sweep record."""
+    from vgutils.teach.sweep import main
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("<!-- seeds:begin", 1)[1].split("-->", 1)[1]
+    block = block.split("<!-- seeds:end -->", 1)[0]
+    monkeypatch.chdir(repo)
+    assert main(["--out", "docs/numbers/teach-seeds", "--summary-only"]) == 0
+    assert block.strip() == capsys.readouterr().out.strip()
