@@ -259,7 +259,6 @@ def run_mc(
     writes is started afresh."""
     from vgutils.data import load_image
     from vgutils.errors import UsageError
-    from vgutils.models.loading import load_model
     from vgutils.refine import (
         draw_generator,
         knocked_tokens,
@@ -267,7 +266,7 @@ def run_mc(
         text_rows_after_image,
         triage,
     )
-    from vgutils.vqa import options_record
+    from vgutils.vqa import load_run_model, options_record
 
     if options.refine is not None and not isinstance(options.refine, RefineSettings):
         raise UsageError("MCOptions.refine: a vgutils.refine.RefineSettings (or None)")
@@ -309,18 +308,7 @@ def run_mc(
         if todo:
             groups[images[index]] = todo
     if groups:
-        vlm = load_model(
-            options.model,
-            device=device,
-            dtype=options.dtype,
-            processor_kwargs=options.processor_kwargs,
-            image_resize=options.image_resize,
-            attention_precision=options.attention_precision,
-        )
-        if refine is not None:
-            refine.check_model(vlm)
-            if progress:
-                print(f"VGRefine: {refine.describe()} ({options.protocol})")
+        vlm = load_run_model(options, device, progress)
     bar = tqdm(
         total=sum(map(len, groups.values())),
         unit="q",

@@ -124,6 +124,27 @@ def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
     )
 
 
+def load_run_model(options, device: str, progress: bool = False):
+    """The model of a VQA or multiple-choice run (resolved ``options``), loaded with its
+    protocol's processor and capture settings; VGRefine's heads and layers checked
+    against it (and described when ``progress``)."""
+    from vgutils.models.loading import load_model
+
+    vlm = load_model(
+        options.model,
+        device=device,
+        dtype=options.dtype,
+        processor_kwargs=options.processor_kwargs,
+        image_resize=options.image_resize,
+        attention_precision=options.attention_precision,
+    )
+    if options.refine is not None:
+        options.refine.check_model(vlm)
+        if progress:
+            print(f"VGRefine: {options.refine.describe()} ({options.protocol})")
+    return vlm
+
+
 def options_record(options) -> dict:
     """``options`` as plain JSON (nested settings as dicts, tuples as lists): what
     ``run.json`` records and a resume compares."""
@@ -182,7 +203,6 @@ def run_vqa(
     split_work`); whichever rank finds every question answered merges the run. Returns
     ``(answers, table, seconds)``; ``table`` is None (and the answers partial) while
     other ranks' questions are missing."""
-    from vgutils.models.loading import load_model
     from vgutils.models.sources import check_model_name
     from vgutils.protocols import DECODINGS
 
@@ -227,18 +247,7 @@ def run_vqa(
     todo = [g for g in todo if g]
     generation = DECODINGS[options.decoding]
     if todo:
-        vlm = load_model(
-            options.model,
-            device=device,
-            dtype=options.dtype,
-            processor_kwargs=options.processor_kwargs,
-            image_resize=options.image_resize,
-            attention_precision=options.attention_precision,
-        )
-        if refine is not None:
-            refine.check_model(vlm)
-            if progress:
-                print(f"VGRefine: {refine.describe()} ({options.protocol})")
+        vlm = load_run_model(options, device, progress)
     layers = " ".join(map(str, refine.layers)) if refine is not None else ""
     bar = tqdm(
         total=sum(map(len, todo)), unit="q", desc=f"vqa {options.model}", disable=not progress
