@@ -123,6 +123,18 @@ def _llava(shape: BuildShape):
     return LlavaForConditionalGeneration(config), processor
 
 
+def _qwen_tokenizer():
+    """The Qwen-VL families' special tokens (chat turns, vision markers) on a tiny trained
+    tokenizer."""
+    im = ["<|im_start|>", "<|im_end|>"]
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    return train_tokenizer(
+        ["<|endoftext|>", *im, *vision_tokens],
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+
+
 def _qwen2_5_vl(shape: BuildShape):
     from transformers import (
         Qwen2_5_VLConfig,
@@ -132,13 +144,7 @@ def _qwen2_5_vl(shape: BuildShape):
         Qwen2VLVideoProcessor,
     )
 
-    im = ["<|im_start|>", "<|im_end|>"]
-    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = train_tokenizer(
-        ["<|endoftext|>", *im, *vision_tokens],
-        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-    )
+    tokenizer = _qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     text = _text_kwargs(
         len(tokenizer),
@@ -308,13 +314,7 @@ def _qwen3_vl(shape: BuildShape):
         Qwen3VLVideoProcessor,
     )
 
-    im = ["<|im_start|>", "<|im_end|>"]
-    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = train_tokenizer(
-        ["<|endoftext|>", *im, *vision_tokens],
-        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-    )
+    tokenizer = _qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     text = _text_kwargs(
         len(tokenizer),
