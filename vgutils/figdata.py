@@ -414,21 +414,11 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
         domain = entry.domain if entry is not None else None
         for sample in picked:
             image = load_image(sample.image_path, options.image_mode)
-            result = refine.answer(
-                vlm,
-                image,
-                sample.question,
-                options.max_new_tokens,
-                generation=DECODINGS[options.decoding],
-                boxes=sample.boxes,
-            )
-            oracle = replace(refine, triage="oracle").answer(
-                vlm,
-                image,
-                sample.question,
-                options.max_new_tokens,
-                generation=DECODINGS[options.decoding],
-                boxes=sample.boxes,
+            asked = (vlm, image, sample.question, options.max_new_tokens)
+            settings = {"generation": DECODINGS[options.decoding], "boxes": sample.boxes}
+            result = refine.answer(*asked, **settings)
+            oracle = replace(refine, triage="oracle").answer(  # the generic pass reused
+                *asked, generic_heads=result.triage.generic_heads, **settings
             )
             rows.append(
                 {
