@@ -120,10 +120,10 @@ gpu-check: $(STAMP) $(SAMPLES) ## one H200, <= 8 min, < 60 GB: bench, full-size 
 
 # the pinned teaching model (vgutils/teach/pinned/) is what tiny:teach loads; this retrains
 # the recipe (seed 0) beside it and compares; exit 1 if the retrained model fails acceptance
-teach: $(STAMP) ## retrain the teaching model (one thread, ~30 min) into build/teach; acceptance vs the pinned copy
+teach: $(STAMP) ## retrain the teaching model (one thread, minutes) into build/teach; acceptance vs the pinned copy
 	$(PY) -m vgutils.teach.compare --out build/teach/retrained
 
-teach-seeds: $(STAMP) ## the teaching recipe over 10 seeds (~5 h on one core): the acceptance spread
+teach-seeds: $(STAMP) ## the teaching recipe over 10 seeds, one at a time: the acceptance spread
 	$(PY) -m vgutils.teach.sweep --seeds 10
 
 clean: ## remove generated build/ and figures/ (keeps .venv, data/, results/)

@@ -133,3 +133,19 @@ def test_mistyped_subcommand_says_the_closest_one(capsys):
     assert err.endswith("'evaluate'); did you mean 'train'?\n")
     code, _, err = run(capsys, "zzzz")
     assert code == 2 and "did you mean" not in one_line(err)
+
+
+def test_teach_train_passes_the_recipe_changes(capsys, monkeypatch, tmp_path):
+    """``teach train`` options change only their recipe fields."""
+    from dataclasses import replace
+
+    from vgutils.teach import train
+
+    seen = []
+    monkeypatch.setattr(
+        train, "train_teaching_model", lambda out, recipe, device: seen.append(recipe)
+    )
+    argv = ["--out", tmp_path, "--grounding-loss-weight", 0, "--medical-share", 0.5, "--seed", 3]
+    assert run(capsys, "teach", "train", *argv)[0] == 0
+    expected = replace(train.Recipe(), grounding_loss_weight=0.0, medical_share=0.5, seed=3)
+    assert seen == [expected]

@@ -20,9 +20,14 @@ from vgutils.models import load_model
 from vgutils.teach.scenes import COLOURS, make_scene
 from vgutils.teach.train import (
     COLOUR_CLASSES,
+    GRID,
     KINDS,
     SMOKE,
     Recipe,
+    box_cells,
+    build_model,
+    build_processor,
+    grounding_loss,
     is_current,
     patch_labels,
     question_targets,
@@ -63,6 +68,20 @@ def test_patch_labels_mark_the_object_patches():
     assert ((kinds > 0) == (colours > 0)).all()
 
 
+def test_question_only_accuracy_by_hand(monkeypatch):
+    """Two texts: "A?" answered yes, yes, no (majority 2 of 3), "B?" no (1 of 1): 3/4."""
+    from types import SimpleNamespace
+
+    from vgutils.teach import evaluate
+
+    def scene(*pairs):
+        return SimpleNamespace(questions=[SimpleNamespace(question=q, answer=a) for q, a in pairs])
+
+    scenes = [scene(("A?", "yes"), ("B?", "no")), scene(("A?", "yes")), scene(("A?", "no"))]
+    monkeypatch.setattr(evaluate, "heldout_scenes", lambda domain, count: scenes)
+    assert evaluate.question_only_accuracy("medical", 3) == 0.75
+
+
 def test_question_targets_name_the_object_and_colour_asked():
     assert question_targets("Is the square red?") == (
         KINDS.index("square"),
@@ -72,6 +91,133 @@ def test_question_targets_name_the_object_and_colour_asked():
     assert question_targets("Is there a lesion in the kidney?") == (KINDS.index("kidney"), 0)
     assert question_targets("Write a general description of the image.") == (0, 0)
     assert COLOUR_CLASSES[question_targets("Is the circle yellow?")[1]] == "yellow"
+
+
+def test_box_cells_follow_the_gt_mask_rule():
+    """Cells overlapping a box with positive area, by hand and as ``gt_mask`` marks them."""
+    cells = box_cells([[16.0, 0.0, 33.0, 16.0]]).reshape(GRID, GRID)
+    assert cells.sum() == 2 and cells[0, 1] == cells[0, 2] == 1  # x 33 reaches cell 2
+    assert box_cells([[0.0, 0.0, 16.0, 16.0], [100.0, 100.0, 112.0, 112.0]]).sum() == 2
+    vlm = load_model("tiny:teach", device="cpu")
+    for seed in range(6):
+        scene = make_scene("natural", np.random.default_rng(seed))
+        layout = vlm.prepare(scene.image, "Is there a circle in the image?").layout
+        for obj in scene.objects:
+            assert np.array_equal(
+                box_cells(obj["boxes"]).astype(bool), gt_mask(layout, obj["boxes"])
+            )
+
+
+def test_encoded_turns_carry_their_grounding_targets():
+    """Per turn: the asked object's cells on natural scenes; for an absent object's
+    question, per ``absent_target``, nothing, every object's cells to stay off, or an even
+    spread; nothing on medical scenes."""
+    from vgutils.models.vlm import GENERIC_QUESTION
+    from vgutils.teach.train import (
+        TARGET_BOX,
+        TARGET_NONE,
+        TARGET_OFF,
+        TARGET_UNIFORM,
+        encode_scene,
+    )
+
+    tokenizer = build_processor().tokenizer
+    scene = next(
+        s
+        for seed in range(50)
+        if len((s := make_scene("natural", np.random.default_rng(seed))).objects) == 2
+    )
+    union = box_cells([box for obj in scene.objects for box in obj["boxes"]])
+    none = np.zeros(GRID * GRID)
+    absent_expected = {
+        "none": (TARGET_NONE, none),
+        "off-objects": (TARGET_OFF, union),
+        "uniform": (TARGET_UNIFORM, none),
+    }
+    boxes = {q.question: q.boxes for q in scene.questions}
+    kinds_seen = set()
+    for absent_target, absent_pair in absent_expected.items():
+        ids, _, queries = encode_scene(
+            tokenizer, scene, np.random.default_rng(0), 12, absent_target=absent_target
+        )
+        for position, _, _, aim, *cells in queries:
+            prefix = tokenizer.decode(ids[: position + 1])
+            asked = max([*boxes, GENERIC_QUESTION], key=prefix.rfind)  # the turn's question
+            assert prefix.rfind(asked) >= 0, prefix
+            kinds_seen.add("generic" if asked == GENERIC_QUESTION else bool(boxes[asked]))
+            if asked == GENERIC_QUESTION:
+                expected = (TARGET_NONE, none)
+            elif boxes[asked]:
+                expected = (TARGET_BOX, box_cells(boxes[asked]))
+            else:
+                expected = absent_pair
+            assert aim == expected[0] and np.array_equal(cells, expected[1]), (asked, prefix)
+    assert kinds_seen >= {True, False}  # grounded and absent-object turns both checked
+    medical = make_scene("medical", np.random.default_rng(1))
+    _, _, queries = encode_scene(
+        tokenizer, medical, np.random.default_rng(0), 8, absent_target="uniform"
+    )
+    assert all(aim == TARGET_NONE and not any(cells) for _, _, _, aim, *cells in queries)
+
+
+def test_grounding_loss_by_hand():
+    """One row of 2 text + 4 image tokens, two heads. At token 5 the heads put (0.4, 0.4,
+    0.1, 0.1) and (0.2, 0.2, 0.3, 0.3) on the image: mean (0.3, 0.3, 0.2, 0.2). At token
+    4 both put 0.25 on each image token."""
+    from vgutils.teach.train import TARGET_BOX, TARGET_NONE, TARGET_OFF, TARGET_UNIFORM
+
+    attentions = torch.zeros(1, 2, 6, 6)
+    attentions[0, 0, 5, 2:] = torch.tensor([0.4, 0.4, 0.1, 0.1])
+    attentions[0, 1, 5, 2:] = torch.tensor([0.2, 0.2, 0.3, 0.3])
+    attentions[0, :, 4, 2:] = 0.25
+    image = torch.tensor([[False, False, True, True, True, True]])
+    rows, positions = torch.tensor([0, 0]), torch.tensor([5, 4])
+
+    def loss(targets, cells):
+        questions = (rows, positions, None, None, torch.tensor(targets), torch.tensor(cells))
+        return grounding_loss(attentions, image, questions).item()
+
+    box = [1.0, 1.0, 0.0, 0.0]
+    zero = [0.0] * 4
+    # a box at token 5 (share 0.6); the question at token 4 has no target
+    assert loss([TARGET_BOX, TARGET_NONE], [box, zero]) == pytest.approx(-np.log(0.6))
+    assert loss([TARGET_NONE, TARGET_NONE], [box, zero]) == 0.0
+    # stay off tokens 0 and 3 at token 4: share off them 0.5
+    off = [1.0, 0.0, 0.0, 1.0]
+    assert loss([TARGET_NONE, TARGET_OFF], [zero, off]) == pytest.approx(-np.log(0.5))
+    both = (-np.log(0.6) - np.log(0.5)) / 2
+    assert loss([TARGET_BOX, TARGET_OFF], [box, off]) == pytest.approx(both)
+    # an even spread: KL(uniform || p) is 0 at token 4 and, at token 5, the mean of
+    # 0.25 log(0.25 / p) over p = 0.3, 0.3, 0.2, 0.2
+    assert loss([TARGET_NONE, TARGET_UNIFORM], [zero, zero]) == pytest.approx(0.0, abs=1e-6)
+    kl = 0.25 * sum(np.log(0.25 / p) for p in (0.3, 0.3, 0.2, 0.2))
+    assert loss([TARGET_UNIFORM, TARGET_NONE], [zero, zero]) == pytest.approx(kl)
+
+
+@pytest.mark.parametrize("projector_frozen", [False, True])
+def test_frozen_parts_keep_their_initial_weights(tmp_path, projector_frozen):
+    """Without a warm-up, a frozen vision tower (and projector) is the initialisation's;
+    what is not frozen trains."""
+    recipe = replace(
+        SMOKE,
+        warmup_steps=0,
+        steps=4,
+        freeze_vision_tower=True,
+        freeze_projector=projector_frozen,
+        grounding_loss_weight=1.0,
+        absent_target="uniform",
+    )
+    trained = load_model(str(train_teaching_model(tmp_path / "m", recipe, progress=False)))
+    torch.manual_seed(recipe.seed)
+    initial = build_model(build_processor().tokenizer, recipe.text_init_std).model
+    after = trained.model.model
+    for part in ("vision_tower", "multi_modal_projector", "language_model"):
+        before = getattr(initial, part).state_dict()
+        same = all(torch.equal(getattr(after, part).state_dict()[k], v) for k, v in before.items())
+        frozen = part == "vision_tower" or (part == "multi_modal_projector" and projector_frozen)
+        assert same == frozen, part
+    log = pd.read_csv(tmp_path / "m" / "training_log.csv")
+    assert (log["grounding_loss"] > 0).all()
 
 
 def test_teach_datasets_load_with_boxes():
@@ -186,8 +332,11 @@ def test_acceptance_table_and_seed_summary():
     assert "| ratio_medical | 1.10 | 1.10 | 1.50 | <= 1.2 | 2/3 |" in summary
     assert "| all criteria |  |  |  |  | 2/3 |" in summary
     assert parse_settings(["steps=900", "mc_share=0.5"]) == {"steps": 900, "mc_share": 0.5}
-    with pytest.raises(SystemExit):
-        parse_settings(["stepz=1"])
+    assert parse_settings(["freeze_vision_tower=True"]) == {"freeze_vision_tower": True}
+    assert parse_settings(["freeze_vision_tower=false"]) == {"freeze_vision_tower": False}
+    for wrong in (["stepz=1"], ["freeze_vision_tower=no"], ["steps=many"]):
+        with pytest.raises(SystemExit, match="--set"):
+            parse_settings(wrong)
 
 
 @pytest.mark.slow
@@ -211,3 +360,11 @@ def test_readme_seed_table_is_the_recorded_sweep(capsys, monkeypatch):
     monkeypatch.chdir(repo)
     assert main(["--out", "docs/numbers/teach-seeds", "--summary-only"]) == 0
     assert block.strip() == capsys.readouterr().out.strip()
+    recorded = pd.read_csv(repo / "docs/numbers/teach-seeds/seeds.csv")
+    current = json.dumps(asdict(Recipe()), sort_keys=True)
+    assert sorted(recorded["seed"]) == list(range(10))
+    assert (recorded["recipe"] == current).all(), "the sweep record is another recipe's"
+    trials = repo / "docs/numbers/teach-recipe-trials"
+    listed = (trials / "README.md").read_text()
+    for record in trials.glob("*.csv"):  # every trial is described
+        assert f"| `{record.name}` |" in listed, record.name

@@ -18,6 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     train.add_argument("--smoke", action="store_true", help="the seconds-long CI recipe")
     train.add_argument("--medical-share", type=float, help="share of medical scenes")
     train.add_argument("--steps", type=int, help="LLaVA-stage steps")
+    train.add_argument(
+        "--grounding-loss-weight",
+        type=float,
+        help="weight of the natural-scene grounding loss (0: none; see teach/train.py)",
+    )
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
     train.set_defaults(run=run_train)
@@ -45,6 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
         for k, v in (
             ("medical_share", args.medical_share),
             ("steps", args.steps),
+            ("grounding_loss_weight", args.grounding_loss_weight),
             ("seed", args.seed),
         )
         if v is not None

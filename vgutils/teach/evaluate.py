@@ -15,9 +15,14 @@ seen in training):
 - ``accuracy_natural`` / ``accuracy_medical``: :func:`heldout_accuracy` (greedy answer);
 - ``mc_natural`` / ``mc_medical``: the same questions in multiple-choice form (the
   benchmarks' prompt, answered with a letter: ``teach-mc``), reported, not a criterion.
+
+:func:`question_only_accuracy` is the accuracies' floor of reference: what answering from
+the question text alone scores on the same scenes.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -74,6 +79,18 @@ def heldout_accuracy(vlm, domain: str, count: int = 60) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def question_only_accuracy(domain: str, count: int = 60) -> float:
+    """What the question alone predicts on the held-out scenes of ``domain``: the accuracy
+    of answering each question text with its most frequent answer among the held-out
+    questions of that text (an upper bound for any answer that ignores the image)."""
+    answers: dict[str, Counter] = {}
+    for scene in heldout_scenes(domain, count):
+        for question in scene.questions:
+            answers.setdefault(question.question, Counter())[question.answer] += 1
+    total = sum(sum(counts.values()) for counts in answers.values())
+    return sum(max(counts.values()) for counts in answers.values()) / total
 
 
 def mc_accuracy(vlm, domain: str, count: int = 60) -> pd.DataFrame:

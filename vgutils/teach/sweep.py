@@ -27,7 +27,12 @@ from vgutils.teach.train import Recipe, is_current, train_teaching_model
 
 
 def _value(text: str, like):
-    """``text`` as the type of the recipe field's default ``like``."""
+    """``text`` as the type of the recipe field's default ``like`` (a bool from
+    ``true``/``false``)."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
     return type(like)(text)
 
 
@@ -40,7 +45,10 @@ def parse_settings(pairs: list[str]) -> dict:
         if key not in defaults or not text:
             valid = ", ".join(f.name for f in fields(Recipe))
             raise SystemExit(f"error: --set {pair!r}: expected FIELD=VALUE, FIELD one of {valid}")
-        settings[key] = _value(text, defaults[key])
+        try:
+            settings[key] = _value(text, defaults[key])
+        except ValueError as err:
+            raise SystemExit(f"error: --set {pair!r}: {err}") from None
     return settings
 
 
