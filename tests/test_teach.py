@@ -306,7 +306,7 @@ def test_pin_takes_only_a_model_of_the_recipe(tmp_path):
 def test_acceptance_table_and_seed_summary():
     from vgutils.teach.compare import comparison_table
     from vgutils.teach.evaluate import CRITERIA, MEASURES, passes
-    from vgutils.teach.sweep import format_summary, parse_settings
+    from vgutils.teach.sweep import format_summary, parse_settings, verdict
 
     good = dict.fromkeys(MEASURES, 0.0) | {
         "accuracy_natural": 0.99,
@@ -331,6 +331,14 @@ def test_acceptance_table_and_seed_summary():
     summary = format_summary(pd.DataFrame(rows))
     assert "| ratio_medical | 1.10 | 1.10 | 1.50 | <= 1.2 | 2/3 |" in summary
     assert "| all criteria |  |  |  |  | 2/3 |" in summary
+    assert summary.endswith(
+        "2 of 3 seeds meet every criterion (below the 80% asked); "
+        "the criterion missed most: ratio_medical (1 of 3 seeds)."
+    )
+    assert (
+        verdict(pd.DataFrame(rows[1:]))
+        == "2 of 2 seeds meet every criterion (at least the 80% asked)."
+    )
     assert parse_settings(["steps=900", "mc_share=0.5"]) == {"steps": 900, "mc_share": 0.5}
     assert parse_settings(["freeze_vision_tower=True"]) == {"freeze_vision_tower": True}
     assert parse_settings(["freeze_vision_tower=false"]) == {"freeze_vision_tower": False}

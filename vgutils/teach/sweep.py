@@ -134,7 +134,22 @@ def format_summary(frame: pd.DataFrame) -> str:
         name = row["measure"]
         values = [cell(name, row.get(key, "")) for key in ("min", "median", "max")]
         lines.append(f"| {name} | {' | '.join(values)} | {row['criterion']} | {row['pass']} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", verdict(frame)])
+
+
+def verdict(frame: pd.DataFrame, wanted: float = 0.8) -> str:
+    """One sentence: how many seeds meet every criterion against the share ``wanted``
+    (issue #29: 8 of 10), and the criterion missed by the most seeds."""
+    passing, seeds = int(frame["passes"].astype(bool).sum()), len(frame)
+    missed = {name: int((~frame[f"pass_{name}"].astype(bool)).sum()) for name in CRITERIA}
+    worst = max(missed, key=missed.get)
+    text = (
+        f"{passing} of {seeds} seeds meet every criterion "
+        f"({'at least' if passing >= wanted * seeds else 'below'} the {wanted:.0%} asked)"
+    )
+    if missed[worst]:
+        text += f"; the criterion missed most: {worst} ({missed[worst]} of {seeds} seeds)"
+    return text + "."
 
 
 def _read_rows(path: Path) -> list[dict]:
