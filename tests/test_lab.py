@@ -5,19 +5,14 @@ clean."""
 
 import copy
 import json
-import os
 import runpy
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from lab_server import git, running_lab
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "lab" / "jupyter_server_config.py"
@@ -110,18 +105,6 @@ def test_makefile_lab_uses_the_config():
     assert "--config=lab/jupyter_server_config.py" in recipe
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
 def _request(url: str, method: str = "GET", body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
@@ -141,55 +124,14 @@ def test_lab_save_leaves_git_status_clean(tmp_path):
     shutil.copytree(REPO / "lab", root / "lab", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     shutil.copy(REPO / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
-    _git(root, "init", "-q")
-    _git(root, "add", ".")
-    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
-    for name in ("config", "runtime", "data"):
-        (tmp_path / name).mkdir()
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "config" / "workspaces"),
-    }
-    port, token = _free_port(), secrets.token_hex(16)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            f"--config={root / 'lab' / 'jupyter_server_config.py'}",
-            "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]
-        + (["--allow-root"] if os.geteuid() == 0 else []),
-        cwd=tmp_path,  # not the root: the config sets it
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}/api/contents"
-    auth = f"?token={token}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                listing = _request(f"{base}/{auth}")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    started = (tmp_path / "server.log").read_text()
-                    pytest.fail(f"JupyterLab did not start:\n{started}")
-                time.sleep(0.5)
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+    with running_lab(root, tmp_path) as (server, token):
+        base, auth = f"{server}/api/contents", f"?token={token}"
+        listing = _request(f"{base}/{auth}")
         assert {"notebooks", "lab"} <= {item["name"] for item in listing["content"]}
-        lab_page = urllib.request.urlopen(f"http://127.0.0.1:{port}/lab{auth}", timeout=30)
+        lab_page = urllib.request.urlopen(f"{server}/lab{auth}", timeout=30)
         assert '"preferredPath": "notebooks"' in lab_page.read().decode()  # opened first
 
         url = f"{base}/notebooks/{NOTEBOOK}{auth}"
@@ -200,7 +142,7 @@ def test_lab_save_leaves_git_status_clean(tmp_path):
         on_disk = json.loads((root / "notebooks" / NOTEBOOK).read_text())
         assert all(not c.get("outputs") for c in on_disk["cells"])
         _request(f"{base}/notebooks/{NOTEBOOK}/checkpoints{auth}", "POST")
-        assert _git(root, "status", "--porcelain", "--untracked-files=all") == ""
+        assert git(root, "status", "--porcelain", "--untracked-files=all") == ""
 
         # the executed copies under build/ are reachable and keep their outputs
         _request(f"{base}/build{auth}", "PUT", {"type": "directory"})
@@ -210,11 +152,4 @@ def test_lab_save_leaves_git_status_clean(tmp_path):
         _request(executed, "PUT", {"type": "notebook", "format": "json", "content": ran})
         kept = json.loads((root / "build" / "default" / "notebooks" / NOTEBOOK).read_text())
         assert [c.get("outputs") for c in kept["cells"]] == [c.get("outputs") for c in ran["cells"]]
-        assert _git(root, "status", "--porcelain", "--untracked-files=all") == ""
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        assert git(root, "status", "--porcelain", "--untracked-files=all") == ""

@@ -13,17 +13,13 @@ excluded from ``make test``.
 
 import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from lab_server import git, running_lab
 
 pytestmark = pytest.mark.ui
 
@@ -83,12 +79,6 @@ RUN_ALL = "05_clinician_ratings.ipynb"
 """A committed notebook that runs in seconds: Run All, save, and git sees no change."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _notebook(path: Path, source: str) -> None:
     """A one-cell notebook, written as Jupyter writes it (nbformat's layout)."""
     import nbformat
@@ -105,12 +95,6 @@ def _notebook(path: Path, source: str) -> None:
     nbformat.write(notebook, path)
 
 
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
 @pytest.fixture(scope="module")
 def lab():
     """JupyterLab as ``make lab`` starts it (``--config=lab/jupyter_server_config.py``:
@@ -122,71 +106,26 @@ def lab():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api")
     root = Path(tempfile.mkdtemp(prefix="vgutils-ui-"))
-    for name in ("config", "runtime", "data"):
-        (root / name).mkdir()
     repo = root / "repo"
     shutil.copytree(REPO / "lab", repo / "lab", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".gitignore", repo / ".gitignore")
     _notebook(repo / "notebooks" / "rate.ipynb", RATE_NOTEBOOK)
     shutil.copy(REPO / "notebooks" / RUN_ALL, repo / "notebooks" / RUN_ALL)
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=ui", "-c", "user.email=ui@test", "commit", "-qm", "copy")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=ui", "-c", "user.email=ui@test", "commit", "-qm", "copy")
     executed = REPO / "build" / "default" / "notebooks" / "02_layer_curves.ipynb"
     if executed.exists():
         (repo / "build" / "default" / "notebooks").mkdir(parents=True)
         shutil.copy(executed, repo / "build" / "default" / "notebooks")
-    port, token = _free_port(), secrets.token_hex(16)
     env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / "config" / "workspaces"),
         "VGUTILS_RESULTS": str(repo / "results"),  # a clone's results root
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            f"--config={repo / 'lab' / 'jupyter_server_config.py'}",
-            "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]
-        + (["--allow-root"] if os.geteuid() == 0 else []),
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("JupyterLab did not start:\n" + (root / "server.log").read_text())
-            time.sleep(0.5)
     try:
-        yield base, token, repo
+        with running_lab(repo, root, env) as (base, token):
+            yield base, token, repo
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -353,8 +292,8 @@ def test_rating_widget_in_a_browser(lab, browser_page):
     _save(page, committed)
     on_disk = json.loads(committed.read_text())
     assert all(not c["outputs"] for c in on_disk["cells"]), on_disk
-    status = _git(repo, "status", "--porcelain", "--untracked-files=all")
-    assert status == "", status + _git(repo, "diff")
+    status = git(repo, "status", "--porcelain", "--untracked-files=all")
+    assert status == "", status + git(repo, "diff")
     print(f"rating widget driven in {time.monotonic() - started:.1f} s")
 
 
@@ -387,8 +326,8 @@ def test_committed_notebook_run_all_and_saved_leaves_git_clean(lab, browser_page
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     page.screenshot(path=SCREENSHOTS / "run_all_05.png")
     _save(page, repo / "notebooks" / RUN_ALL)
-    status = _git(repo, "status", "--porcelain", "--untracked-files=all")
-    assert status == "", status + _git(repo, "diff")
+    status = git(repo, "status", "--porcelain", "--untracked-files=all")
+    assert status == "", status + git(repo, "diff")
 
 
 def test_executed_notebook_shows_its_figure(lab, browser_page):
