@@ -91,3 +91,63 @@ def test_vqa_cli_refine_and_resume(tmp_path, capsys):
     assert main(args) == 0  # complete: nothing recomputed, same file
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "vqa" / "answers.parquet"), answers)
     assert main([*args[:-2], "--max-new-tokens", "5"]) == 2  # other options: refused
+
+
+# --- the model's revision (pinned like extraction's) ---------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Loaded(Exception):
+    """Raised by the stand-in load_model: the run got as far as loading the model."""
+
+
+def test_vqa_and_mc_runs_load_and_record_the_pinned_revision(tmp_path, monkeypatch):
+    import vgutils.mc_eval
+    import vgutils.models.loading
+    import vgutils.vqa
+    from vgutils.mc_eval import MCOptions, run_mc
+    from vgutils.vqa import VQAOptions, run_vqa
+
+    loaded = []
+
+    def load_model(name, **kwargs):
+        loaded.append(kwargs)
+        raise Loaded
+
+    def model_identity(name, revision=None):  # a Hub model's: the commit it resolves to
+        return {"model": name, "model_revision": revision}
+
+    monkeypatch.setattr(vgutils.models.loading, "load_model", load_model)
+    monkeypatch.setattr(vgutils.vqa, "model_identity", model_identity)
+    monkeypatch.setattr(vgutils.mc_eval, "model_identity", model_identity)
+    pinned = {"revision": COMMIT, "trust_remote_code": True}
+    with pytest.raises(Loaded):
+        run_vqa(VQAOptions("tiny:llava", "sample-natural", limit=1, **pinned), tmp_path / "vqa")
+    mc = MCOptions("tiny:llava", "teach-mc", datasets=("teach-medical",), limit=1, **pinned)
+    with pytest.raises(Loaded):
+        run_mc(mc, tmp_path / "mc", progress=False)
+    assert [{k: kwargs[k] for k in pinned} for kwargs in loaded] == [pinned, pinned]
+    for folder in ("vqa", "mc"):
+        run = json.loads((tmp_path / folder / "run.json").read_text())
+        assert run["identity"]["model_revision"] == COMMIT
+        assert {k: run["options"][k] for k in pinned} == pinned
+
+
+def test_a_run_recorded_before_the_revision_option_resumes(tmp_path):
+    """A run.json without ``revision`` / ``trust_remote_code`` was made at their defaults:
+    it resumes under them, and is refused under a pinned revision."""
+    from dataclasses import replace
+
+    from vgutils.results import RunMismatch
+    from vgutils.vqa import VQAOptions, run_vqa
+
+    out = tmp_path / "vqa"
+    options = VQAOptions("tiny:llava", "sample-natural", limit=1, max_new_tokens=1)
+    answers = run_vqa(options, out, progress=False)[0]
+    run = json.loads((out / "run.json").read_text())
+    del run["options"]["revision"], run["options"]["trust_remote_code"]
+    (out / "run.json").write_text(json.dumps(run))
+    pd.testing.assert_frame_equal(run_vqa(options, out, progress=False)[0], answers)
+    with pytest.raises(RunMismatch, match="revision: folder has None, now 'main'"):
+        run_vqa(replace(options, revision="main"), out, progress=False)

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from vgutils import checks
 from vgutils.benchmarks import (
     MCRecord,
     benchmark_file,
@@ -60,7 +61,7 @@ from vgutils.results import (
     partial_answers,
     split_work,
 )
-from vgutils.runner import code_fingerprint, package_versions
+from vgutils.runner import code_fingerprint, model_identity, package_versions
 
 DECODINGS = _DECODINGS
 """The decodings by name (:data:`vgutils.protocols.DECODINGS`). ``greedy-1``: the
@@ -80,7 +81,8 @@ class MCOptions:
     left ``None`` take the ``protocol``'s value (per family where it says): ``decoding``
     (else ``greedy-1``), the processor kwargs (explicit keys win), ``image_resize``,
     ``image_mode``, ``attention_precision``, and in ``refine`` (:class:`vgutils.refine.
-    RefineSettings`) every VGRefine setting."""
+    RefineSettings`) every VGRefine setting. ``revision``: the model's Hub revision
+    (``trust_remote_code`` needs a commit hash)."""
 
     model: str
     benchmark: str  # manifest name (medical-mc, teach-mc) or the json / its folder
@@ -96,6 +98,8 @@ class MCOptions:
     image_resize: str | None = None
     image_mode: str | None = None
     attention_precision: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
 
 
 def mc_decoding(options: MCOptions, family: str | None = None) -> str:
@@ -107,7 +111,7 @@ def mc_decoding(options: MCOptions, family: str | None = None) -> str:
     if options.decoding:
         return options.decoding
     if family is None and protocol.needs_family:
-        family = model_family(options.model)
+        family = model_family(options.model, options.revision, options.trust_remote_code)
     return protocol.for_family("decoding", family) or "greedy-1"
 
 
@@ -124,7 +128,11 @@ def resolve_mc_options(options: MCOptions) -> MCOptions:
     if options.refine is not None:  # no boxes here: heads and random only
         options.refine.check_triage(has_boxes=False)
     explicit_resize = options.image_resize == "qwen_vl_utils"
-    family = model_family(options.model) if protocol.needs_family or explicit_resize else None
+    family = (
+        model_family(options.model, options.revision, options.trust_remote_code)
+        if protocol.needs_family or explicit_resize
+        else None
+    )
     return replace(
         options,
         protocol=protocol.name,
@@ -166,16 +174,6 @@ def _mc_code_fingerprint() -> str:
     for name in ("benchmarks.py", "mc_eval.py", "refine.py"):
         digest.update((root / name).read_bytes())
     return digest.hexdigest()
-
-
-def _model_identity(model: str) -> dict:
-    """The model folder's hash when the model is local (a retrained teaching model
-    recomputes), else its name."""
-    from vgutils.models.sources import resolve
-    from vgutils.runner import folder_hash
-
-    folder = Path(resolve(model))
-    return {"model_folder_sha256": folder_hash(folder)} if folder.is_dir() else {}
 
 
 def generate(vlm, prepared, decoding: str, seed: int) -> str:
@@ -266,8 +264,9 @@ def run_mc(
         text_rows_after_image,
         triage,
     )
-    from vgutils.vqa import load_run_model, options_record
+    from vgutils.vqa import ADDED_OPTIONS, load_run_model, options_record
 
+    checks.remote_code(options.trust_remote_code, options.revision)
     if options.refine is not None and not isinstance(options.refine, RefineSettings):
         raise UsageError("MCOptions.refine: a vgutils.refine.RefineSettings (or None)")
     options = resolve_mc_options(options)
@@ -284,7 +283,7 @@ def run_mc(
     identity = {
         "benchmark_sha256": sha256(path),
         "code_sha256": _mc_code_fingerprint(),
-        **_model_identity(options.model),
+        **model_identity(options.model, options.revision),
     }
     run = store.open(
         options_record(options),
@@ -293,6 +292,7 @@ def run_mc(
         keys=[item.id for item in records],
         plan={"questions": len(records)},
         replace_stale=replace_stale,
+        option_defaults=ADDED_OPTIONS,
     )
     text = "".join(f"{p}\n" for p in problems)
     atomic_write_bytes(store.folder / "problems.txt", text.encode())  # every rank: the same

@@ -503,6 +503,7 @@ class RunStore:
         keys: list[str] | None = None,
         plan: dict | None = None,
         replace_stale: bool = False,
+        option_defaults: dict | None = None,
     ) -> dict:
         """Lock the folder, then start or resume: returns run.json's content. Raises
         ``RunMismatch`` naming what differs when the folder holds a run made with other
@@ -513,7 +514,9 @@ class RunStore:
         complete when each is done); ``plan``: the counts known before any work (e.g.
         ``{"samples": 512}``), kept in run.json for the merge. ``replace_stale``: a
         folder holding a run made with other options, model, data or code, that no other
-        process writes, is emptied and started afresh (``self.replaced`` says why)."""
+        process writes, is emptied and started afresh (``self.replaced`` says why).
+        ``option_defaults``: options added since runs were first recorded, each with the
+        value that a run.json lacking it was made with (such a run resumes)."""
         if retry_errors and self.shard:
             raise UsageError(
                 "--retry-errors: run it in one process, not under a launcher (every rank "
@@ -521,12 +524,22 @@ class RunStore:
             )
         self.lock()
         with self.state_lock():  # ranks join one at a time
+            defaults = option_defaults or {}
             if replace_stale:
-                self._replace_stale(options, identity, images, retry_errors)
-            return self._open(options, identity, versions, images, retry_errors, keys, plan)
+                self._replace_stale(options, identity, images, retry_errors, defaults)
+            return self._open(
+                options, identity, versions, images, retry_errors, keys, plan, defaults
+            )
 
-    def _replace_stale(self, options, identity, images, retry_errors) -> None:
-        existing = self.read_run()
+    def _recorded_run(self, option_defaults: dict) -> dict | None:
+        """run.json (None if absent), its options completed with ``option_defaults``."""
+        run = self.read_run()
+        if run is not None:
+            run["options"] = {**option_defaults, **run["options"]}
+        return run
+
+    def _replace_stale(self, options, identity, images, retry_errors, option_defaults) -> None:
+        existing = self._recorded_run(option_defaults)
         if existing is None:
             return
         try:
@@ -537,8 +550,10 @@ class RunStore:
             self.replaced = str(err)
             self._empty()
 
-    def _open(self, options, identity, versions, images, retry_errors, keys, plan) -> dict:
-        existing = self.read_run()
+    def _open(
+        self, options, identity, versions, images, retry_errors, keys, plan, option_defaults
+    ) -> dict:
+        existing = self._recorded_run(option_defaults)
         if existing is None:
             leftovers = [p.name for p in self._result_files()]
             if leftovers:

@@ -75,7 +75,8 @@ class VQAOptions:
     ``protocol``'s value (:mod:`vgutils.protocols`), per family where the protocol says:
     ``decoding`` (a :data:`vgutils.protocols.DECODINGS` name), ``max_new_tokens``
     (explicit wins over the decoding's), the processor kwargs (explicit keys win),
-    ``image_resize``, ``image_mode``, ``attention_precision`` and ``box_overhang``."""
+    ``image_resize``, ``image_mode``, ``attention_precision`` and ``box_overhang``.
+    ``revision``: the model's Hub revision (``trust_remote_code`` needs a commit hash)."""
 
     model: str
     dataset: str
@@ -92,6 +93,14 @@ class VQAOptions:
     image_mode: str | None = None
     attention_precision: str | None = None
     box_overhang: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+ADDED_OPTIONS = {"revision": None, "trust_remote_code": False}
+"""Options of VQA and multiple-choice runs added after such runs were first recorded,
+with the value a ``run.json`` that lacks them was made with (:meth:`vgutils.results.
+RunStore.open`'s ``option_defaults``: such a run resumes)."""
 
 
 def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
@@ -109,7 +118,11 @@ def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
     protocol = get_protocol(options.protocol)
     check_settings(decoding=options.decoding)
     explicit_resize = options.image_resize == "qwen_vl_utils"
-    family = model_family(options.model) if protocol.needs_family or explicit_resize else None
+    family = (
+        model_family(options.model, options.revision, options.trust_remote_code)
+        if protocol.needs_family or explicit_resize
+        else None
+    )
     decoding = options.decoding or protocol.for_family("decoding", family) or "greedy"
     max_new_tokens = options.max_new_tokens
     if max_new_tokens is None:
@@ -125,15 +138,17 @@ def resolve_vqa_options(options: VQAOptions) -> VQAOptions:
 
 
 def load_run_model(options, device: str, progress: bool = False):
-    """The model of a VQA or multiple-choice run (resolved ``options``), loaded with its
-    protocol's processor and capture settings; VGRefine's heads and layers checked
-    against it (and described when ``progress``)."""
+    """The model of a VQA or multiple-choice run (resolved ``options``) at its revision,
+    loaded with its protocol's processor and capture settings; VGRefine's heads and
+    layers checked against it (and described when ``progress``)."""
     from vgutils.models.loading import load_model
 
     vlm = load_model(
         options.model,
         device=device,
         dtype=options.dtype,
+        revision=options.revision,
+        trust_remote_code=options.trust_remote_code,
         processor_kwargs=options.processor_kwargs,
         image_resize=options.image_resize,
         attention_precision=options.attention_precision,
@@ -206,6 +221,7 @@ def run_vqa(
     from vgutils.models.sources import check_model_name
     from vgutils.protocols import DECODINGS
 
+    checks.remote_code(options.trust_remote_code, options.revision)
     started = time.perf_counter()
     check_model_name(options.model)
     if options.refine is not None and not isinstance(options.refine, RefineSettings):
@@ -227,7 +243,7 @@ def run_vqa(
     if changed:
         raise DataError(next(iter(changed.values())))
     identity = {
-        **model_identity(options.model),
+        **model_identity(options.model, options.revision),
         "dataset_sha256": sha256(dataset.jsonl),
         "images_sha256": images_digest(images),
         "code_sha256": code_fingerprint(),
@@ -239,6 +255,7 @@ def run_vqa(
         images=images,
         keys=[s.id for s in samples],
         plan={"samples": len(samples)},
+        option_defaults=ADDED_OPTIONS,
     )
     done = store.done_ids()
     groups = group_by_image(samples)
