@@ -149,3 +149,29 @@ def test_teach_train_passes_the_recipe_changes(capsys, monkeypatch, tmp_path):
     assert run(capsys, "teach", "train", *argv)[0] == 0
     expected = replace(train.Recipe(), grounding_loss_weight=0.0, medical_share=0.5, seed=3)
     assert seen == [expected]
+
+
+def test_vqa_takes_the_revision_and_remote_code(capsys, monkeypatch, tmp_path):
+    """``vqa`` (free text and ``--benchmark``) passes ``--revision`` and
+    ``--trust-remote-code`` into the run's options, like ``extract``."""
+    import pandas as pd
+
+    import vgutils.mc_eval
+    import vgutils.vqa
+
+    seen = []
+
+    def fake_run(options, out, **kwargs):
+        seen.append(options)
+        return pd.DataFrame(), None, 0.0  # as a rank whose share is done
+
+    monkeypatch.setattr(vgutils.vqa, "run_vqa", fake_run)
+    monkeypatch.setattr(vgutils.mc_eval, "run_mc", fake_run)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    argv = ["vqa", "--model", "m", "--out", tmp_path, "--revision", commit, "--trust-remote-code"]
+    assert run(capsys, *argv, "--dataset", "d.jsonl")[0] == 0
+    assert run(capsys, *argv, "--benchmark", "teach-mc")[0] == 0
+    assert [type(o).__name__ for o in seen] == ["VQAOptions", "MCOptions"]
+    assert {(o.revision, o.trust_remote_code) for o in seen} == {(commit, True)}
+    assert run(capsys, *argv[:-3], "--dataset", "d.jsonl")[0] == 0
+    assert (seen[-1].revision, seen[-1].trust_remote_code) == (None, False)

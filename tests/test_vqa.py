@@ -134,6 +134,17 @@ def test_vqa_and_mc_runs_load_and_record_the_pinned_revision(tmp_path, monkeypat
         assert {k: run["options"][k] for k in pinned} == pinned
 
 
+@pytest.mark.parametrize("data", [["--dataset", "sample-natural"], ["--benchmark", "teach-mc"]])
+def test_remote_code_without_a_pinned_revision_fails_before_any_work(tmp_path, capsys, data):
+    args = ["vqa", "--model", "tiny:llava", *data, "--trust-remote-code"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--trust-remote-code needs --revision" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()  # nothing hashed, locked or written
+    assert main([*args, "--revision", "main", "--out", str(tmp_path / "r")]) == 2
+    assert "a commit hash" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_a_run_recorded_before_the_revision_option_resumes(tmp_path):
     """A run.json without ``revision`` / ``trust_remote_code`` was made at their defaults:
     it resumes under them, and is refused under a pinned revision."""

@@ -17,6 +17,7 @@ from vgutils.cli.options import (
     add_limit,
     add_model,
     add_protocol,
+    add_revision,
 )
 
 
@@ -54,8 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--heads", action="store_true", help="also per-head metrics")
     parser.add_argument("--save-maps", action="store_true", help="keep per-sample maps")
     add_device_dtype(parser)
-    parser.add_argument("--revision", help="model revision (commit hash)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_revision(parser)
     parser.add_argument(
         "--retry-errors", action="store_true", help="compute the skipped samples again"
     )

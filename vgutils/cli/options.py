@@ -74,6 +74,13 @@ def add_model(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     parser.add_argument("--model", required=True, help=help)
 
 
+def add_revision(parser: argparse.ArgumentParser) -> None:
+    """``--revision`` and ``--trust-remote-code`` of the model (the latter needs the former
+    pinned to a commit: :func:`vgutils.checks.remote_code`)."""
+    parser.add_argument("--revision", help="model revision (commit hash)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
 def add_dataset_layout(parser: argparse.ArgumentParser, bbox_format: bool = True) -> None:
     """``--image-root`` and (unless ``bbox_format`` is false) ``--bbox-format``: how a
     dataset's rows are read."""

@@ -20,6 +20,7 @@ from vgutils.cli.options import (
     add_model,
     add_protocol,
     add_refine,
+    add_revision,
 )
 from vgutils.errors import UsageError
 from vgutils.protocols import DECODINGS
@@ -35,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_limit(parser)
     add_dataset_layout(parser)
     add_device_dtype(parser, documented=False)
+    add_revision(parser)
     parser.add_argument(
         "--decoding",
         choices=tuple(DECODINGS),
@@ -90,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         processor_kwargs=_processor_kwargs(args),
         decoding=args.decoding,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
         **_protocol_settings(args),
     )
     answers, table, seconds = run_vqa(options, args.out, device=args.device, shard=started.shard)
@@ -129,6 +133,8 @@ def _run_benchmark(args: argparse.Namespace, started) -> int:
         limit=args.limit,
         dtype=args.dtype,
         processor_kwargs=_processor_kwargs(args),
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
         **settings,
     )
     answers, table, seconds = run_mc(
