@@ -162,3 +162,33 @@ def test_a_run_recorded_before_the_revision_option_resumes(tmp_path):
     pd.testing.assert_frame_equal(run_vqa(options, out, progress=False)[0], answers)
     with pytest.raises(RunMismatch, match="revision: folder has None, now 'main'"):
         run_vqa(replace(options, revision="main"), out, progress=False)
+
+
+def test_the_profiles_revisions_pin_its_vqa_and_mc_runs(monkeypatch):
+    import vgutils.figdata
+    import vgutils.jobs
+    import vgutils.mc_eval
+    import vgutils.sensitivity
+    from vgutils.figdata import refine_options
+    from vgutils.jobs import load_profile
+    from vgutils.mc_report import benchmark_options
+    from vgutils.sensitivity import prompt_suffix_effect
+
+    settings = {**load_profile("smoke"), "revisions": {"tiny:llava": COMMIT}}
+    for module in (vgutils.jobs, vgutils.figdata, vgutils.sensitivity):
+        monkeypatch.setattr(module, "load_profile", lambda profile: settings)
+    given = {"model": "tiny:llava", "heads": [[0, 1]], "layers": [1]}
+    assert refine_options("smoke", given, "sample-natural").revision == COMMIT
+    spec = {"benchmark": "teach-mc"}
+    assert benchmark_options("smoke", spec, {"model": "tiny:llava"}).revision == COMMIT
+    assert benchmark_options("smoke", spec, {"model": "tiny:gemma3"}).revision is None
+    asked = []
+
+    def run_mc(options, folder, **kwargs):
+        asked.append(options)
+        raise Loaded
+
+    monkeypatch.setattr(vgutils.mc_eval, "run_mc", run_mc)
+    with pytest.raises(Loaded):
+        prompt_suffix_effect("smoke", {**given, "benchmark": "teach-mc"})
+    assert asked[0].revision == COMMIT

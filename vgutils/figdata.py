@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vgutils.data import load_dataset, load_image, resolve_dataset
-from vgutils.jobs import find_job, job_dir, load_jobs_metrics, load_profile
+from vgutils.jobs import find_job, job_dir, load_jobs_metrics, load_profile, profile_revision
 from vgutils.plots import model_label
 from vgutils.results import load_maps, load_metrics
 from vgutils.stats import LOWER_IS_BETTER, best_layers, domain_difference, layer_curves
@@ -347,10 +347,12 @@ def refine_options(profile: str, spec: dict, dataset: str, protocol: str | None 
     ``protocol`` (default: the profile's): the protocol's settings, with the ones ``spec``
     sets (:func:`refine_settings`, ``max_new_tokens``, ``decoding``) overriding them; given
     ``heads`` and ``layers`` apply under every protocol. Heads not given are ranked on the
-    calibration job of the same protocol, else of the profile's protocol."""
+    calibration job of the same protocol, else of the profile's protocol. The model: at
+    the profile's revision."""
     from vgutils.vqa import VQAOptions, resolve_vqa_options
 
-    protocol = protocol or load_profile(profile).get("protocol", "corrected")
+    settings = load_profile(profile)
+    protocol = protocol or settings.get("protocol", "corrected")
     model = spec["model"]
     heads_from = None
     if spec.get("calibration"):
@@ -368,6 +370,7 @@ def refine_options(profile: str, spec: dict, dataset: str, protocol: str | None 
             decoding=spec.get("decoding"),
             limit=spec.get("limit"),
             protocol=protocol,
+            revision=profile_revision(settings, model),
         )
     )
 
@@ -388,19 +391,12 @@ def refine_cases(profile: str, spec: dict, protocol: str | None = None) -> list[
     side."""
     from dataclasses import replace
 
-    from vgutils.models import load_model
     from vgutils.protocols import DECODINGS
+    from vgutils.vqa import load_run_model
 
     options = refine_options(profile, spec, spec["calibration"], protocol)
-    vlm = load_model(
-        options.model,
-        device=spec.get("device", "auto"),
-        processor_kwargs=options.processor_kwargs,
-        image_resize=options.image_resize,
-        attention_precision=options.attention_precision,
-    )
+    vlm = load_run_model(options, spec.get("device", "auto"))
     refine = options.refine
-    refine.check_model(vlm)
     layers = list(refine.layers)
     rows = []
     for dataset, chosen in spec["cases"].items():

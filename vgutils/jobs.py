@@ -261,6 +261,11 @@ def device_for(settings: dict, device_map: str | None) -> str:
     return "balanced" if device_map == "auto" else settings.get("device", "auto")
 
 
+def profile_revision(settings: dict, model: str) -> str | None:
+    """The Hub commit the profile's ``revisions`` pin ``model`` to (None: the newest)."""
+    return (settings.get("revisions") or {}).get(model)
+
+
 def job_dir(profile: str, job: Job) -> Path:
     return results_dir(profile) / job.name
 
@@ -302,7 +307,7 @@ def ensure_results(
             protocol=job.protocol,
             box_mapping=job.box_mapping,
             processor_kwargs=dict(job.processor) or None,
-            revision=(settings.get("revisions") or {}).get(job.model),
+            revision=profile_revision(settings, job.model),
         )
         folder = job_dir(profile, job)
         run = dict(

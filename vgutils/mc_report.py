@@ -97,12 +97,13 @@ def benchmark_options(profile: str, spec: dict, run: dict):
     profile's), ``decoding``, and the VGRefine settings (``heads``, ``layers``, ``top_k``,
     ``percentile``, ``denominator``, ``include_generated``, ``prompt_suffix``, ``triage``:
     ``heads`` or ``random`` here, no boxes; ``draws``, ``seed``); heads not given are
-    ranked on the run's ``calibration`` job."""
-    from vgutils.jobs import find_job, job_dir, load_profile
+    ranked on the run's ``calibration`` job. The model: at the profile's revision."""
+    from vgutils.jobs import find_job, job_dir, load_profile, profile_revision
     from vgutils.mc_eval import MCOptions
     from vgutils.refine import RefineSettings
 
-    profile_protocol = load_profile(profile).get("protocol", "corrected")
+    settings = load_profile(profile)
+    profile_protocol = settings.get("protocol", "corrected")
     protocol = run.get("protocol", spec.get("protocol", profile_protocol))
     refine = None
     if run.get("refine"):
@@ -124,6 +125,7 @@ def benchmark_options(profile: str, spec: dict, run: dict):
         refine=refine,
         protocol=protocol,
         limit=spec.get("limit"),
+        revision=profile_revision(settings, run["model"]),
     )
 
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from vgutils.data import load_dataset, load_image
 from vgutils.figdata import curves
-from vgutils.jobs import Job, find_job, job_dir
+from vgutils.jobs import Job, find_job, job_dir, load_profile, profile_revision
 from vgutils.metrics import gt_mask
 from vgutils.paths import results_dir
 from vgutils.results import load_metrics
@@ -552,7 +552,8 @@ def prompt_suffix_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
     against ``corrected`` with the authors' ``refine_prompt_suffix`` (" Answer the
     question using a single word or phrase." after the multiple-choice prompt). ``spec``:
     ``model``, ``benchmark``, ``benchmark_datasets``, the VGRefine settings (``heads`` and
-    ``layers`` given, or ``calibration`` and ``top_k``), ``limit``.
+    ``layers`` given, or ``calibration`` and ``top_k``), ``limit``; the model at the
+    profile's revision.
     Returns the paired difference of VGRefine accuracy (intended fallback) and the share
     of VGRefine answers that change."""
     from vgutils.mc_eval import MCOptions, run_mc
@@ -564,6 +565,7 @@ def prompt_suffix_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
     if not spec.get("heads"):  # ranked on the profile's calibration job
         heads_from = str(job_dir(profile, find_job(profile, spec["model"], spec["calibration"])))
     given = RefineSettings.from_spec(spec, heads_from)
+    revision = profile_revision(load_profile(profile), spec["model"])
     answers = {}
     for setting, suffix in ((CORRECTED, None), (AUTHORS, REFINE_PROMPT_SUFFIX)):
         refine = replace(given, prompt_suffix=suffix)
@@ -574,6 +576,7 @@ def prompt_suffix_effect(profile: str, spec: dict, n_boot: int = 2000) -> dict:
             datasets=tuple(subsets) if subsets else None,
             refine=refine,
             limit=spec.get("limit"),
+            revision=revision,
         )
         slug = Job(spec["model"], spec["benchmark"]).name
         folder = results_dir(profile) / f"mc__{slug}__sensitivity-suffix-{setting}"
