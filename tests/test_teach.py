@@ -17,7 +17,7 @@ from vgutils.data.manifest import read_registry, sha256
 from vgutils.errors import DataError
 from vgutils.metrics import gt_mask
 from vgutils.models import load_model
-from vgutils.teach.scenes import COLOURS, make_scene
+from vgutils.teach.scenes import COLOURS, ORGANS, make_scene
 from vgutils.teach.train import (
     COLOUR_CLASSES,
     GRID,
@@ -29,6 +29,7 @@ from vgutils.teach.train import (
     build_processor,
     grounding_loss,
     is_current,
+    layers_grounding_loss,
     patch_labels,
     question_targets,
     train_teaching_model,
@@ -91,6 +92,11 @@ def test_question_targets_name_the_object_and_colour_asked():
     assert question_targets("Is there a lesion in the kidney?") == (KINDS.index("kidney"), 0)
     assert question_targets("Write a general description of the image.") == (0, 0)
     assert COLOUR_CLASSES[question_targets("Is the circle yellow?")[1]] == "yellow"
+    # organs=False: an organ is named as nothing, a shape still by its name
+    assert question_targets("Is there a lesion in the kidney?", organs=False) == (0, 0)
+    assert question_targets("Is the square red?", organs=False) == question_targets(
+        "Is the square red?"
+    )
 
 
 def test_box_cells_follow_the_gt_mask_rule():
@@ -112,7 +118,7 @@ def test_encoded_turns_carry_their_grounding_targets():
     """Per turn: the asked object's cells on natural scenes; for an absent object's
     question, per ``absent_target``, nothing, every object's cells to stay off, or an even
     spread; nothing on medical scenes."""
-    from vgutils.models.vlm import GENERIC_QUESTION
+    from vgutils.models.vlm import ANSWER_INSTRUCTION, GENERIC_QUESTION
     from vgutils.teach.train import (
         TARGET_BOX,
         TARGET_NONE,
@@ -158,6 +164,24 @@ def test_encoded_turns_carry_their_grounding_targets():
         tokenizer, medical, np.random.default_rng(0), 8, absent_target="uniform"
     )
     assert all(aim == TARGET_NONE and not any(cells) for _, _, _, aim, *cells in queries)
+    named = {kind for _, kind, *_ in queries}
+    assert named - {0} <= {KINDS.index(organ) for organ in ORGANS} and named - {0}
+    _, _, unnamed = encode_scene(
+        tokenizer, medical, np.random.default_rng(0), 8, name_organs=False
+    )  # the question head names no organ
+    assert {kind for _, kind, *_ in unnamed} == {0}
+    aims = set()  # an even spread asked of every scan question, none of the generic prompt
+    for seed in range(6):
+        ids, _, spread = encode_scene(
+            tokenizer, medical, np.random.default_rng(seed), 8, medical_target="uniform"
+        )
+        for position, _, _, aim, *cells in spread:
+            generic = tokenizer.decode(ids[: position + 1]).endswith(
+                f"{GENERIC_QUESTION} {ANSWER_INSTRUCTION} ASSISTANT:"
+            )
+            assert aim == (TARGET_NONE if generic else TARGET_UNIFORM) and not any(cells)
+            aims.add(aim)
+    assert aims == {TARGET_UNIFORM, TARGET_NONE}
 
 
 def test_grounding_loss_by_hand():
@@ -192,6 +216,13 @@ def test_grounding_loss_by_hand():
     assert loss([TARGET_NONE, TARGET_UNIFORM], [zero, zero]) == pytest.approx(0.0, abs=1e-6)
     kl = 0.25 * sum(np.log(0.25 / p) for p in (0.3, 0.3, 0.2, 0.2))
     assert loss([TARGET_UNIFORM, TARGET_NONE], [zero, zero]) == pytest.approx(kl)
+    # over layers: the mean of each layer's loss (layer 1 here: even attention, KL 0)
+    targets = torch.tensor([TARGET_UNIFORM, TARGET_NONE])
+    questions = (rows, positions, None, None, targets, torch.zeros(2, 4))
+    even = torch.full_like(attentions, 1 / 6)
+    layered = (even, attentions, even)
+    assert layers_grounding_loss(layered, (1,), image, questions).item() == pytest.approx(kl)
+    assert layers_grounding_loss(layered, (1, 2), image, questions).item() == pytest.approx(kl / 2)
 
 
 @pytest.mark.parametrize("projector_frozen", [False, True])
@@ -342,7 +373,13 @@ def test_acceptance_table_and_seed_summary():
     assert parse_settings(["steps=900", "mc_share=0.5"]) == {"steps": 900, "mc_share": 0.5}
     assert parse_settings(["freeze_vision_tower=True"]) == {"freeze_vision_tower": True}
     assert parse_settings(["freeze_vision_tower=false"]) == {"freeze_vision_tower": False}
-    for wrong in (["stepz=1"], ["freeze_vision_tower=no"], ["steps=many"]):
+    assert parse_settings(["grounding_layers=1,2"]) == {"grounding_layers": (1, 2)}
+    for wrong in (
+        ["stepz=1"],
+        ["freeze_vision_tower=no"],
+        ["steps=many"],
+        ["grounding_layers=1,x"],
+    ):
         with pytest.raises(SystemExit, match="--set"):
             parse_settings(wrong)
 

@@ -28,7 +28,9 @@ from vgutils.teach.train import Recipe, is_current, train_teaching_model
 
 def _value(text: str, like):
     """``text`` as the type of the recipe field's default ``like`` (a bool from
-    ``true``/``false``)."""
+    ``true``/``false``, a tuple from comma-separated values)."""
+    if isinstance(like, tuple):
+        return tuple(type(like[0])(part) for part in text.split(","))
     if isinstance(like, bool):
         if text.lower() not in ("true", "false"):
             raise ValueError(f"expected true or false, got {text!r}")

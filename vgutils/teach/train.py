@@ -113,6 +113,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vgutils.benchmarks import LETTERS, mc_prompt_text
+from vgutils.geometry import TokenLayout, grid_boxes
+from vgutils.metrics import gt_mask
 from vgutils.models.vlm import ANSWER_INSTRUCTION, GENERIC_QUESTION
 from vgutils.teach.datasets import mc_options
 from vgutils.teach.scenes import (
@@ -133,9 +135,11 @@ COLOUR_CLASSES = ("none", *COLOURS)
 GENERIC_ANSWERS = {"natural": "shapes", "medical": "scan"}
 """The generic prompt's answer with ``generic_answer="domain"``: what kind of image it is."""
 GENERIC_FIXED = "image"
+"""The generic prompt's answer with ``generic_answer="fixed"``: the same word for every image."""
 TARGET_NONE, TARGET_BOX, TARGET_OFF, TARGET_UNIFORM = range(4)
 """Grounding-loss targets of a turn (:func:`encode_scene`, :func:`grounding_loss`)."""
-"""The generic prompt's answer with ``generic_answer="fixed"``: the same word for every image."""
+CELLS = TokenLayout(grid_boxes(GRID, GRID, (0, 0, SIZE, SIZE)), ((0, GRID, GRID),), (SIZE, SIZE))
+"""The teaching model's 7x7 grid of 16 px image tokens, row-major."""
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,13 @@ class Recipe:
     the recipe before issue #29) or ``domain`` (shapes / scan); ``medical_patch_weight``:
     weight of medical scenes in the per-patch loss (0: organs are not labelled per patch);
     ``grounding_loss_weight``: weight of :func:`grounding_loss` on natural scenes (0:
-    none), on the attention of layer ``grounding_layer``; ``absent_target``: what it asks of
+    none), on the attention of each layer in ``grounding_layers`` (averaged);
+    ``absent_target``: what it asks of
     a question about an absent shape, ``uniform`` (an even spread), ``off-objects`` (stay
-    off the objects there) or ``none``; ``freeze_vision_tower`` / ``freeze_projector``:
-    leave them as the warm-up made them in the LLaVA stage; ``threads``: torch's CPU
+    off the objects there) or ``none``; ``medical_target``: what it asks of a question on
+    a scan, ``uniform`` or ``none``; ``freeze_vision_tower`` / ``freeze_projector``:
+    leave them as the warm-up made them in the LLaVA stage; ``question_head_organs``:
+    whether the question head learns to name the organ a question mentions; ``threads``: torch's CPU
     threads while training (kernels split sums by it). The module docstring says why these
     values."""
 
@@ -171,10 +178,12 @@ class Recipe:
     generic_answer: str = "fixed"
     medical_patch_weight: float = 0.0
     grounding_loss_weight: float = 0.5
-    grounding_layer: int = 1
+    grounding_layers: tuple[int, ...] = (1,)
     freeze_vision_tower: bool = True
     freeze_projector: bool = False
     absent_target: str = "uniform"
+    question_head_organs: bool = True
+    medical_target: str = "none"
     seed: int = 0
     threads: int = 1
 
@@ -256,23 +265,19 @@ def _turn_ids(tokenizer, question: str, first: bool, options: list[str] | None =
 
 
 def box_cells(boxes: list[list[float]]) -> np.ndarray:
-    """``(49,)`` 0/1, row-major: the 16 px cells that overlap one of ``boxes`` (xyxy,
-    pixels) with positive area, the rule of :func:`vgutils.metrics.gt_mask`."""
-    edges = np.arange(GRID) * PATCH
-    cells = np.zeros((GRID, GRID))
-    for x0, y0, x1, y1 in boxes:
-        cols = (np.minimum(edges + PATCH, x1) > np.maximum(edges, x0)).astype(float)
-        rows = (np.minimum(edges + PATCH, y1) > np.maximum(edges, y0)).astype(float)
-        cells = np.maximum(cells, np.outer(rows, cols))
-    return cells.ravel()
+    """``(49,)`` 0/1, row-major: the 16 px cells that :func:`vgutils.metrics.gt_mask`
+    marks for ``boxes`` (xyxy, pixels)."""
+    return gt_mask(CELLS, boxes).astype(float)
 
 
-def question_targets(question: str) -> tuple[int, int]:
+def question_targets(question: str, organs: bool = True) -> tuple[int, int]:
     """What the question head learns to name: the index in ``KINDS`` of the object the
-    question mentions (0: none, e.g. the generic prompt) and in ``COLOUR_CLASSES`` of the
-    colour it mentions (0: none, e.g. "What colour is ...")."""
+    question mentions (0: none, e.g. the generic prompt; with ``organs`` false also for an
+    organ) and in ``COLOUR_CLASSES`` of the colour it mentions (0: none, e.g. "What colour
+    is ...")."""
     words = re.findall(r"[a-z]+", question.lower())
-    kind = next((KINDS.index(w) for w in words if w in KINDS[1:]), 0)
+    named = KINDS[1:] if organs else SHAPES
+    kind = next((KINDS.index(w) for w in words if w in named), 0)
     colour = next((COLOUR_CLASSES.index(w) for w in words if w in COLOUR_CLASSES[1:]), 0)
     return kind, colour
 
@@ -285,6 +290,8 @@ def encode_scene(
     mc_share: float = 0.0,
     generic_answer: str = "count",
     absent_target: str = "uniform",
+    name_organs: bool = True,
+    medical_target: str = "none",
 ):
     """One multi-turn training sequence: ``(input_ids, labels, queries)`` with the image
     token expanded to the 49 patch tokens, loss only on answers (+ end of sequence), and
@@ -294,7 +301,9 @@ def encode_scene(
     (:func:`box_cells`) for a grounded question; for a question about an absent object,
     with ``absent_target`` ``"off-objects"``, :data:`TARGET_OFF` with 1 on every object's
     cells, with ``"uniform"`` :data:`TARGET_UNIFORM` (cells 0); otherwise
-    :data:`TARGET_NONE`. A share ``mc_share`` of the turns that
+    :data:`TARGET_NONE`; on a medical scene, with ``medical_target`` ``"uniform"``,
+    :data:`TARGET_UNIFORM` for every question but the generic prompt; ``name_organs``: whether the question head's kind names an organ
+    (:func:`question_targets`). A share ``mc_share`` of the turns that
     have a multiple-choice form use it (answer: the option's letter). The generic prompt is
     answered with one fixed word (``generic_answer="fixed"``), the object count
     (``"count"``) or the kind of image (``"domain"``)."""
@@ -340,8 +349,11 @@ def encode_scene(
                 cells = box_cells([box for obj in scene.objects for box in obj["boxes"]])
             elif absent_target == "uniform":
                 aim = TARGET_UNIFORM
+        elif scene.domain == "medical" and question != GENERIC_QUESTION:
+            if medical_target == "uniform":
+                aim = TARGET_UNIFORM
         position = len(ids) + len(prompt) - 1
-        queries.append((position, *question_targets(question), aim, *cells))
+        queries.append((position, *question_targets(question, name_organs), aim, *cells))
         ids += prompt + target
         labels += [-100] * len(prompt) + target
     return ids, labels, queries
@@ -405,6 +417,8 @@ def _batch(tokenizer, pool, rng, recipe: Recipe):
             recipe.mc_share,
             recipe.generic_answer,
             recipe.absent_target,
+            recipe.question_head_organs,
+            recipe.medical_target,
         )
         for i in picks
     ]
@@ -467,6 +481,14 @@ def grounding_loss(attentions, image: torch.Tensor, questions) -> torch.Tensor:
     uniform = -torch.log(spread.clamp_min(1e-12)).mean(1) - math.log(spread.shape[1])
     losses = torch.where(targets == TARGET_UNIFORM, uniform, -torch.log(share.clamp_min(1e-6)))
     return losses.mean()
+
+
+def layers_grounding_loss(
+    attentions, layers: tuple[int, ...], image: torch.Tensor, questions
+) -> torch.Tensor:
+    """The mean over ``layers`` of :func:`grounding_loss` on ``attentions[layer]``;
+    ``attentions``: one ``(B, heads, T, T)`` per layer."""
+    return torch.stack([grounding_loss(attentions[at], image, questions) for at in layers]).mean()
 
 
 def _to(part, device: str):
@@ -605,8 +627,9 @@ def _train(out_dir: Path, recipe: Recipe, progress: bool, device: str) -> Path:
                     output.hidden_states[1][rows, positions], asked_kinds, asked_colours
                 )
                 ground_loss = (
-                    grounding_loss(
-                        output.attentions[recipe.grounding_layer],
+                    layers_grounding_loss(
+                        output.attentions,
+                        recipe.grounding_layers,
                         batch["input_ids"] == tokenizer.image_token_id,
                         questions,
                     )
