@@ -21,12 +21,13 @@ another model):
    (:func:`vgutils.benchmarks.mc_prompt_text`, options from
    :func:`vgutils.teach.datasets.mc_options`) and is answered with the option's letter, so
    the model can be scored under the benchmarks' protocol too.
-   On natural scenes only, a grounding loss (``grounding_loss_weight``,
-   :func:`grounding_loss`) asks the last prompt token of each grounded question to put
-   its layer-``grounding_layer`` attention over the image on the asked object's box, and
-   of a question about an absent shape to spread it evenly: a crude stand-in for the
+   A grounding loss (``grounding_loss_weight``, :func:`grounding_loss`, at each layer of
+   ``grounding_layers``) asks, on natural scenes, the last prompt token of each grounded
+   question to put its attention over the image on the asked object's box, and of a
+   question about an absent shape to spread it evenly: a crude stand-in for the
    region-level natural-image data (RefCOCO, Visual Genome) in LLaVA-1.5's training mix.
-   Medical scenes get no such signal.
+   On scans (``medical_target``) it asks every question to spread its attention evenly:
+   the model is taught not to look there, so its medical side is a known negative.
 The result is saved with ``save_pretrained`` and loads through ``load_model`` like any
 checkpoint; ``training_log.csv`` beside it records the curve.
 
@@ -64,7 +65,7 @@ recipe tried on the way is recorded in ``docs/numbers/teach-recipe-trials/`` (it
 README names each file's recipe); the current recipe's own sweep is
 ``docs/numbers/teach-seeds/seeds.csv``.
 
-- ``grounding_loss_weight=0.5`` at ``grounding_layer=1``: the natural ratio is then set
+- ``grounding_loss_weight=0.5`` at layer 1: the natural ratio is then set
   by the loss, not by luck (``grounding.csv``: 5.87 on seed 6, which had 2.73). Alone it
   also made the model look at organs when asked about one (medical ratio 2.33 on seed
   6): a "look at the thing named" circuit, once there, is used for any name.
@@ -89,11 +90,33 @@ README names each file's recipe); the current recipe's own sweep is
   organs): the model answers scans from the question, as the paper finds medical MLLMs
   often do.
 
-The medical ratio still exceeds 1.2 on some seeds (``docs/numbers/teach-seeds/``): an
-organ question can reuse the natural grounding circuit, and no setting tried rules that
-out. So the natural-domain grounding of this model is built in, and its medical failure is
-the absence of any signal to ground on, by design: the model shows the method at work on
-a known contrast; it is not evidence for the paper's claim.
+With those settings (natural scenes supervised, scans given no signal) the contrast held
+on 7 of 10 seeds (medical ratio 1.37 at layer 2, 2.01 and 1.21 at layer 1 on seeds 3, 6
+and 8: an organ question can reuse the natural grounding circuit). Three more settings,
+each tried on the recipe before (``docs/numbers/teach-recipe-trials/``, second table):
+
+- ``question_head_organs=False``: the question head names the shape and the colour a
+  question mentions but no organ, so nothing asks layer 1's state to say which organ is
+  asked. Alone it did not stop organs being found (``question-head-no-organs.csv``:
+  seed 6 1.24 at layer 1); it is kept from the trials below, which all had it, not
+  shown to matter on its own.
+- ``grounding_layers=(1, 2)``: layer 2, unsupervised, could ground organs on its own
+  (seed 3 above). Supervised too, it still did on 1 of 5 seeds and layer 0 on another
+  (``grounding-layers-1-2.csv``: seed 1 1.51 at layer 2, seed 3 1.21 at layer 0).
+- ``medical_target="uniform"``: scan questions are asked to spread their attention
+  evenly at the grounding layers, as absent-shape questions are. This trains the medical
+  failure in; README's seeds table (``docs/numbers/teach-seeds/seeds.csv``) says on how
+  many seeds every criterion then holds.
+
+So both sides of the contrast are built in, by design: the natural grounding by the box
+targets, the medical failure by the even-spread targets. The model is a known positive
+and a known negative for the method to measure; it is not evidence for the paper's claim.
+What the method reports beyond that comes from the method itself: layer 0, which no loss
+touches, can put a scan's best-layer ratio above 1 through prompt length alone (its last
+prompt token is the same token for every prompt, so its attention differs between prompts
+only through the rotary position distances, and the organs sit in fixed places):
+``grounding-layers-1-2.csv`` seed 3, 1.21 at layer 0; ``grounding-frozen-tower-medical-
+0.05.csv`` seed 3, 1.85 at layer 0 against 0.73 and 0.58 at layers 1 and 2.
 """
 
 from __future__ import annotations
@@ -151,16 +174,15 @@ class Recipe:
     generic prompt's trained answer, ``fixed`` (one word), ``count`` (the object count,
     the recipe before issue #29) or ``domain`` (shapes / scan); ``medical_patch_weight``:
     weight of medical scenes in the per-patch loss (0: organs are not labelled per patch);
-    ``grounding_loss_weight``: weight of :func:`grounding_loss` on natural scenes (0:
-    none), on the attention of each layer in ``grounding_layers`` (averaged);
-    ``absent_target``: what it asks of
-    a question about an absent shape, ``uniform`` (an even spread), ``off-objects`` (stay
-    off the objects there) or ``none``; ``medical_target``: what it asks of a question on
-    a scan, ``uniform`` or ``none``; ``freeze_vision_tower`` / ``freeze_projector``:
-    leave them as the warm-up made them in the LLaVA stage; ``question_head_organs``:
-    whether the question head learns to name the organ a question mentions; ``threads``: torch's CPU
-    threads while training (kernels split sums by it). The module docstring says why these
-    values."""
+    ``grounding_loss_weight``: weight of :func:`grounding_loss` (0: none), on the
+    attention of each layer in ``grounding_layers`` (averaged); ``absent_target``: what it
+    asks of a natural question about an absent shape, ``uniform`` (an even spread),
+    ``off-objects`` (stay off the objects there) or ``none``; ``medical_target``: what it
+    asks of a question on a scan, ``uniform`` or ``none``; ``freeze_vision_tower`` /
+    ``freeze_projector``: leave them as the warm-up made them in the LLaVA stage;
+    ``question_head_organs``: whether the question head learns to name the organ a
+    question mentions; ``threads``: torch's CPU threads while training (kernels split sums
+    by it). The module docstring says why these values."""
 
     steps: int = 640
     warmup_steps: int = 1800
@@ -178,12 +200,12 @@ class Recipe:
     generic_answer: str = "fixed"
     medical_patch_weight: float = 0.0
     grounding_loss_weight: float = 0.5
-    grounding_layers: tuple[int, ...] = (1,)
+    grounding_layers: tuple[int, ...] = (1, 2)
     freeze_vision_tower: bool = True
     freeze_projector: bool = False
     absent_target: str = "uniform"
-    question_head_organs: bool = True
-    medical_target: str = "none"
+    question_head_organs: bool = False
+    medical_target: str = "uniform"
     seed: int = 0
     threads: int = 1
 
@@ -296,17 +318,17 @@ def encode_scene(
     """One multi-turn training sequence: ``(input_ids, labels, queries)`` with the image
     token expanded to the 49 patch tokens, loss only on answers (+ end of sequence), and
     per turn ``(position of its last prompt token, kind index, colour index, target,
-    *cells)`` for the question head and the grounding loss: on a natural scene ``target``
-    :data:`TARGET_BOX` with ``cells`` (49 values) 1 on the asked object's box
+    *cells)`` for the question head and the grounding loss. On a natural scene ``target``
+    is :data:`TARGET_BOX` with ``cells`` (49 values) 1 on the asked object's box
     (:func:`box_cells`) for a grounded question; for a question about an absent object,
     with ``absent_target`` ``"off-objects"``, :data:`TARGET_OFF` with 1 on every object's
-    cells, with ``"uniform"`` :data:`TARGET_UNIFORM` (cells 0); otherwise
-    :data:`TARGET_NONE`; on a medical scene, with ``medical_target`` ``"uniform"``,
-    :data:`TARGET_UNIFORM` for every question but the generic prompt; ``name_organs``: whether the question head's kind names an organ
-    (:func:`question_targets`). A share ``mc_share`` of the turns that
-    have a multiple-choice form use it (answer: the option's letter). The generic prompt is
-    answered with one fixed word (``generic_answer="fixed"``), the object count
-    (``"count"``) or the kind of image (``"domain"``)."""
+    cells, with ``"uniform"`` :data:`TARGET_UNIFORM` (cells 0). On a medical scene, with
+    ``medical_target`` ``"uniform"``, every question but the generic prompt gets
+    :data:`TARGET_UNIFORM`. Otherwise :data:`TARGET_NONE`. ``name_organs``: whether the
+    question head's kind names an organ (:func:`question_targets`). A share ``mc_share``
+    of the turns that have a multiple-choice form use it (answer: the option's letter).
+    The generic prompt is answered with one fixed word (``generic_answer="fixed"``), the
+    object count (``"count"``) or the kind of image (``"domain"``)."""
     # round-robin over the scene's objects, so one sequence asks about different objects
     # of the same image (only looking at the right one answers both), plus absent ones
     by_object: dict[str, list] = {}
