@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     train.add_argument(
         "--grounding-loss-weight",
         type=float,
-        help="weight of the natural-scene grounding loss (0: none; see teach/train.py)",
+        help="weight of the grounding loss (box or even spread; 0: none; see teach/train.py)",
     )
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
